@@ -1,0 +1,375 @@
+"""Turning captured records into lines: JSON with orjson, or readable console text."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+import enum
+import logging
+import pathlib
+import time
+import traceback
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from opentelemetry import trace as _trace
+
+from ._redact import REDACTED, Redactor
+from ._snapshot import Frozen
+
+__all__ = ["RESERVED_KEYS", "Encoder", "encode_record", "format_time", "level_name"]
+
+RESERVED_KEYS = frozenset({"time", "level", "logger", "message", "trace_id", "span_id", "exception"})
+RENAME_PREFIX = "field."
+SUBSTITUTED_KEY = "asynclog.substituted"
+_JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
+_MAX_DEPTH = 64
+# Values that need neither redaction nor decoding: they go into the line as they are.
+_SCALARS = frozenset({str, int, float, bool, type(None), datetime.datetime, datetime.date, uuid.UUID})
+_LEVEL_NAMES = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
+
+
+def level_name(levelno: int) -> str:
+    """Lowercase level name: custom stdlib levels keep their registered name."""
+    name = _LEVEL_NAMES.get(levelno)
+    if name is None:
+        name = logging.getLevelName(levelno).lower().replace(" ", "")
+    return name
+
+
+class _TimeFormatter:
+    """RFC 3339 UTC with microseconds and `Z`; the date part is cached per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        return "%s%06dZ" % (self._prefix, (created - second) * 1_000_000)
+
+
+format_time = _TimeFormatter()
+
+
+def render_message(msg: object, args: Any) -> tuple[str, str | None]:
+    """Apply `%` args like `LogRecord.getMessage`; a mismatch keeps the template and says why."""
+    try:
+        text = msg if type(msg) is str else str(msg)
+    except Exception as exc:
+        return f"<unprintable {type(msg).__name__}>", f"str(msg) raised {type(exc).__name__}"
+    if args:
+        try:
+            return text % args, None
+        except Exception as exc:
+            return text, f"message args did not match: {type(exc).__name__}: {_safe_str(exc)}"
+    return text, None
+
+
+def _safe_str(value: object) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _safe_repr(value: object) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<unrepresentable {type(value).__name__}>"
+
+
+def format_exception(exc_info: Any) -> dict[str, str]:
+    """`{"type", "message", "stacktrace"}` for an `(type, value, traceback)` triple."""
+    etype, value, tb = exc_info
+    try:
+        stack = "".join(traceback.format_exception(etype, value, tb))
+    except Exception as exc:
+        stack = f"<traceback unavailable: {type(exc).__name__}>"
+    name = getattr(etype, "__qualname__", None) or _safe_str(etype)
+    module = getattr(etype, "__module__", "builtins")
+    return {
+        "type": name if module in ("builtins", None) else f"{module}.{name}",
+        "message": _safe_str(value),
+        "stacktrace": stack,
+    }
+
+
+def _default(obj: Any) -> Any:
+    """orjson's hook for types it does not know."""
+    if isinstance(obj, Frozen):
+        return orjson.Fragment(obj.data)
+    dump = getattr(obj, "model_dump", None)
+    if dump is not None and callable(dump):
+        return dump(mode="json")
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj).decode("utf-8", "backslashreplace")
+    if isinstance(obj, (decimal.Decimal, pathlib.PurePath)):
+        return str(obj)
+    if isinstance(obj, BaseException):
+        return f"{type(obj).__name__}: {_safe_str(obj)}"
+    # Any other object is shown as its repr; a repr that raises is a substitution (see _sanitize).
+    return repr(obj)
+
+
+def span_ids(otel: Any) -> tuple[str, str] | None:
+    """The `(trace_id, span_id)` of the span current in an OpenTelemetry context, if valid."""
+    try:
+        ctx = _trace.get_current_span(otel).get_span_context()
+    except Exception:
+        return None
+    if not ctx.is_valid:
+        return None
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
+class Encoder:
+    """Builds the line dict of a captured record and encodes it.
+
+    One instance lives on the writer thread; it is not thread-safe.
+    """
+
+    def __init__(self, redactor: Redactor, console: bool = False, color: bool = False) -> None:
+        self.redactor = redactor
+        self.console = console
+        self.color = color
+        # field name -> (output name, is secret), cached because field names repeat
+        self._keys: dict[str, tuple[str, bool]] = {}
+        self._plain: dict[tuple[Any, ...], bool] = {}
+
+    def _key(self, key: str) -> tuple[str, bool]:
+        entry = self._keys.get(key)
+        if entry is None:
+            name = RENAME_PREFIX + key if key in RESERVED_KEYS else key
+            entry = (name, self.redactor.is_secret(key))
+            if len(self._keys) < 10_000:
+                self._keys[key] = entry
+        return entry
+
+    def _merge(self, line: dict[str, Any], fields: Mapping[str, Any]) -> None:
+        # Fast path: the same field names repeat call after call, so whether a set of names needs
+        # renaming or masking is decided once per set; scalar values then go in with one update().
+        names = tuple(fields)
+        plain = self._plain.get(names)
+        if plain is None:
+            plain = all(
+                type(k) is str and k not in RESERVED_KEYS and not self.redactor.is_secret(k)
+                for k in names
+            )
+            if len(self._plain) >= 10_000:
+                self._plain.clear()
+            self._plain[names] = plain
+        if plain and all(map(_SCALARS.__contains__, map(type, fields.values()))):
+            line.update(fields)
+            return
+        nested = self.redactor.nested
+        for key, value in fields.items():
+            if type(key) is not str:
+                key = _safe_str(key)
+            name, secret = self._key(key)
+            if secret:
+                value = REDACTED
+            else:
+                kind = type(value)
+                if kind is Frozen:
+                    try:
+                        value = nested(orjson.loads(value.data))
+                    except orjson.JSONDecodeError:
+                        value = value.data.decode("utf-8", "replace")
+                elif kind is dict or kind is list or kind is tuple:
+                    value = nested(value)
+            line[name] = value
+
+    def build(self, record: tuple[Any, ...]) -> dict[str, Any]:
+        """The line as a dict, keys in schema order."""
+        created, levelno, logger, msg, args, fields, bound, context, otel, exc_info = record
+        if args is None and type(msg) is str:
+            message, problem = msg, None
+        else:
+            message, problem = render_message(msg, args)
+        line: dict[str, Any] = {
+            "time": format_time(created),
+            "level": _LEVEL_NAMES.get(levelno) or level_name(levelno),
+            "logger": logger,
+            "message": message,
+        }
+        if otel:
+            ids = span_ids(otel)
+            if ids is not None:
+                line["trace_id"], line["span_id"] = ids
+        if context:
+            self._merge(line, context)
+        if bound:
+            self._merge(line, bound)
+        if fields:
+            self._merge(line, fields)
+        if exc_info is not None:
+            line["exception"] = format_exception(exc_info)
+        if problem is not None:
+            line[SUBSTITUTED_KEY] = [f"message: {problem}"]
+            if args:
+                line["message.args"] = _safe_repr(args)
+        return line
+
+    def encode(self, record: tuple[Any, ...]) -> bytes:
+        """One complete line (with `\\n`) for a record; never raises."""
+        try:
+            line = self.build(record)
+        except Exception as exc:
+            line = _minimal(record, f"building the line failed: {type(exc).__name__}")
+        if self.console:
+            return _console_line(line, self.color)
+        return encode_line(line)
+
+
+def encode_line(line: dict[str, Any]) -> bytes:
+    """JSON-encode a line dict; values orjson refuses are substituted and listed, never raised."""
+    try:
+        return orjson.dumps(line, default=_default, option=_JSON_OPTIONS)
+    except Exception:
+        pass
+    notes: list[str] = list(line.get(SUBSTITUTED_KEY, ()))
+    safe = _sanitize(line, notes, "", 0, set())
+    safe[SUBSTITUTED_KEY] = notes or ["value refused by orjson"]
+    try:
+        return orjson.dumps(safe, default=_default, option=_JSON_OPTIONS)
+    except Exception as exc:  # only if _sanitize itself has a gap
+        return orjson.dumps(
+            _minimal_from_line(line, f"encoding failed: {type(exc).__name__}"),
+            option=_JSON_OPTIONS,
+        )
+
+
+def _sanitize(value: Any, notes: list[str], path: str, depth: int, seen: set[int]) -> Any:
+    """A JSON-safe copy of `value`; every replacement is noted with its path."""
+    kind = type(value)
+    if value is None or kind is bool or kind is float:
+        return value
+    if kind is str or isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return str(value)
+        except UnicodeEncodeError:
+            notes.append(f"{path or 'line'}: lone surrogates escaped")
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if kind is int or (isinstance(value, int) and not isinstance(value, enum.Enum)):
+        if -(2**63) <= value < 2**64:
+            return int(value)
+        notes.append(f"{path}: int beyond 64 bits written as a string")
+        return str(value)
+    if kind is Frozen:
+        return _sanitize(orjson.loads(value.data), notes, path, depth, seen)
+    if depth >= _MAX_DEPTH:
+        notes.append(f"{path}: nested deeper than {_MAX_DEPTH}")
+        return "<too deep>"
+    if isinstance(value, (dict, list, tuple, set, frozenset)) or (
+        dataclasses.is_dataclass(value) and not isinstance(value, type)
+    ):
+        if id(value) in seen:
+            notes.append(f"{path}: reference cycle cut")
+            return "<cycle>"
+        seen.add(id(value))
+        try:
+            if isinstance(value, dict):
+                out: dict[str, Any] = {}
+                for k, v in value.items():
+                    if type(k) is str:
+                        key = _sanitize(k, notes, path, depth + 1, seen)
+                    else:
+                        key = _safe_str(k)
+                        notes.append(f"{path}: non-str key {key!r} written as a string")
+                    out[key] = _sanitize(v, notes, f"{path}.{key}" if path else key, depth + 1, seen)
+                return out
+            if dataclasses.is_dataclass(value):
+                items = {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
+                return _sanitize(items, notes, path, depth + 1, seen)
+            return [
+                _sanitize(v, notes, f"{path}[{i}]", depth + 1, seen) for i, v in enumerate(value)
+            ]
+        finally:
+            seen.discard(id(value))
+    try:
+        orjson.dumps(value, default=_default)
+        return value
+    except Exception:
+        pass
+    try:
+        text = repr(value)
+    except Exception as exc:
+        notes.append(f"{path}: repr() raised {type(exc).__name__}")
+        return f"<unrepresentable {kind.__name__}>"
+    notes.append(f"{path}: {kind.__name__} written as its repr")
+    return _sanitize(text, notes, path, depth, seen)
+
+
+def _minimal(record: tuple[Any, ...], problem: str) -> dict[str, Any]:
+    created, levelno, logger, msg = record[:4]
+    return {
+        "time": format_time(created) if isinstance(created, float) else format_time(time.time()),
+        "level": level_name(levelno) if isinstance(levelno, int) else "error",
+        "logger": logger if isinstance(logger, str) else _safe_str(logger),
+        "message": _sanitize(_safe_str(msg), [], "message", 0, set()),
+        SUBSTITUTED_KEY: [problem],
+    }
+
+
+def _minimal_from_line(line: dict[str, Any], problem: str) -> dict[str, Any]:
+    keep = {k: line.get(k) for k in ("time", "level", "logger")}
+    keep["message"] = _safe_repr(line.get("message"))
+    safe = _sanitize(keep, [], "", 0, set())
+    safe[SUBSTITUTED_KEY] = [problem]
+    return safe  # type: ignore[no-any-return]
+
+
+# Console rendering ------------------------------------------------------------------------------
+
+_COLORS = {"debug": "\x1b[2m", "info": "\x1b[32m", "warning": "\x1b[33m", "error": "\x1b[31m",
+           "critical": "\x1b[1;31m"}
+_RESET = "\x1b[0m"
+_DIM = "\x1b[2m"
+_CONSOLE_SKIP = frozenset({"time", "level", "logger", "message", "exception"})
+
+
+def _console_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value if value and " " not in value and "=" not in value else _safe_repr(value)
+    try:
+        return orjson.dumps(value, default=_default).decode()
+    except Exception:
+        return _safe_repr(value)
+
+
+def _console_line(line: dict[str, Any], color: bool) -> bytes:
+    level = str(line["level"])
+    stamp = str(line["time"])[11:23]
+    pairs = " ".join(
+        f"{k}={_console_value(v)}" for k, v in line.items() if k not in _CONSOLE_SKIP
+    )
+    if color:
+        head = f"{_DIM}{stamp}{_RESET} {_COLORS.get(level, '')}{level.upper():<8}{_RESET} "
+        head += f"{_DIM}{line['logger']}{_RESET} {line['message']}"
+        tail = f"  {_DIM}{pairs}{_RESET}" if pairs else ""
+    else:
+        head = f"{stamp} {level.upper():<8} {line['logger']} {line['message']}"
+        tail = f"  {pairs}" if pairs else ""
+    text = head + tail + "\n"
+    exception = line.get("exception")
+    if isinstance(exception, dict):
+        text += str(exception.get("stacktrace", ""))
+    return text.encode("utf-8", "backslashreplace")
+
+
+def encode_record(record: tuple[Any, ...], redactor: Redactor | None = None) -> bytes:
+    """Encode one captured record as a JSON line (a convenience for tests and tools)."""
+    return Encoder(redactor or Redactor(frozenset())).encode(record)
+
+

@@ -1,0 +1,246 @@
+"""The current pipeline of this process: settings, sink, writer; configure, flush, shutdown."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from ._encoder import Encoder
+from ._logger import Logger
+from ._queue import QUEUE, read_count
+from ._redact import Redactor
+from ._settings import AppSettings, Settings, resolve_settings
+from ._sinks import open_sink
+from ._stdlib import AsyncLogHandler
+from ._writer import Counters, Writer
+
+__all__ = ["Pipeline", "configure", "current", "flush", "get_logger", "reopen", "shutdown", "stats"]
+
+
+class Pipeline:
+    """One configured pipeline: the handle `configure()` and `install()` return."""
+
+    def __init__(self, settings: Settings, app_settings: AppSettings, counters: Counters) -> None:
+        self.settings = settings
+        self.app_settings = app_settings
+        self.counters = counters
+        self.sink = open_sink(settings.sink)
+        console = settings.format == "console" or (settings.format == "auto" and self.sink.isatty)
+        self.format = "console" if console else "json"
+        self.encoder = Encoder(
+            Redactor(settings.redact_keys, settings.redact_depth),
+            console=console,
+            color=console and self.sink.isatty,
+        )
+        self.handler = AsyncLogHandler()
+        self.writer = self._new_writer()
+        self._previous_root: tuple[list[logging.Handler], int] | None = None
+        self.stopped = False
+
+    def _new_writer(self) -> Writer:
+        s = self.settings
+        return Writer(QUEUE, self.sink, self.encoder, self.counters, s.batch_size, s.flush_interval)
+
+    def __repr__(self) -> str:
+        return f"<asynclog.Pipeline sink={self.settings.sink!r} format={self.format!r}>"
+
+    def start(self) -> None:
+        s = self.settings
+        QUEUE.maxsize = s.queue_size
+        QUEUE.block = s.overflow == "block"
+        QUEUE.block_timeout = s.block_timeout
+        QUEUE.level = s.level
+        if s.capture_stdlib:
+            self._route_stdlib()
+        self.writer.start()
+
+    def _route_stdlib(self) -> None:
+        root = logging.getLogger()
+        self._previous_root = (list(root.handlers), root.level)
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        root.addHandler(self.handler)
+        root.setLevel(self.settings.level)
+        for name in self.settings.capture_loggers:
+            logger = logging.getLogger(name)
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+            logger.propagate = True
+
+    def _unroute_stdlib(self, restore: bool) -> None:
+        root = logging.getLogger()
+        root.removeHandler(self.handler)
+        if restore and self._previous_root is not None:
+            handlers, level = self._previous_root
+            for handler in handlers:
+                if not isinstance(handler, AsyncLogHandler):
+                    root.addHandler(handler)
+            root.setLevel(level)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record enqueued before the call is written (or dropped)."""
+        target = read_count(QUEUE.emitted)
+        drops = read_count(QUEUE.dropped)
+        writer = self.writer
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with writer.progress:
+            while writer.processed() < target or writer.reported_drops < drops:
+                if not writer.is_alive():
+                    return False
+                writer.urgent = True
+                QUEUE.wake.set()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                writer.progress.wait(0.05 if remaining is None else min(0.05, remaining))
+        return True
+
+    def stop(self, timeout: float | None = None, restore: bool = True) -> bool:
+        """Flush, stop the writer and close the sink; True if everything was written in time."""
+        if self.stopped:
+            return True
+        self.stopped = True
+        wait = self.settings.shutdown_timeout if timeout is None else timeout
+        lost_before = self.counters.dropped_write
+        self.sink.deadline = time.monotonic() + wait
+        self.writer.stopping = True
+        QUEUE.wake.set()
+        self.writer.join(wait + 0.5)
+        drained = (
+            not self.writer.is_alive()
+            and not QUEUE.items
+            and self.counters.dropped_write == lost_before
+        )
+        if self.settings.capture_stdlib:
+            self._unroute_stdlib(restore)
+        if not self.writer.is_alive():
+            self.sink.close()
+        return drained
+
+    def stats(self) -> dict[str, Any]:
+        return _collect(self.counters)
+
+
+    def after_fork_in_child(self, counters: Counters) -> None:
+        """A forked child gets its own empty queue and a fresh writer; nothing is written twice."""
+        self.counters = counters
+        self.sink.deadline = None
+        self.writer = self._new_writer()
+        if not self.stopped:
+            self.writer.start()
+
+
+_current: Pipeline | None = None
+# Counters outlive a pipeline: reconfiguring carries them over, and stats() still reads them after
+# shutdown.
+_last_counters = Counters()
+_lock = threading.RLock()
+
+
+def current() -> Pipeline | None:
+    """The running pipeline, if any."""
+    return _current
+
+
+def configure(**settings: Any) -> Pipeline:
+    """Route logging (native and stdlib) through a non-blocking pipeline; see the README.
+
+    Idempotent: a second call drains and replaces the first pipeline, handlers never duplicate.
+    Settings not given come from ASYNCLOG_* variables, then defaults. Returns the handle.
+    """
+    core, app = resolve_settings(settings)
+    return start_pipeline(core, app)
+
+
+def start_pipeline(core: Settings, app: AppSettings) -> Pipeline:
+    global _current, _last_counters
+    with _lock:
+        previous = _current
+        if previous is None:
+            # A fresh start after shutdown (or the first one) counts from zero.
+            _last_counters = Counters()
+            QUEUE.reset_counters()
+        pipeline = Pipeline(core, app, _last_counters)  # opens the sink: fails before touching anything
+        if previous is not None:
+            previous.stop(restore=False)
+            pipeline._previous_root = previous._previous_root
+        pipeline.start()
+        if previous is not None and pipeline._previous_root is None:
+            pipeline._previous_root = previous._previous_root
+        _current = pipeline
+        return pipeline
+
+
+def get_logger(name: str | None = None) -> Logger:
+    """A native logger; the first one configures asynclog from the environment if needed."""
+    if _current is None:
+        with _lock:
+            if _current is None:
+                configure()
+    return Logger(name or "root")
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Write everything enqueued before this call; False if `timeout` passed first."""
+    pipeline = _current
+    return True if pipeline is None else pipeline.flush(timeout)
+
+
+def shutdown(timeout: float | None = None) -> bool:
+    """Flush, stop the writer thread and restore the root logger's handlers."""
+    global _current
+    with _lock:
+        pipeline, _current = _current, None
+        return True if pipeline is None else pipeline.stop(timeout)
+
+
+def reopen() -> None:
+    """Reopen a file sink (after external log rotation) at the writer's next round."""
+    pipeline = _current
+    if pipeline is not None:
+        pipeline.writer.reopen_requested = True
+        QUEUE.wake.set()
+
+
+def stats() -> dict[str, Any]:
+    """Counters since the process (or forked child) started: emitted == written + dropped after a
+    flush."""
+    pipeline = _current
+    return _collect(pipeline.counters if pipeline is not None else _last_counters)
+
+
+def _collect(c: Counters) -> dict[str, Any]:
+    overflow = read_count(QUEUE.dropped)
+    return {
+        "emitted": read_count(QUEUE.emitted) + c.notices,
+        "written": c.written,
+        "dropped": overflow + c.dropped_write,
+        "dropped_overflow": overflow,
+        "dropped_write": c.dropped_write,
+        "errors": c.errors,
+        "queue_depth": len(QUEUE.items),
+        "queue_size": QUEUE.maxsize,
+        "bytes_written": c.bytes_written,
+        "notices": c.notices,
+    }
+
+
+def _after_fork_in_child() -> None:
+    global _lock, _last_counters
+    _lock = threading.RLock()
+    QUEUE.reset_after_fork()
+    _last_counters = Counters()
+    if _current is not None:
+        _current.after_fork_in_child(_last_counters)
+
+
+def _at_exit() -> None:
+    shutdown()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_at_exit)

@@ -1,0 +1,100 @@
+"""The bounded record queue between callers and the writer thread, with exact counters."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from typing import Any
+
+__all__ = ["RecordQueue", "read_count"]
+
+
+def read_count(counter: itertools.count[int]) -> int:
+    """The next value of an `itertools.count` without advancing it."""
+    # `next()` on a count is atomic under the GIL, so counting stays exact across threads without a
+    # lock; its repr ("count(N)") is the portable way to read the value back.
+    return int(repr(counter)[6:-1])
+
+
+class RecordQueue:
+    """A bounded FIFO of captured records.
+
+    `put` never blocks in drop mode: a full queue drops the new record and counts it. In block mode
+    it waits up to `block_timeout` for space, then drops. Only the writer thread takes records out.
+    """
+
+    def __init__(self, maxsize: int = 20_000, block: bool = False, block_timeout: float = 0.25):
+        self.items: deque[tuple[Any, ...]] = deque()
+        self.maxsize = maxsize
+        self.block = block
+        self.block_timeout = block_timeout
+        self.level = 20
+        self.emitted = itertools.count()
+        self.dropped = itertools.count()
+        # The writer sets `idle` before sleeping without a deadline; only then do callers wake it.
+        self.idle = False
+        self.wake = threading.Event()
+        self.space = threading.Condition(threading.Lock())
+
+    def put(self, record: tuple[Any, ...]) -> None:
+        """Enqueue one record (the caller's side)."""
+        next(self.emitted)
+        items = self.items
+        if len(items) < self.maxsize:
+            items.append(record)
+            if self.idle:
+                self.wake.set()
+        elif self.block:
+            self._put_blocking(record)
+        else:
+            next(self.dropped)
+
+    def _put_blocking(self, record: tuple[Any, ...]) -> None:
+        deadline = time.monotonic() + self.block_timeout
+        self.wake.set()
+        with self.space:
+            while len(self.items) >= self.maxsize:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    next(self.dropped)
+                    return
+                self.space.wait(remaining)
+            self.items.append(record)
+
+    def take(self, limit: int) -> list[tuple[Any, ...]]:
+        """Remove and return up to `limit` records (the writer's side)."""
+        items = self.items
+        popleft = items.popleft
+        batch = [popleft() for _ in range(min(limit, len(items)))]
+        if self.block and batch:
+            with self.space:
+                self.space.notify_all()
+        return batch
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "emitted": read_count(self.emitted),
+            "dropped_overflow": read_count(self.dropped),
+            "queue_depth": len(self.items),
+        }
+
+    def reset_counters(self) -> None:
+        """Count from zero; records still queued count as emitted."""
+        self.emitted = itertools.count(len(self.items))
+        self.dropped = itertools.count()
+
+    def reset_after_fork(self) -> None:
+        """Give a forked child an empty queue, fresh counters and unheld locks."""
+        self.items = deque()
+        self.emitted = itertools.count()
+        self.dropped = itertools.count()
+        self.idle = False
+        self.wake = threading.Event()
+        self.space = threading.Condition(threading.Lock())
+
+
+# The one queue of this process: loggers and the stdlib handler put into it, the pipeline's writer
+# drains it. `configure()` changes its limits in place, so loggers made earlier keep working.
+QUEUE = RecordQueue()

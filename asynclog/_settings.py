@@ -1,0 +1,206 @@
+"""Settings: one frozen dataclass per layer, every default in one place, one validating reader."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+__all__ = ["AppSettings", "Settings", "resolve_settings"]
+
+DEFAULT_REDACT_KEYS = frozenset(
+    {
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "api_key",
+        "apikey",
+        "authorization",
+        "cookie",
+        "set-cookie",
+        "access_token",
+        "refresh_token",
+    }
+)
+
+_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+_FORMATS = ("auto", "json", "console")
+_OVERFLOWS = ("drop", "block")
+_SPANS = ("none", "log", "otlp")
+
+# Settings that ASYNCLOG_* variables may supply; explicit arguments win.
+_ENV = {
+    "sink": "ASYNCLOG_SINK",
+    "level": "ASYNCLOG_LEVEL",
+    "format": "ASYNCLOG_FORMAT",
+    "queue_size": "ASYNCLOG_QUEUE_SIZE",
+    "overflow": "ASYNCLOG_OVERFLOW",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the pipeline captures, queues, encodes and writes records."""
+
+    sink: str = "stdout"
+    level: int = logging.INFO
+    format: str = "auto"
+    queue_size: int = 20_000
+    overflow: str = "drop"
+    block_timeout: float = 0.25
+    batch_size: int = 1_000
+    flush_interval: float = 0.02
+    shutdown_timeout: float = 5.0
+    redact_keys: frozenset[str] = DEFAULT_REDACT_KEYS
+    redact_depth: int = 8
+    capture_stdlib: bool = True
+    # Named loggers whose own handlers are removed so they propagate to asynclog only.
+    capture_loggers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """What `install(app)` adds on top of `Settings`."""
+
+    service_name: str | None = None
+    access_log: bool = True
+    exclude_paths: frozenset[str] = frozenset({"/health", "/healthz", "/ready", "/metrics"})
+    sample_rate: float = 1.0
+    slow_threshold_ms: float = 1_000.0
+    request_id_header: str = "x-request-id"
+    tracing: bool = True
+    spans: str = "none"
+    trace_ratio: float | None = None
+    watchdog: bool = True
+    watchdog_threshold_ms: float = 100.0
+    watchdog_interval_ms: float = 20.0
+    startup_checks: bool = True
+    warn_reload: bool = True
+    warn_memory_limit: bool = True
+    warn_debug_json: bool = True
+    uvicorn_access_log: bool = False
+
+
+def _choice(name: str, value: Any, allowed: Iterable[str]) -> str:
+    allowed = tuple(allowed)
+    text = str(value).strip().lower()
+    if text not in allowed:
+        raise ValueError(f"asynclog: {name}={value!r} is not valid; allowed: {', '.join(allowed)}")
+    return text
+
+
+def _level(name: str, value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"asynclog: {name}={value!r} is not valid; allowed: a level >= 0")
+        return value
+    text = str(value).strip().upper()
+    if text == "WARN":
+        text = "WARNING"
+    if text not in _LEVELS:
+        raise ValueError(
+            f"asynclog: {name}={value!r} is not valid; allowed: {', '.join(_LEVELS)} or an int"
+        )
+    return _LEVELS[text]
+
+
+def _positive_int(name: str, value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if isinstance(value, bool) or number <= 0 or (isinstance(value, float) and value != number):
+        raise ValueError(f"asynclog: {name}={value!r} is not valid; allowed: an integer > 0")
+    return number
+
+
+def _non_negative(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if isinstance(value, bool) or not number >= 0:
+        raise ValueError(f"asynclog: {name}={value!r} is not valid; allowed: a number >= 0")
+    return number
+
+
+def _sink(name: str, value: Any) -> str:
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise ValueError(
+            f"asynclog: {name}={value!r} is not valid; allowed: stdout, stderr or a file path"
+        )
+    text = str(os.fspath(value))
+    return text.lower() if text.lower() in ("stdout", "stderr") else text
+
+
+def _keys(name: str, value: Any) -> frozenset[str]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ValueError(f"asynclog: {name}={value!r} is not valid; allowed: a collection of str")
+    return frozenset(str(k).lower() for k in value)
+
+
+def _validate(name: str, value: Any, setting: str | None = None) -> Any:
+    label = setting or name
+    if name == "sink":
+        return _sink(label, value)
+    if name == "level":
+        return _level(label, value)
+    if name == "format":
+        return _choice(label, value, _FORMATS)
+    if name == "overflow":
+        return _choice(label, value, _OVERFLOWS)
+    if name == "spans":
+        return _choice(label, value, _SPANS)
+    if name in ("queue_size", "batch_size", "redact_depth"):
+        return _positive_int(label, value)
+    if name in (
+        "block_timeout",
+        "flush_interval",
+        "shutdown_timeout",
+        "slow_threshold_ms",
+        "watchdog_threshold_ms",
+        "watchdog_interval_ms",
+    ):
+        return _non_negative(label, value)
+    if name in ("sample_rate", "trace_ratio"):
+        if name == "trace_ratio" and value is None:
+            return None
+        number = _non_negative(label, value)
+        if number > 1:
+            raise ValueError(f"asynclog: {label}={value!r} is not valid; allowed: 0.0 to 1.0")
+        return number
+    if name in ("redact_keys", "exclude_paths"):
+        keys = _keys(label, value)
+        return keys if name == "redact_keys" else frozenset(value)
+    if name == "capture_loggers":
+        return tuple(_keys(label, value))
+    if name == "request_id_header":
+        return str(value).lower()
+    return value
+
+
+def resolve_settings(
+    overrides: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> tuple[Settings, AppSettings]:
+    """Build both settings objects from keyword overrides and ASYNCLOG_* variables.
+
+    Raises `ValueError` naming the setting (or variable) and the allowed values.
+    """
+    env = os.environ if environ is None else environ
+    core_names = {f.name for f in fields(Settings)}
+    app_names = {f.name for f in fields(AppSettings)}
+    unknown = set(overrides) - core_names - app_names
+    if unknown:
+        raise TypeError(f"asynclog: unknown setting(s): {', '.join(sorted(unknown))}")
+    core: dict[str, Any] = {}
+    for name, variable in _ENV.items():
+        if name not in overrides and env.get(variable, "").strip():
+            core[name] = _validate(name, env[variable], variable)
+    app: dict[str, Any] = {}
+    for name, value in overrides.items():
+        target = core if name in core_names else app
+        target[name] = _validate(name, value)
+    return replace(Settings(), **core), replace(AppSettings(), **app)

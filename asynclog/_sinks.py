@@ -1,0 +1,152 @@
+"""Where lines go: a file descriptor written with bounded waits, never left blocked forever."""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import stat
+import sys
+import time
+
+__all__ = ["FdSink", "SinkTimeout", "open_sink"]
+
+# Pipes accept writes of up to PIPE_BUF bytes atomically; bigger chunks may interleave with other
+# writers anyway, and small chunks keep each wait short.
+_PIPE_CHUNK = 64 * 1024
+_POLL_STEP = 0.1
+
+
+class SinkTimeout(Exception):
+    """The sink did not accept data before the deadline; `written` bytes did go out."""
+
+    def __init__(self, written: int) -> None:
+        super().__init__(f"sink not writable before the deadline ({written} bytes written)")
+        self.written = written
+
+
+class FdSink:
+    """Writes byte batches to one descriptor.
+
+    Files are opened with O_APPEND (so several processes can share one) and reopened when the
+    path's inode changes. A pipe is written through its own non-blocking open file description
+    (opened via /proc), so the process's stdout description is never switched to O_NONBLOCK; a
+    socket is written with MSG_DONTWAIT. Waits on a full pipe are bounded by a deadline.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.path: str | None = None if target in ("stdout", "stderr") else target
+        self.fd = -1
+        self.isatty = False
+        self._sock: socket.socket | None = None
+        self._nonblocking = False
+        self._identity: tuple[int, int] | None = None
+        self._last_check = 0.0
+        # Set by shutdown: a monotonic time after which waiting for a full pipe gives up.
+        self.deadline: float | None = None
+        self.open()
+
+    def open(self) -> None:
+        """(Re)open the descriptor; raises OSError when the target cannot be opened."""
+        if self.path is not None:
+            fd = os.open(
+                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
+            info = os.fstat(fd)
+            self._replace(fd, nonblocking=False, sock=None)
+            self._identity = (info.st_dev, info.st_ino)
+            self.isatty = False
+            return
+        source = 1 if self.target == "stdout" else 2
+        stream = sys.stdout if source == 1 else sys.stderr
+        try:
+            source = stream.fileno() if stream is not None else source
+        except (AttributeError, OSError, ValueError):
+            pass
+        info = os.fstat(source)
+        self.isatty = os.isatty(source)
+        if stat.S_ISFIFO(info.st_mode):
+            try:
+                fd = os.open(f"/proc/self/fd/{source}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                self._replace(os.dup(source), nonblocking=False, sock=None)
+            else:
+                self._replace(fd, nonblocking=True, sock=None)
+            return
+        if stat.S_ISSOCK(info.st_mode):
+            fd = os.dup(source)
+            self._replace(fd, nonblocking=True, sock=socket.socket(fileno=fd))
+            return
+        self._replace(os.dup(source), nonblocking=False, sock=None)
+
+    def _replace(self, fd: int, *, nonblocking: bool, sock: socket.socket | None) -> None:
+        old, old_sock = self.fd, self._sock
+        self.fd, self._nonblocking, self._sock = fd, nonblocking, sock
+        if old_sock is not None:
+            old_sock.detach()
+        if old >= 0:
+            try:
+                os.close(old)
+            except OSError:
+                pass
+
+    def check_rotation(self, now: float, every: float = 1.0) -> bool:
+        """Reopen a file sink whose path now names another file (or none). True if reopened."""
+        if self.path is None or now - self._last_check < every:
+            return False
+        self._last_check = now
+        try:
+            info = os.stat(self.path)
+            if (info.st_dev, info.st_ino) == self._identity:
+                return False
+        except FileNotFoundError:
+            pass
+        self.open()
+        return True
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Write all of `data`. Raises OSError on a write error, SinkTimeout past `deadline`."""
+        view = memoryview(data)
+        total = len(view)
+        done = 0
+        while done < total:
+            try:
+                if self._sock is not None:
+                    n = self._sock.send(view[done : done + _PIPE_CHUNK], socket.MSG_DONTWAIT)
+                elif self._nonblocking:
+                    n = os.write(self.fd, view[done : done + _PIPE_CHUNK])
+                else:
+                    n = os.write(self.fd, view[done:])
+            except BlockingIOError:
+                n = 0
+            except InterruptedError:
+                continue
+            if n > 0:
+                done += n
+                continue
+            deadline = self.deadline
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise SinkTimeout(done)
+            self._wait_writable(_POLL_STEP if remaining is None else min(_POLL_STEP, remaining))
+
+    def _wait_writable(self, timeout: float) -> None:
+        poller = select.poll()
+        poller.register(self.fd, select.POLLOUT)
+        for _, events in poller.poll(timeout * 1000):
+            if events & (select.POLLERR | select.POLLNVAL):
+                raise OSError(errno.EPIPE if events & select.POLLERR else errno.EBADF,
+                              "sink descriptor failed while waiting to write")
+
+    def close(self) -> None:
+        self._replace(-1, nonblocking=False, sock=None)
+
+
+def open_sink(target: str) -> FdSink:
+    """Open the sink named by the `sink` setting; a bad path fails fast naming the setting."""
+    try:
+        return FdSink(target)
+    except OSError as exc:
+        raise ValueError(f"asynclog: sink={target!r} cannot be opened: {exc.strerror}") from exc

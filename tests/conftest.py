@@ -1,0 +1,59 @@
+"""Shared fixtures: every test starts with no pipeline and no bound context."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import asynclog
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _reset_asynclog() -> Iterator[None]:
+    asynclog.clear_contextvars()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    asynclog.shutdown(timeout=5)
+    asynclog.clear_contextvars()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.error"):
+        logging.getLogger(name).propagate = True
+
+
+@pytest.fixture(name="log_path")
+def _log_path(tmp_path: Path) -> Path:
+    return tmp_path / "app.log"
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    """Every line of a JSON-lines file, parsed; fails on a torn or invalid line."""
+    data = path.read_bytes()
+    assert data == b"" or data.endswith(b"\n"), "last line is not terminated"
+    return [json.loads(line) for line in data.decode("utf-8").splitlines()]
+
+
+def run_python(code: str, *, timeout: float = 60, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run a snippet in a fresh interpreter with the repo importable."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **kwargs.pop("env", {})}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+        **kwargs,
+    )

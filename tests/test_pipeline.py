@@ -1,0 +1,221 @@
+"""Accounting, flush/shutdown, overflow, write errors, rotation and fork safety."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+import asynclog
+from conftest import read_lines, run_python
+
+
+def test_exact_accounting_under_concurrent_threads(log_path: Path) -> None:
+    asynclog.configure(sink=str(log_path), format="json", queue_size=500)
+    log = asynclog.get_logger("acc")
+    per_thread = 5_000
+
+    def work(n: int) -> None:
+        for i in range(per_thread):
+            if i % 2:
+                log.info("native", t=n, i=i)
+            else:
+                logging.getLogger("std").info("stdlib %d", i, extra={"t": n})
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert asynclog.flush(30)
+    stats = asynclog.stats()
+    assert stats["emitted"] == stats["written"] + stats["dropped"]
+    lines = read_lines(log_path)
+    assert len(lines) == stats["written"]
+    notices = [line for line in lines if line["logger"] == "asynclog"]
+    assert sum(n["dropped"] for n in notices) == stats["dropped_overflow"]
+    assert len(lines) - len(notices) + stats["dropped"] == 6 * per_thread
+
+
+def test_flush_and_shutdown_lose_nothing(log_path: Path) -> None:
+    asynclog.configure(sink=str(log_path), format="json", overflow="block", queue_size=1_000)
+    log = asynclog.get_logger("all")
+    for i in range(20_000):
+        log.info("n", i=i)
+    assert asynclog.shutdown(timeout=30)
+    lines = read_lines(log_path)
+    assert [line["i"] for line in lines] == list(range(20_000))
+    stats = asynclog.stats()
+    assert stats["dropped"] == 0
+    assert stats["written"] == stats["emitted"] == 20_000
+
+
+def test_drop_notice_counts_what_was_lost(log_path: Path) -> None:
+    handle = asynclog.configure(sink=str(log_path), format="json", queue_size=10)
+    handle.writer.flush_interval = 0.5  # keep the writer asleep while the queue overflows
+    log = asynclog.get_logger("d")
+    for i in range(100):
+        log.info("x", i=i)
+    assert asynclog.flush(10)
+    lines = read_lines(log_path)
+    [notice] = [line for line in lines if line["logger"] == "asynclog"]
+    assert notice["dropped"] == asynclog.stats()["dropped_overflow"] >= 80
+    assert notice["level"] == "warning"
+
+
+def test_no_line_written_that_nobody_logged(log_path: Path) -> None:
+    asynclog.configure(sink=str(log_path), format="json")
+    asynclog.flush(5)
+    asynclog.shutdown()
+    assert log_path.read_bytes() == b""
+
+
+def test_write_errors_are_counted_and_reported(tmp_path: Path) -> None:
+    result = run_python(
+        """
+        import asynclog, sys
+        asynclog.configure(sink="/dev/full", format="json")
+        log = asynclog.get_logger("full")
+        for i in range(50):
+            log.info("x", i=i)
+        asynclog.flush(10)
+        s = asynclog.stats()
+        print(s["errors"], s["dropped_write"], s["written"], s["emitted"], s["dropped"])
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    errors, dropped_write, written, emitted, dropped = map(int, result.stdout.split())
+    assert errors >= 1 and dropped_write == 50 and written == 0
+    assert emitted == written + dropped
+    reports = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert reports and reports[0]["logger"] == "asynclog"
+    assert "ENOSPC" in reports[0]["error"] or "No space" in reports[0]["error"]
+    assert len(reports) <= 2  # at most once a second
+
+
+def test_blocked_pipe_never_makes_a_call_wait_and_memory_stays_bounded() -> None:
+    # stdout is a pipe nobody reads: the writer fills it and then waits; callers must not.
+    code = """
+        import asynclog, os, resource, sys, time
+        asynclog.configure(sink="stdout", format="json", queue_size=2000)
+        log = asynclog.get_logger("blocked")
+        payload = "x" * 200
+        worst = 0.0
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for i in range(200_000):
+            t = time.perf_counter()
+            log.info("stuck", i=i, payload=payload)
+            worst = max(worst, time.perf_counter() - t)
+        rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        s = asynclog.stats()
+        ok = asynclog.shutdown(timeout=1)
+        s2 = asynclog.stats()
+        os.write(2, f"{worst} {rss1 - rss0} {s['dropped']} {s2['emitted']} {s2['written']} {s2['dropped']} {ok}\\n".encode())
+        """
+    import subprocess
+    import sys
+    import textwrap
+
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            stdout=write_fd,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        )
+        os.close(write_fd)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        os.close(read_fd)
+    assert proc.returncode == 0, err
+    worst, rss_kb, dropped, emitted, written, dropped_after, ok = err.decode().split()[-7:]
+    assert float(worst) < 0.05, f"a log call waited {float(worst) * 1000:.1f} ms"
+    assert int(rss_kb) < 60_000, f"RSS grew {int(rss_kb) // 1024} MB"
+    assert int(dropped) > 100_000
+    assert int(emitted) == int(written) + int(dropped_after)
+    assert ok == "False"  # the pipe never drained: shutdown gave up at its deadline
+
+
+def test_rename_rotation_loses_nothing(log_path: Path) -> None:
+    asynclog.configure(sink=str(log_path), format="json")
+    log = asynclog.get_logger("rot")
+    for i in range(100):
+        log.info("before", i=i)
+    asynclog.flush(5)
+    rotated = log_path.with_suffix(".log.1")
+    log_path.rename(rotated)
+    for i in range(100, 150):
+        log.info("between", i=i)  # may land in the renamed file until the writer notices
+    asynclog.reopen()
+    asynclog.flush(5)
+    for i in range(150, 300):
+        log.info("after", i=i)
+    asynclog.flush(5)
+    seen = [line["i"] for path in (rotated, log_path) for line in read_lines(path)]
+    assert sorted(seen) == list(range(300))
+    assert [line["i"] for line in read_lines(log_path)][-1] == 299
+
+
+def test_rotation_is_noticed_without_reopen(log_path: Path) -> None:
+    asynclog.configure(sink=str(log_path), format="json")
+    log = asynclog.get_logger("rot")
+    log.info("first")
+    asynclog.flush(5)
+    log_path.rename(log_path.with_suffix(".old"))
+    log_path.touch()
+    import time
+
+    time.sleep(1.3)  # the writer checks the path's inode once a second
+    log.info("second")
+    asynclog.flush(5)
+    assert [line["message"] for line in read_lines(log_path)] == ["second"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_fork_child_writes_its_own_records_once(log_path: Path) -> None:
+    asynclog.configure(sink=str(log_path), format="json", flush_interval=0.5)
+    log = asynclog.get_logger("fork")
+    log.info("parent-before-fork")  # still queued at fork time: the child must not write it
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            log.info("child", pid=os.getpid())
+            ok = asynclog.flush(5) and asynclog.stats()["written"] == 1
+            os._exit(0 if ok else 3)
+        except BaseException:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    log.info("parent-after-fork")
+    asynclog.flush(5)
+    messages = [line["message"] for line in read_lines(log_path)]
+    assert sorted(messages) == ["child", "parent-after-fork", "parent-before-fork"]
+
+
+def test_redaction_at_any_depth(log_path: Path) -> None:
+    asynclog.configure(sink=str(log_path), format="json", redact_keys={"password", "token"})
+    asynclog.get_logger("r").info(
+        "login",
+        Password="p",
+        user={"name": "ann", "TOKEN": "t", "nested": [{"password": "q"}]},
+        token_count=3,
+    )
+    asynclog.flush(5)
+    [line] = read_lines(log_path)
+    assert line["Password"] == "[REDACTED]"
+    assert line["user"] == {"name": "ann", "TOKEN": "[REDACTED]",
+                            "nested": [{"password": "[REDACTED]"}]}
+    assert line["token_count"] == 3
+
+
+def test_default_redaction_keys_cover_common_secrets(log_path: Path) -> None:
+    asynclog.configure(sink=str(log_path), format="json")
+    logging.getLogger("r").info("h", extra={"headers": {"Authorization": "Bearer x",
+                                                         "Set-Cookie": "s", "api_key": "k"}})
+    asynclog.flush(5)
+    assert set(read_lines(log_path)[0]["headers"].values()) == {"[REDACTED]"}

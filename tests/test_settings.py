@@ -1,0 +1,61 @@
+"""Settings come from arguments, then ASYNCLOG_* variables; bad values fail fast by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import asynclog
+from asynclog._settings import resolve_settings
+
+
+def test_environment_supplies_defaults() -> None:
+    core, _ = resolve_settings(
+        {},
+        {"ASYNCLOG_SINK": "stderr", "ASYNCLOG_LEVEL": "debug", "ASYNCLOG_FORMAT": "JSON",
+         "ASYNCLOG_QUEUE_SIZE": "500", "ASYNCLOG_OVERFLOW": "block"},
+    )
+    assert (core.sink, core.level, core.format, core.queue_size, core.overflow) == (
+        "stderr", 10, "json", 500, "block")
+
+
+def test_explicit_arguments_win_over_the_environment() -> None:
+    core, _ = resolve_settings({"level": "ERROR"}, {"ASYNCLOG_LEVEL": "DEBUG"})
+    assert core.level == 40
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "allowed"),
+    [
+        ("ASYNCLOG_LEVEL", "LOUD", "DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        ("ASYNCLOG_FORMAT", "xml", "auto, json, console"),
+        ("ASYNCLOG_QUEUE_SIZE", "-3", "an integer > 0"),
+        ("ASYNCLOG_QUEUE_SIZE", "lots", "an integer > 0"),
+        ("ASYNCLOG_OVERFLOW", "grow", "drop, block"),
+    ],
+)
+def test_bad_environment_value_names_the_variable(variable: str, value: str, allowed: str) -> None:
+    with pytest.raises(ValueError, match=variable) as info:
+        resolve_settings({}, {variable: value})
+    assert allowed in str(info.value)
+
+
+def test_bad_argument_names_the_setting() -> None:
+    with pytest.raises(ValueError, match=r"overflow='spill'.*drop, block"):
+        asynclog.configure(overflow="spill")
+
+
+def test_unknown_setting_is_refused() -> None:
+    with pytest.raises(TypeError, match="sinc"):
+        asynclog.configure(sinc="stdout")
+
+
+def test_unopenable_sink_fails_fast(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="sink="):
+        asynclog.configure(sink=str(tmp_path / "missing-dir" / "app.log"))
+
+
+def test_format_auto_is_json_for_files(tmp_path: Path) -> None:
+    handle = asynclog.configure(sink=str(tmp_path / "a.log"))
+    assert handle.format == "json"
