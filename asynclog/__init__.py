@@ -5,7 +5,13 @@ in batches. `asynclog.install(app)` adds access logs, request ids and OpenTeleme
 FastAPI app.
 """
 
-from ._context import bind_contextvars, bound, clear_contextvars, get_contextvars, unbind_contextvars
+from ._context import (
+    bind_contextvars,
+    bound,
+    clear_contextvars,
+    get_contextvars,
+    unbind_contextvars,
+)
 from ._logger import Logger
 from ._pipeline import Pipeline, configure, flush, get_logger, reopen, shutdown, stats
 from ._stdlib import AsyncLogHandler

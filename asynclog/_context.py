@@ -9,7 +9,13 @@ from typing import Any
 
 from ._snapshot import snapshot_fields
 
-__all__ = ["bind_contextvars", "bound", "clear_contextvars", "get_contextvars", "unbind_contextvars"]
+__all__ = [
+    "bind_contextvars",
+    "bound",
+    "clear_contextvars",
+    "get_contextvars",
+    "unbind_contextvars",
+]
 
 _EMPTY: Mapping[str, Any] = {}
 

@@ -22,13 +22,17 @@ from ._snapshot import Frozen
 
 __all__ = ["RESERVED_KEYS", "Encoder", "encode_record", "format_time", "level_name"]
 
-RESERVED_KEYS = frozenset({"time", "level", "logger", "message", "trace_id", "span_id", "exception"})
+RESERVED_KEYS = frozenset(
+    {"time", "level", "logger", "message", "trace_id", "span_id", "exception"}
+)
 RENAME_PREFIX = "field."
 SUBSTITUTED_KEY = "asynclog.substituted"
 _JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
 _MAX_DEPTH = 64
 # Values that need neither redaction nor decoding: they go into the line as they are.
-_SCALARS = frozenset({str, int, float, bool, type(None), datetime.datetime, datetime.date, uuid.UUID})
+_SCALARS = frozenset(
+    {str, int, float, bool, type(None), datetime.datetime, datetime.date, uuid.UUID}
+)
 _LEVEL_NAMES = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
 
 
@@ -52,7 +56,7 @@ class _TimeFormatter:
         if second != self._second:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
-        return "%s%06dZ" % (self._prefix, (created - second) * 1_000_000)
+        return f"{self._prefix}{int((created - second) * 1_000_000):06d}Z"
 
 
 format_time = _TimeFormatter()
@@ -287,7 +291,9 @@ def _sanitize(value: Any, notes: list[str], path: str, depth: int, seen: set[int
                     else:
                         key = _safe_str(k)
                         notes.append(f"{path}: non-str key {key!r} written as a string")
-                    out[key] = _sanitize(v, notes, f"{path}.{key}" if path else key, depth + 1, seen)
+                    out[key] = _sanitize(
+                        v, notes, f"{path}.{key}" if path else key, depth + 1, seen
+                    )
                 return out
             if dataclasses.is_dataclass(value):
                 items = {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
@@ -332,8 +338,13 @@ def _minimal_from_line(line: dict[str, Any], problem: str) -> dict[str, Any]:
 
 # Console rendering ------------------------------------------------------------------------------
 
-_COLORS = {"debug": "\x1b[2m", "info": "\x1b[32m", "warning": "\x1b[33m", "error": "\x1b[31m",
-           "critical": "\x1b[1;31m"}
+_COLORS = {
+    "debug": "\x1b[2m",
+    "info": "\x1b[32m",
+    "warning": "\x1b[33m",
+    "error": "\x1b[31m",
+    "critical": "\x1b[1;31m",
+}
 _RESET = "\x1b[0m"
 _DIM = "\x1b[2m"
 _CONSOLE_SKIP = frozenset({"time", "level", "logger", "message", "exception"})
@@ -351,9 +362,7 @@ def _console_value(value: Any) -> str:
 def _console_line(line: dict[str, Any], color: bool) -> bytes:
     level = str(line["level"])
     stamp = str(line["time"])[11:23]
-    pairs = " ".join(
-        f"{k}={_console_value(v)}" for k, v in line.items() if k not in _CONSOLE_SKIP
-    )
+    pairs = " ".join(f"{k}={_console_value(v)}" for k, v in line.items() if k not in _CONSOLE_SKIP)
     if color:
         head = f"{_DIM}{stamp}{_RESET} {_COLORS.get(level, '')}{level.upper():<8}{_RESET} "
         head += f"{_DIM}{line['logger']}{_RESET} {line['message']}"
@@ -371,5 +380,3 @@ def _console_line(line: dict[str, Any], color: bool) -> bytes:
 def encode_record(record: tuple[Any, ...], redactor: Redactor | None = None) -> bytes:
     """Encode one captured record as a JSON line (a convenience for tests and tools)."""
     return Encoder(redactor or Redactor(frozenset())).encode(record)
-
-

@@ -124,7 +124,6 @@ class Pipeline:
     def stats(self) -> dict[str, Any]:
         return _collect(self.counters)
 
-
     def after_fork_in_child(self, counters: Counters) -> None:
         """A forked child gets its own empty queue and a fresh writer; nothing is written twice."""
         self.counters = counters
@@ -164,7 +163,9 @@ def start_pipeline(core: Settings, app: AppSettings) -> Pipeline:
             # A fresh start after shutdown (or the first one) counts from zero.
             _last_counters = Counters()
             QUEUE.reset_counters()
-        pipeline = Pipeline(core, app, _last_counters)  # opens the sink: fails before touching anything
+        pipeline = Pipeline(
+            core, app, _last_counters
+        )  # opens the sink: fails before touching anything
         if previous is not None:
             previous.stop(restore=False)
             pipeline._previous_root = previous._previous_root

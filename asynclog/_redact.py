@@ -21,13 +21,14 @@ class Redactor:
 
     def is_secret(self, key: object) -> bool:
         """Whether a field of this name is masked (cached: field names repeat)."""
-        hit = self._hits.get(key)  # type: ignore[call-overload]
+        if not isinstance(key, str):
+            return False
+        hit = self._hits.get(key)
         if hit is None:
-            hit = isinstance(key, str) and key.lower() in self.keys
+            hit = key.lower() in self.keys
             if len(self._hits) >= _CACHE_LIMIT:
                 self._hits.clear()
-            if isinstance(key, str):
-                self._hits[key] = hit
+            self._hits[key] = hit
         return hit
 
     def nested(self, value: Any, depth: int = 1) -> Any:
@@ -46,6 +47,6 @@ class Redactor:
             return value if out is None else out
         if kind is list or kind is tuple:
             items = [self.nested(v, depth + 1) for v in value]
-            if any(a is not b for a, b in zip(items, value)):
+            if any(a is not b for a, b in zip(items, value, strict=True)):
                 return items
         return value

@@ -51,9 +51,7 @@ class FdSink:
     def open(self) -> None:
         """(Re)open the descriptor; raises OSError when the target cannot be opened."""
         if self.path is not None:
-            fd = os.open(
-                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
-            )
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
             info = os.fstat(fd)
             self._replace(fd, nonblocking=False, sock=None)
             self._identity = (info.st_dev, info.st_ino)
@@ -137,8 +135,10 @@ class FdSink:
         poller.register(self.fd, select.POLLOUT)
         for _, events in poller.poll(timeout * 1000):
             if events & (select.POLLERR | select.POLLNVAL):
-                raise OSError(errno.EPIPE if events & select.POLLERR else errno.EBADF,
-                              "sink descriptor failed while waiting to write")
+                raise OSError(
+                    errno.EPIPE if events & select.POLLERR else errno.EBADF,
+                    "sink descriptor failed while waiting to write",
+                )
 
     def close(self) -> None:
         self._replace(-1, nonblocking=False, sock=None)

@@ -29,7 +29,7 @@ class AsyncLogHandler(logging.Handler):
     The handler lock is skipped because the queue is thread-safe on its own.
     """
 
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+    def handle(self, record: logging.LogRecord) -> bool:
         if self.filters and not self.filter(record):
             return False
         self.emit(record)

@@ -69,10 +69,11 @@ class Writer(threading.Thread):
         wake = queue.wake
         while True:
             self._housekeeping()
-            if queue.items and not (self.urgent or self.stopping):
-                if len(queue.items) < self.batch_size:
-                    wake.wait(self.flush_interval)
-                    wake.clear()
+            # Gather a batch for up to flush_interval unless it is full or someone is waiting.
+            waiting = self.urgent or self.stopping
+            if queue.items and not waiting and len(queue.items) < self.batch_size:
+                wake.wait(self.flush_interval)
+                wake.clear()
             urgent, self.urgent = self.urgent or self.stopping, False
             while queue.items:
                 batch = queue.take(self.batch_size)
@@ -158,8 +159,11 @@ class Writer(threading.Thread):
         self._last_drop_notice = now
         self.counters.notices += 1
         self._write_lines(
-            [self._notice("warning", "records dropped: queue full", dropped=lost,
-                          dropped_total=dropped)]
+            [
+                self._notice(
+                    "warning", "records dropped: queue full", dropped=lost, dropped_total=dropped
+                )
+            ]
         )
 
     def _report_error(self, exc: BaseException, lost: int) -> None:

@@ -45,7 +45,9 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in data.decode("utf-8").splitlines()]
 
 
-def run_python(code: str, *, timeout: float = 60, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def run_python(
+    code: str, *, timeout: float = 60, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     """Run a snippet in a fresh interpreter with the repo importable."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), **kwargs.pop("env", {})}
     return subprocess.run(

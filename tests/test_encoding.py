@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import asynclog
 from asynclog._encoder import Encoder
 from asynclog._redact import Redactor
+
 from conftest import read_lines
 
 
@@ -54,7 +55,9 @@ def test_any_fields_give_one_valid_line(msg: Any, fields: dict[str, Any]) -> Non
 
 @settings(max_examples=300)
 @given(template=st.text(), args=st.lists(odd_values, max_size=3).map(tuple))
-def test_mismatched_percent_templates_give_one_valid_line(template: str, args: tuple[Any, ...]) -> None:
+def test_mismatched_percent_templates_give_one_valid_line(
+    template: str, args: tuple[Any, ...]
+) -> None:
     data = ENCODER.encode(_record(template, args or None))
     assert data.count(b"\n") == 1
     json.loads(data)
@@ -110,8 +113,13 @@ def test_rich_types_are_encoded_natively(log_path: Path) -> None:
     asynclog.configure(sink=str(log_path), format="json")
     uid = uuid.uuid4()
     asynclog.get_logger("types").info(
-        "types", when=dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc), uid=uid,
-        color=Color.RED, point=Point(1, 2), arr=np.arange(3), user=User(name="ann"),
+        "types",
+        when=dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
+        uid=uid,
+        color=Color.RED,
+        point=Point(1, 2),
+        arr=np.arange(3),
+        user=User(name="ann"),
     )
     asynclog.flush(5)
     [line] = read_lines(log_path)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import asynclog
+
 from conftest import read_lines
 
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
@@ -21,8 +22,14 @@ def test_line_schema_and_key_order(log_path: Path) -> None:
     [line] = read_lines(log_path)
     assert list(line)[:4] == ["time", "level", "logger", "message"]
     assert TIME.match(line["time"])
-    assert line == {**line, "level": "info", "logger": "shop", "message": "paid",
-                    "order_id": 7, "amount": 9.5}
+    assert line == {
+        **line,
+        "level": "info",
+        "logger": "shop",
+        "message": "paid",
+        "order_id": 7,
+        "amount": 9.5,
+    }
 
 
 def test_any_field_name_works_and_reserved_names_are_renamed(log_path: Path) -> None:

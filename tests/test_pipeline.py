@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import asynclog
+
 from conftest import read_lines, run_python
 
 
@@ -114,7 +115,8 @@ def test_blocked_pipe_never_makes_a_call_wait_and_memory_stays_bounded() -> None
         s = asynclog.stats()
         ok = asynclog.shutdown(timeout=1)
         s2 = asynclog.stats()
-        os.write(2, f"{worst} {rss1 - rss0} {s['dropped']} {s2['emitted']} {s2['written']} {s2['dropped']} {ok}\\n".encode())
+        fields = (worst, rss1 - rss0, s["dropped"], s2["emitted"], s2["written"], s2["dropped"], ok)
+        os.write(2, (" ".join(map(str, fields)) + "\\n").encode())
         """
     import subprocess
     import sys
@@ -208,14 +210,18 @@ def test_redaction_at_any_depth(log_path: Path) -> None:
     asynclog.flush(5)
     [line] = read_lines(log_path)
     assert line["Password"] == "[REDACTED]"
-    assert line["user"] == {"name": "ann", "TOKEN": "[REDACTED]",
-                            "nested": [{"password": "[REDACTED]"}]}
+    assert line["user"] == {
+        "name": "ann",
+        "TOKEN": "[REDACTED]",
+        "nested": [{"password": "[REDACTED]"}],
+    }
     assert line["token_count"] == 3
 
 
 def test_default_redaction_keys_cover_common_secrets(log_path: Path) -> None:
     asynclog.configure(sink=str(log_path), format="json")
-    logging.getLogger("r").info("h", extra={"headers": {"Authorization": "Bearer x",
-                                                         "Set-Cookie": "s", "api_key": "k"}})
+    logging.getLogger("r").info(
+        "h", extra={"headers": {"Authorization": "Bearer x", "Set-Cookie": "s", "api_key": "k"}}
+    )
     asynclog.flush(5)
     assert set(read_lines(log_path)[0]["headers"].values()) == {"[REDACTED]"}

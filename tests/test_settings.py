@@ -13,11 +13,21 @@ from asynclog._settings import resolve_settings
 def test_environment_supplies_defaults() -> None:
     core, _ = resolve_settings(
         {},
-        {"ASYNCLOG_SINK": "stderr", "ASYNCLOG_LEVEL": "debug", "ASYNCLOG_FORMAT": "JSON",
-         "ASYNCLOG_QUEUE_SIZE": "500", "ASYNCLOG_OVERFLOW": "block"},
+        {
+            "ASYNCLOG_SINK": "stderr",
+            "ASYNCLOG_LEVEL": "debug",
+            "ASYNCLOG_FORMAT": "JSON",
+            "ASYNCLOG_QUEUE_SIZE": "500",
+            "ASYNCLOG_OVERFLOW": "block",
+        },
     )
     assert (core.sink, core.level, core.format, core.queue_size, core.overflow) == (
-        "stderr", 10, "json", 500, "block")
+        "stderr",
+        10,
+        "json",
+        500,
+        "block",
+    )
 
 
 def test_explicit_arguments_win_over_the_environment() -> None:

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import asynclog
+
 from conftest import read_lines
 
 
