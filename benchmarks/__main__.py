@@ -1,0 +1,143 @@
+"""``python -m benchmarks``: run the micro and end-to-end benchmarks, write the report.
+
+    python -m benchmarks            # ~5 minutes
+    python -m benchmarks --quick    # < 1 minute, the CI smoke test
+    python -m benchmarks --full     # longer runs, more repeats
+    python -m benchmarks --out DIR  # somewhere other than benchmarks/results
+
+Only one benchmark should run on a machine at a time; wrap it in
+``flock /tmp/asynclog-bench.lock`` where others share the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks import e2e, loadgen, micro, report
+from benchmarks.peers import BASELINE, PEERS
+from benchmarks.profiles import PROFILES, Profile
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class Progress:
+    """One line per step on stderr: step count, elapsed time and a rough time left."""
+
+    def __init__(self, steps: list[tuple[str, float]]) -> None:
+        self.steps = steps
+        self.start = time.monotonic()
+        self.done = 0
+        self.tty = sys.stderr.isatty()
+
+    @staticmethod
+    def _clock(seconds: float) -> str:
+        return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
+
+    def begin(self, label: str) -> None:
+        elapsed = time.monotonic() - self.start
+        left = sum(seconds for _, seconds in self.steps[self.done :])
+        line = (
+            f"[{self.done + 1:>2}/{len(self.steps)}  {self._clock(elapsed)} elapsed, "
+            f"~{self._clock(left)} left] {label} ..."
+        )
+        print(line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def end(self, summary: str) -> None:
+        self.done += 1
+        print(f" {summary}" if self.tty else f"    {summary}", file=sys.stderr, flush=True)
+
+
+def _micro_summary(m: dict[str, Any]) -> str:
+    if "error" in m:
+        return f"ERROR {m['error']}"
+    return f"{m['caller_ns']:,.0f} ns/call, {m['records_per_s']:,.0f} records/s"
+
+
+def _e2e_summary(c: dict[str, Any]) -> str:
+    if "error" in c:
+        return f"ERROR {c['error']}"
+    return f"{c['requests_per_s']:,.0f} req/s, p99 {c['p99_ms']:.1f} ms"
+
+
+def run(profile: Profile, parts: set[str], loadgen_pref: str, out: Path) -> dict[str, Any]:
+    peers = list(PEERS.values()) if "micro" in parts else []
+    cases = list(e2e.CASES) if "e2e" in parts else []
+    steps = [(f"micro {p.name}", profile.micro_seconds) for p in peers]
+    steps += [(f"e2e {c.name}", profile.e2e_seconds) for c in cases]
+    progress = Progress(steps)
+    results: dict[str, Any] = {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "profile": profile.name,
+        "machine": report.machine(),
+        "micro_profile": asdict(profile.micro),
+        "e2e_profile": asdict(profile.e2e),
+        "baseline": BASELINE,
+        "micro": [],
+        "e2e": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="asynclog-bench-") as tmp:
+        workdir = Path(tmp)
+        gen = loadgen.choose(loadgen_pref, workdir)
+        results["loadgen"] = gen.name
+        results["versions"] = report.versions(gen.name)
+        for peer in peers:
+            progress.begin(f"micro {peer.name}")
+            m = micro.run_peer(peer, profile.micro, workdir)
+            results["micro"].append(m)
+            progress.end(_micro_summary(m))
+        for case in cases:
+            progress.begin(f"e2e {case.name}")
+            try:
+                c = e2e.run_case(case, profile.e2e, gen, workdir)
+            except (RuntimeError, OSError) as exc:
+                c = {"mode": case.mode, "sink": case.sink, "error": str(exc)}
+            results["e2e"].append(c)
+            progress.end(_e2e_summary(c))
+    report.add_ratios(results["micro"], results["e2e"], BASELINE)
+    results["targets"] = [t.to_dict() for t in report.targets(results["micro"], results["e2e"])]
+    results["commands"] = [
+        "python -m benchmarks " + shlex.join(sys.argv[1:]),
+        *(c["command"] for c in results["e2e"] if "command" in c),
+    ]
+    results["seconds"] = round(time.monotonic() - progress.start, 1)
+    return results
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.split("\n")[0]
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="under a minute (CI smoke test)")
+    size.add_argument("--full", action="store_true", help="longer runs, more repeats")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="report directory")
+    parser.add_argument("--only", choices=("micro", "e2e"), help="run one part only")
+    parser.add_argument(
+        "--loadgen",
+        choices=("auto", "wrk", "builtin"),
+        default="auto",
+        help="wrk if installed (auto), or the built-in asyncio generator",
+    )
+    args = parser.parse_args(argv)
+    if (os.cpu_count() or 1) < 2:
+        print("note: fewer than 2 CPUs; server and load generator share one", file=sys.stderr)
+    profile = PROFILES["quick" if args.quick else "full" if args.full else "default"]
+    parts = {args.only} if args.only else {"micro", "e2e"}
+    results = run(profile, parts, args.loadgen, args.out)
+    paths = report.write(results, args.out)
+    print(report.terminal(results))
+    print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,310 @@
+"""End-to-end benchmark: a FastAPI app under gunicorn + uvicorn-worker, loaded over HTTP.
+
+One case is a mode (how the app logs) and a sink (where its lines go):
+
+- ``file``: the app writes a file.
+- ``slow-pipe``: the app writes stdout, a pipe whose reader drains ~800 KiB/s.
+- ``stalled-pipe``: the app writes stdout, a pipe whose reader stops for ``stall`` seconds
+  in every measured round, then resumes.
+
+For each case the harness boots one worker pinned to CPU 0, runs the load generator
+pinned to CPU 1 (warm-up, then ``rounds`` measured rounds), samples the worker's RSS,
+stops the server with SIGTERM (so lifespan shutdown drains what it can within
+gunicorn's graceful timeout), and then counts and parses every line the app wrote.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+
+from benchmarks import loadgen
+from benchmarks.records import LineCheck, check_json_lines
+
+REPO = Path(__file__).resolve().parent.parent
+SERVER_CPU = 0
+LOAD_CPU = 1
+# gunicorn's graceful timeout: how long lifespan shutdown may drain before the worker is
+# killed. Lines a logger still holds after that are lost, and show up as such.
+GRACEFUL_TIMEOUT = 15
+LINES_PER_REQUEST = 3
+SINKS = ("file", "slow-pipe", "stalled-pipe")
+
+
+@dataclass(frozen=True)
+class E2EProfile:
+    connections: int
+    warmup: float
+    duration: float
+    rounds: int
+    stall: float
+    boot_timeout: float
+
+
+@dataclass(frozen=True)
+class Case:
+    mode: str
+    sink: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.mode}/{self.sink}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What gunicorn serves for a mode: the app spec, extra environment, the URL path."""
+
+    spec: str
+    env: dict[str, str]
+    path: str
+    source: str
+
+
+MODES = {
+    "none": "no logging",
+    "stdlib-sync": "stdlib sync JSON",
+    "stdlib-otel": "stdlib sync JSON + stock FastAPIInstrumentor",
+    "stdlib-queue": "stdlib QueueHandler + QueueListener",
+    "asynclog": "asynclog, tracing off",
+    "asynclog-tracing": "asynclog, tracing on",
+}
+
+CASES = (
+    Case("none", "file"),
+    Case("stdlib-sync", "file"),
+    Case("stdlib-otel", "file"),
+    Case("asynclog", "file"),
+    Case("asynclog-tracing", "file"),
+    Case("stdlib-sync", "slow-pipe"),
+    Case("stdlib-queue", "slow-pipe"),
+    Case("asynclog", "slow-pipe"),
+    Case("stdlib-sync", "stalled-pipe"),
+    Case("stdlib-queue", "stalled-pipe"),
+    Case("asynclog", "stalled-pipe"),
+)
+
+
+def target(mode: str, sink: str) -> Target:
+    """The app to serve for *mode*, writing to *sink* (a file path or ``stdout``)."""
+    env = {"BENCH_MODE": mode, "BENCH_SINK": sink}
+    if mode.startswith("asynclog"):
+        env |= {"ASYNCLOG_SINK": sink, "ASYNCLOG_FORMAT": "json", "ASYNCLOG_LEVEL": "INFO"}
+    from benchmarks.apps import LOAD_PATH
+
+    return Target("benchmarks.apps:app", env, LOAD_PATH, "benchmarks/apps.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _get(port: int, path: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} while booting")
+        try:
+            if _get(port, "/health") == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server not ready after {timeout:.0f} s")
+
+
+class RssSampler:
+    """Samples a process's RSS every ``interval`` seconds on a background thread."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self.process = psutil.Process(pid)
+        self.interval = interval
+        self.peak = self.process.memory_info().rss
+        self.last = self.peak
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.last = self.process.memory_info().rss
+            except psutil.Error:
+                return
+            self.peak = max(self.peak, self.last)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@contextmanager
+def _sink(case: Case, workdir: Path, stall: float) -> Iterator[tuple[str, Path, Any]]:
+    """Yield (sink for the app, capture file, reader process or None) for *case*."""
+    capture = workdir / f"{case.mode}-{case.sink}.jsonl"
+    if case.sink == "file":
+        yield str(capture), capture, None
+        return
+    mode = "slow" if case.sink == "slow-pipe" else "stalled"
+    reader = subprocess.Popen(
+        loadgen.pinned(
+            [sys.executable, "-m", "benchmarks.pipes", mode, str(capture), f"--stall={stall}"],
+            LOAD_CPU,
+        ),
+        stdin=subprocess.PIPE,
+        cwd=REPO,
+    )
+    try:
+        yield "stdout", capture, reader
+    finally:
+        if reader.stdin:
+            reader.stdin.close()
+        try:
+            reader.wait(timeout=stall + 60)
+        except subprocess.TimeoutExpired:
+            reader.kill()
+            reader.wait()
+
+
+def _stop_server(proc: subprocess.Popen[bytes]) -> float:
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=GRACEFUL_TIMEOUT + 15)
+    except subprocess.TimeoutExpired:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
+        proc.wait()
+    return time.monotonic() - start
+
+
+def _stall_later(reader: subprocess.Popen[bytes], delay: float) -> threading.Timer:
+    timer = threading.Timer(
+        delay, lambda: reader.poll() is None and reader.send_signal(signal.SIGUSR1)
+    )
+    timer.start()
+    return timer
+
+
+def run_case(
+    case: Case, profile: E2EProfile, gen: loadgen.LoadGen, workdir: Path
+) -> dict[str, Any]:
+    """Boot, load and stop one server; return its figures (medians over rounds)."""
+    port = _free_port()
+    with _sink(case, workdir, profile.stall) as (sink, capture, reader):
+        tgt = target(case.mode, sink)
+        cmd = loadgen.pinned([
+            sys.executable, "-m", "gunicorn",
+            "-k", "uvicorn_worker.UvicornWorker", "-w", "1",
+            "--bind", f"127.0.0.1:{port}",
+            f"--graceful-timeout={GRACEFUL_TIMEOUT}",
+            tgt.spec,
+        ], SERVER_CPU)  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(REPO), **tgt.env}
+        stdout: IO[bytes] | int = reader.stdin if reader else subprocess.DEVNULL
+        server_log = workdir / f"{case.mode}-{case.sink}.server.log"
+        with server_log.open("wb") as stderr:
+            proc = subprocess.Popen(
+                cmd, env=env, cwd=REPO, stdout=stdout, stderr=stderr
+            )  # fmt: skip
+        try:
+            _wait_ready(proc, port, profile.boot_timeout)
+            worker = psutil.Process(proc.pid).children()[0]
+            url = f"http://127.0.0.1:{port}{tgt.path}"
+            if _get(port, tgt.path) != 200:
+                raise RuntimeError(f"GET {tgt.path} did not return 200")
+            with RssSampler(worker.pid) as rss:
+                idle_rss = rss.peak
+                warm: dict[str, Any] = {"requests": 0, "errors": 0}
+                if profile.warmup > 0:
+                    warm = loadgen.run(gen, url, profile.connections, profile.warmup, LOAD_CPU)
+                rounds = []
+                for _ in range(profile.rounds):
+                    timer = None
+                    if case.sink == "stalled-pipe":
+                        timer = _stall_later(reader, min(1.0, profile.duration / 4))
+                    rounds.append(
+                        loadgen.run(gen, url, profile.connections, profile.duration, LOAD_CPU)
+                    )
+                    if timer:
+                        timer.cancel()
+                end_rss = rss.last
+        except BaseException as exc:
+            proc.kill()
+            proc.wait()
+            if isinstance(exc, RuntimeError):
+                tail = server_log.read_text(errors="replace").strip().splitlines()[-3:]
+                raise RuntimeError(f"{exc}; server log: " + " | ".join(tail)) from exc
+            raise
+        stop_seconds = _stop_server(proc)
+    check = check_json_lines(capture) if capture.exists() else LineCheck()
+    capture.unlink(missing_ok=True)
+    served = warm["requests"] + sum(r["requests"] for r in rounds) + 1
+    logging_mode = case.mode != "none"
+    expected = LINES_PER_REQUEST * served if logging_mode else 0
+    load_runs = (1 if profile.warmup > 0 else 0) + profile.rounds
+    # Requests still in flight when a load run ends are served but not counted by the load
+    # generator; their lines are written anyway, so allow that many extra.
+    slack = LINES_PER_REQUEST * profile.connections * load_runs
+    unaccounted = expected - check.valid - check.dropped_reported
+    return {
+        "mode": case.mode,
+        "sink": case.sink,
+        "app": tgt.source,
+        "requests_per_s": statistics.median(r["requests"] / r["seconds"] for r in rounds),
+        "p50_ms": statistics.median(r["p50_ms"] for r in rounds),
+        "p90_ms": statistics.median(r["p90_ms"] for r in rounds),
+        "p99_ms": statistics.median(r["p99_ms"] for r in rounds),
+        "max_ms": statistics.median(r["max_ms"] for r in rounds),
+        "max_ms_worst": max(r["max_ms"] for r in rounds),
+        "errors": warm["errors"] + sum(r["errors"] for r in rounds),
+        "rounds": rounds,
+        "requests_served": served,
+        "lines_expected": expected,
+        "lines_written": check.lines,
+        "lines_valid": check.valid,
+        "lines_corrupt": check.corrupt,
+        "dropped": check.dropped_reported,
+        "lines_unaccounted": unaccounted,
+        "lines_lost": max(0, unaccounted) if unaccounted > slack else 0,
+        "worker_idle_rss": idle_rss,
+        "worker_peak_rss": rss.peak,
+        "worker_end_rss": end_rss,
+        "stop_seconds": stop_seconds,
+        "command": " ".join(
+            [f"{k}={v}" for k, v in tgt.env.items()]
+            + [("python" if part == sys.executable else part) for part in cmd]
+        ),
+    }

@@ -1,0 +1,284 @@
+"""One setup per logging library for the micro benchmark, each writing JSON lines to a file.
+
+A peer opens a sink on a path; the sink logs record number ``seq`` with the shared
+fields (see ``records.py``) and, on ``close``, returns only once every record is in the
+file. Each peer is set up the way its documentation recommends for speed or for
+structured output, and nothing more.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import logging.handlers
+import queue
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from benchmarks.records import MESSAGE, fields
+
+LOGGER_NAME = "bench"
+
+
+@dataclass
+class Sink:
+    """An open logger for one run.
+
+    ``log(seq)`` and ``close()`` are coroutine functions for async peers. ``dropped()``
+    is read after ``close()``.
+    """
+
+    log: Callable[[int], Any]
+    close: Callable[[], Any]
+    dropped: Callable[[], int] = lambda: 0
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    label: str
+    open: Callable[[Path], Sink] | Callable[[Path], Awaitable[Sink]]
+    is_async: bool = False
+    note: str = ""
+
+
+# -- stdlib ------------------------------------------------------------------------------
+
+_STANDARD_ATTRS = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime"}
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """The usual hand-rolled JSON formatter: standard keys plus every ``extra=`` field."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS:
+                out[key] = value
+        return json.dumps(out, default=str)
+
+
+def _stdlib_logger(handler: logging.Handler) -> logging.Logger:
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.handlers.clear()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
+
+
+def _open_stdlib_sync(path: Path) -> Sink:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(JsonFormatter())
+    logger = _stdlib_logger(handler)
+
+    def log(seq: int) -> None:
+        logger.info(MESSAGE, extra=fields(seq))
+
+    def close() -> None:
+        logger.removeHandler(handler)
+        handler.close()
+
+    return Sink(log, close)
+
+
+def _open_stdlib_queue(path: Path) -> Sink:
+    q: queue.Queue[logging.LogRecord] = queue.Queue(-1)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(JsonFormatter())
+    listener = logging.handlers.QueueListener(q, handler)
+    queue_handler = logging.handlers.QueueHandler(q)
+    logger = _stdlib_logger(queue_handler)
+    listener.start()
+
+    def log(seq: int) -> None:
+        logger.info(MESSAGE, extra=fields(seq))
+
+    def close() -> None:
+        logger.removeHandler(queue_handler)
+        listener.stop()
+        handler.close()
+
+    return Sink(log, close)
+
+
+# -- structlog -----------------------------------------------------------------------------
+
+
+def _open_structlog(path: Path) -> Sink:
+    import structlog
+
+    f = path.open("wb")
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.BytesLoggerFactory(file=f),
+        cache_logger_on_first_use=True,
+    )
+    logger = structlog.get_logger().bind(logger=LOGGER_NAME)
+
+    def log(seq: int) -> None:
+        logger.info(MESSAGE, **fields(seq))
+
+    def close() -> None:
+        f.close()
+        structlog.reset_defaults()
+
+    return Sink(log, close)
+
+
+# -- loguru ----------------------------------------------------------------------------------
+
+
+def _loguru(enqueue: bool) -> Callable[[Path], Sink]:
+    def open_(path: Path) -> Sink:
+        from loguru import logger
+
+        logger.remove()
+        sink_id = logger.add(str(path), serialize=True, enqueue=enqueue, level="INFO")
+
+        def log(seq: int) -> None:
+            logger.info(MESSAGE, **fields(seq))
+
+        def close() -> None:
+            logger.complete()
+            logger.remove(sink_id)
+
+        return Sink(log, close)
+
+    return open_
+
+
+# -- asyncio-native peers ------------------------------------------------------------------
+
+
+async def _open_aiologger(path: Path) -> Sink:
+    from aiologger.formatters.json import ExtendedJsonFormatter
+    from aiologger.handlers.files import AsyncFileHandler
+    from aiologger.levels import LogLevel
+    from aiologger.loggers.json import JsonLogger
+
+    logger = JsonLogger(name=LOGGER_NAME, level=LogLevel.INFO, flatten=True)
+    handler = AsyncFileHandler(str(path))
+    handler.formatter = ExtendedJsonFormatter()
+    logger.add_handler(handler)
+
+    async def log(seq: int) -> None:
+        await logger.info(MESSAGE, extra=fields(seq))
+
+    async def close() -> None:
+        await logger.shutdown()
+
+    return Sink(log, close)
+
+
+async def _open_aiofiles(path: Path) -> Sink:
+    """The handler async apps often write first: await one ``aiofiles`` write per record.
+
+    It encodes with orjson (as asynclog does) and does not flush per line, so the only
+    difference left against asynclog is the I/O design: a thread-pool hop per record.
+    """
+    import aiofiles
+
+    f = await aiofiles.open(path, "wb")
+
+    async def log(seq: int) -> None:
+        record = {
+            "time": dt.datetime.now(dt.timezone.utc),
+            "level": "info",
+            "logger": LOGGER_NAME,
+            "message": MESSAGE,
+            **fields(seq),
+        }
+        await f.write(orjson.dumps(record) + b"\n")
+
+    async def close() -> None:
+        await f.close()
+
+    return Sink(log, close)
+
+
+# -- asynclog ------------------------------------------------------------------------------
+
+# Micro runs use overflow="block" so every record reaches the file and records/s means
+# records written; the end-to-end server runs use asynclog's defaults.
+ASYNCLOG_MICRO_SETTINGS: dict[str, Any] = {"format": "json", "overflow": "block"}
+
+
+def _asynclog_sink(path: Path) -> tuple[Any, Callable[[], None], Callable[[], int]]:
+    import asynclog
+
+    asynclog.configure(sink=str(path), level="INFO", **ASYNCLOG_MICRO_SETTINGS)
+    last_stats: dict[str, int] = {}
+
+    def close() -> None:
+        asynclog.flush(timeout=120)
+        last_stats.update(asynclog.stats())
+        asynclog.shutdown(timeout=120)
+
+    return asynclog, close, lambda: int(last_stats.get("dropped", 0))
+
+
+def _open_asynclog_native(path: Path) -> Sink:
+    asynclog, close, dropped = _asynclog_sink(path)
+    logger = asynclog.get_logger(LOGGER_NAME)
+
+    def log(seq: int) -> None:
+        logger.info(MESSAGE, **fields(seq))
+
+    return Sink(log, close, dropped)
+
+
+def _open_asynclog_stdlib(path: Path) -> Sink:
+    _, close, dropped = _asynclog_sink(path)
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.handlers.clear()
+    logger.setLevel(logging.INFO)
+    logger.propagate = True
+
+    def log(seq: int) -> None:
+        logger.info(MESSAGE, extra=fields(seq))
+
+    return Sink(log, close, dropped)
+
+
+PEERS: dict[str, Peer] = {
+    p.name: p
+    for p in (
+        Peer("stdlib-sync", "stdlib FileHandler + json.dumps formatter", _open_stdlib_sync),
+        Peer("stdlib-queue", "stdlib QueueHandler + QueueListener", _open_stdlib_queue),
+        Peer(
+            "structlog-fast",
+            "structlog (orjson, BytesLogger, cached filtering logger)",
+            _open_structlog,
+        ),
+        Peer("loguru", "loguru serialize=True", _loguru(enqueue=False)),
+        Peer("loguru-enqueue", "loguru serialize=True, enqueue=True", _loguru(enqueue=True)),
+        Peer("aiologger", "aiologger JSON file (awaited)", _open_aiologger, is_async=True),
+        Peer(
+            "aiofiles",
+            "plain aiofiles handler, one awaited write per record",
+            _open_aiofiles,
+            is_async=True,
+        ),
+        Peer("asynclog", "asynclog native API", _open_asynclog_native),
+        Peer("asynclog-stdlib", "stdlib logging through asynclog", _open_asynclog_stdlib),
+    )
+}
+BASELINE = "stdlib-sync"

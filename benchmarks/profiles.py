@@ -1,0 +1,78 @@
+"""How long and how often to measure: ``quick`` (CI smoke, < 1 min), default (~5 min), ``full``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from benchmarks.e2e import E2EProfile
+from benchmarks.micro import MicroProfile
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    micro: MicroProfile
+    e2e: E2EProfile
+    micro_seconds: float  # rough time per library, for the progress estimate
+    e2e_seconds: float  # rough time per server case, for the progress estimate
+
+
+PROFILES = {
+    "quick": Profile(
+        "quick",
+        MicroProfile(
+            warmup=200,
+            caller_repeats=3,
+            burst_seconds=0.05,
+            max_burst=5_000,
+            throughput_repeats=3,
+            throughput_seconds=0.1,
+            max_records=20_000,
+            rss_records=20_000,
+            rss_seconds=0.5,
+            rss_drain_seconds=5.0,
+            timeout=90,
+        ),
+        E2EProfile(connections=32, warmup=0, duration=1, rounds=1, stall=0.5, boot_timeout=60),
+        micro_seconds=2.5,
+        e2e_seconds=3.5,
+    ),
+    "default": Profile(
+        "default",
+        MicroProfile(
+            warmup=1_000,
+            caller_repeats=5,
+            burst_seconds=0.3,
+            max_burst=10_000,
+            throughput_repeats=3,
+            throughput_seconds=1.0,
+            max_records=300_000,
+            rss_records=1_000_000,
+            rss_seconds=5.0,
+            rss_drain_seconds=15.0,
+            timeout=180,
+        ),
+        E2EProfile(connections=32, warmup=1, duration=4, rounds=3, stall=2.5, boot_timeout=60),
+        micro_seconds=12,
+        e2e_seconds=16,
+    ),
+    "full": Profile(
+        "full",
+        MicroProfile(
+            warmup=2_000,
+            caller_repeats=9,
+            burst_seconds=0.5,
+            max_burst=10_000,
+            throughput_repeats=5,
+            throughput_seconds=3.0,
+            max_records=1_000_000,
+            rss_records=1_000_000,
+            rss_seconds=120.0,
+            rss_drain_seconds=120.0,
+            timeout=900,
+        ),
+        E2EProfile(connections=32, warmup=2, duration=15, rounds=5, stall=5.0, boot_timeout=60),
+        micro_seconds=90,
+        e2e_seconds=80,
+    ),
+}

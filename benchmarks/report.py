@@ -1,0 +1,458 @@
+"""Ratios, targets and the report files: ``latest.md``, ``latest.json`` and the PNG plots.
+
+Every ratio divides by a baseline measured in the same run: stdlib sync JSON for the
+micro benchmark, the no-logging server (file sink) end to end, and a mode's own file-sink
+figures for its pipe sinks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from benchmarks.e2e import MODES
+
+MB = 1 << 20
+PACKAGES = (
+    "asynclog", "orjson", "structlog", "loguru", "aiologger", "aiofiles", "fastapi",
+    "starlette", "gunicorn", "uvicorn", "uvicorn-worker", "opentelemetry-sdk",
+    "opentelemetry-instrumentation-fastapi", "matplotlib",
+)  # fmt: skip
+# Worker RSS growth allowed under a slow or stalled pipe, and for the micro memory run.
+RSS_ALLOWANCE = 50 * MB
+
+
+# -- machine and versions ----------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {
+        "cpu": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "memory_gb": round(mem / (1 << 30), 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+    }
+
+
+def versions(loadgen_name: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    if loadgen_name == "wrk" and shutil.which("wrk"):
+        out = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+        first = (out.stdout or out.stderr).strip().splitlines()
+        found["wrk"] = first[0].split()[1] if first and len(first[0].split()) > 1 else "?"
+    return found
+
+
+# -- ratios and targets -------------------------------------------------------------------
+
+
+def _by_name(micro: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for m in micro if "error" not in m}
+
+
+def _case(e2e: list[dict[str, Any]], mode: str, sink: str) -> dict[str, Any] | None:
+    for c in e2e:
+        if c["mode"] == mode and c["sink"] == sink and "error" not in c:
+            return c
+    return None
+
+
+def add_ratios(micro: list[dict[str, Any]], e2e: list[dict[str, Any]], baseline: str) -> None:
+    """Annotate each result in place with its ratios against the same run's baseline."""
+    base = _by_name(micro).get(baseline)
+    for m in micro:
+        if base and "error" not in m:
+            m["caller_x"] = m["caller_ns"] / base["caller_ns"]
+            m["throughput_x"] = m["records_per_s"] / base["records_per_s"]
+        if "rss_peak" in m and "rss_baseline" in m:
+            m["rss_growth"] = max(0, m["rss_peak"] - m["rss_baseline"])
+    none = _case(e2e, "none", "file")
+    for c in e2e:
+        if "error" in c:
+            continue
+        c["rss_growth"] = max(0, c["worker_peak_rss"] - c["worker_idle_rss"])
+        if none:
+            c["rps_x_none"] = c["requests_per_s"] / none["requests_per_s"]
+            c["p99_x_none"] = c["p99_ms"] / none["p99_ms"]
+        own = _case(e2e, c["mode"], "file")
+        if own and c["sink"] != "file":
+            c["rps_x_file"] = c["requests_per_s"] / own["requests_per_s"]
+            c["p99_x_file"] = c["p99_ms"] / own["p99_ms"]
+
+
+@dataclass
+class Target:
+    what: str
+    goal: str
+    value: float | None
+    met: bool | None
+    unit: str = "x"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _at_most(what: str, value: float | None, limit: float, unit: str = "x") -> Target:
+    met = None if value is None else value <= limit
+    return Target(what, f"<= {limit:.3g}{unit}", value, met, unit)
+
+
+def _at_least(what: str, value: float | None, limit: float, unit: str = "x") -> Target:
+    met = None if value is None else value >= limit
+    return Target(what, f">= {limit:.3g}{unit}", value, met, unit)
+
+
+def targets(micro: list[dict[str, Any]], e2e: list[dict[str, Any]]) -> list[Target]:
+    """The issue's targets, each evaluated on this run's figures (None: not measured)."""
+    peers = _by_name(micro)
+    native, via_stdlib = peers.get("asynclog", {}), peers.get("asynclog-stdlib", {})
+    structlog = peers.get("structlog-fast", {})
+    out = [
+        _at_most("micro: asynclog native caller cost vs stdlib sync", native.get("caller_x"), 0.1),
+        _at_most(
+            "micro: stdlib logging through asynclog, caller cost vs stdlib sync",
+            via_stdlib.get("caller_x"),
+            0.5,
+        ),
+    ]
+    others = [p["caller_ns"] for n, p in peers.items() if not n.startswith("asynclog")]
+    if native and others:
+        out.append(
+            _at_most(
+                "micro: asynclog native caller cost vs the cheapest peer",
+                native["caller_ns"] / min(others),
+                1.0,
+            )
+        )
+    out.append(_at_least("micro: asynclog records/s vs stdlib sync", native.get("throughput_x"), 6))
+    if native and structlog:
+        out.append(
+            _at_least(
+                "micro: asynclog records/s vs structlog fast",
+                native["records_per_s"] / structlog["records_per_s"],
+                2.5,
+            )
+        )
+    growth = native.get("rss_growth")
+    out.append(
+        _at_most(
+            f"micro: asynclog peak RSS growth over {native.get('rss_records', 0):,} records (MB)",
+            None if growth is None else growth / MB,
+            RSS_ALLOWANCE / MB,
+            " MB",
+        )
+    )
+    off, on = _case(e2e, "asynclog", "file"), _case(e2e, "asynclog-tracing", "file")
+    otel = _case(e2e, "stdlib-otel", "file")
+    out += [
+        _at_least("e2e file: asynclog req/s vs no logging", off and off.get("rps_x_none"), 0.85),
+        _at_least(
+            "e2e file: asynclog + tracing req/s vs no logging", on and on.get("rps_x_none"), 0.6
+        ),
+        _at_least(
+            "e2e file: asynclog + tracing req/s vs stdlib sync + stock OTel",
+            on["requests_per_s"] / otel["requests_per_s"] if on and otel else None,
+            2.4,
+        ),
+        _at_most(
+            "e2e file: asynclog + tracing p99 vs no logging", on and on.get("p99_x_none"), 2.0
+        ),
+    ]
+    for sink in ("slow-pipe", "stalled-pipe"):
+        c = _case(e2e, "asynclog", sink)
+        out += [
+            _at_least(
+                f"e2e {sink}: asynclog req/s vs its file sink",
+                c and c.get("rps_x_file"),
+                1 / 1.5,
+            ),
+            _at_most(f"e2e {sink}: asynclog p99 vs its file sink", c and c.get("p99_x_file"), 1.5),
+            _at_most(
+                f"e2e {sink}: asynclog worker RSS over idle (MB)",
+                c and c["rss_growth"] / MB,
+                RSS_ALLOWANCE / MB,
+                " MB",
+            ),
+        ]
+    intact = [
+        m.get("check", {}).get("intact", False)
+        for n, m in peers.items()
+        if n.startswith("asynclog")
+    ] + [
+        c["lines_corrupt"] == 0 and c["lines_lost"] == 0
+        for c in e2e
+        if c["mode"].startswith("asynclog") and "error" not in c
+    ]
+    out.append(
+        Target(
+            "asynclog: every non-dropped line intact, dropped lines counted",
+            "all",
+            float(sum(intact)),
+            bool(intact) and all(intact),
+            unit=f"/{len(intact)}",
+        )
+    )
+    return out
+
+
+# -- formatting ------------------------------------------------------------------------------
+
+
+def _n(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value / MB:.0f} MB"
+
+
+def _micro_check(m: dict[str, Any]) -> str:
+    if "error" in m:
+        return f"ERROR: {m['error']}"
+    problems = []
+    for key in ("check", "rss_check"):
+        c = m.get(key)
+        if not c:
+            continue
+        for field in ("corrupt", "duplicates", "missing"):
+            if c[field]:
+                problems.append(f"{c[field]:,} {field}")
+    checked = m.get("check", {}).get("lines", 0) + m.get("rss_check", {}).get("lines", 0)
+    if problems:
+        return "FLAGGED: " + ", ".join(problems)
+    return f"ok ({checked:,} lines)"
+
+
+def _rss_cell(m: dict[str, Any]) -> str:
+    if "rss_peak" not in m:
+        return "-"
+    cell = f"{_mb(m['rss_peak'])} (+{_mb(m.get('rss_growth'))}) @ {m.get('rss_records', 0):,}"
+    if not m.get("rss_drained", True):
+        cell += ", not drained"
+    return cell
+
+
+def micro_table(micro: list[dict[str, Any]]) -> str:
+    rows = [
+        "| library | caller ns/call | x stdlib sync | records/s | x stdlib sync "
+        "| peak RSS (+growth) @ records | lines |",
+        "|---|--:|--:|--:|--:|---|---|",
+    ]
+    for m in micro:
+        rows.append(
+            f"| {m['label']} | {_n(m.get('caller_ns'))} | {_x(m.get('caller_x'))} "
+            f"| {_n(m.get('records_per_s'))} | {_x(m.get('throughput_x'))} "
+            f"| {_rss_cell(m)} | {_micro_check(m)} |"
+        )
+    return "\n".join(rows)
+
+
+def _lines_cell(c: dict[str, Any]) -> str:
+    if c["mode"] == "none":
+        return "-"
+    cell = f"{c['lines_valid']:,} / {c['requests_served']:,}"
+    if c["lines_corrupt"]:
+        cell += f", FLAGGED {c['lines_corrupt']:,} corrupt"
+    if c["lines_lost"]:
+        cell += f", FLAGGED ~{c['lines_lost']:,} lost"
+    return cell
+
+
+def e2e_table(e2e: list[dict[str, Any]]) -> str:
+    rows = [
+        "| mode | sink | req/s | x no logging | x own file sink | p50 ms | p90 ms | p99 ms "
+        "| max ms | worker RSS idle -> peak | lines / requests | dropped |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|--:|",
+    ]
+    for c in e2e:
+        label = MODES.get(c["mode"], c["mode"])
+        if "error" in c:
+            rows.append(f"| {label} | {c['sink']} | ERROR: {c['error']} |" + " |" * 9)
+            continue
+        dropped = _n(c["dropped"]) if c["mode"].startswith("asynclog") else "-"
+        rows.append(
+            f"| {label} | {c['sink']} | {_n(c['requests_per_s'])} | {_x(c.get('rps_x_none'))} "
+            f"| {_x(c.get('rps_x_file'))} | {_n(c['p50_ms'], 1)} | {_n(c['p90_ms'], 1)} "
+            f"| {_n(c['p99_ms'], 1)} | {_n(c['max_ms_worst'], 1)} "
+            f"| {_mb(c['worker_idle_rss'])} -> {_mb(c['worker_peak_rss'])} "
+            f"| {_lines_cell(c)} | {dropped} |"
+        )
+    return "\n".join(rows)
+
+
+def targets_table(found: list[Target]) -> str:
+    rows = ["| target | goal | this run | met |", "|---|---|--:|---|"]
+    for t in found:
+        value = "-" if t.value is None else f"{t.value:.2f}{t.unit}"
+        met = "not measured" if t.met is None else ("yes" if t.met else "**MISSED**")
+        rows.append(f"| {t.what} | {t.goal} | {value} | {met} |")
+    return "\n".join(rows)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m, p = results["machine"], results["profile"]
+    versions_line = ", ".join(f"{k} {v}" for k, v in results["versions"].items())
+    parts = [
+        f"# asynclog benchmark results ({results['date']})",
+        "",
+        f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gb']} GB RAM, {m['os']}, "
+        f"{m['python']}. Profile: `{p}`. Load generator: {results['loadgen']}.",
+        "",
+        f"Versions: {versions_line}.",
+        "",
+        "Figures are medians of repeats; every `x` is a ratio against a baseline from this "
+        "same run (absolute figures on a 2-vCPU VM are slow: compare ratios).",
+    ]
+    if results.get("micro"):
+        parts += [
+            "",
+            "## Micro: one INFO call with 5 fields (str, int, float, bool, datetime) to a file",
+            "",
+            "Caller = wall time of the calling loop per call, for a burst below any queue's "
+            "capacity (a writer thread runs at the same time on the other core). "
+            "records/s = from the first call until every record is in the file. Peak RSS: "
+            "one process logging up to the stated number of records as fast as it can. "
+            "Each library runs in its own processes; every output line is parsed and each "
+            'record must appear exactly once. asynclog runs with `overflow="block"` here '
+            "so that every record is written.",
+            "",
+            micro_table(results["micro"]),
+        ]
+    if results.get("e2e"):
+        e = results["e2e_profile"]
+        parts += [
+            "",
+            "## End to end: FastAPI under gunicorn + uvicorn-worker",
+            "",
+            f"1 worker pinned to CPU 0; {results['loadgen']} pinned to CPU 1, "
+            f"{e['connections']} keep-alive connections, {e['rounds']} rounds of "
+            f"{e['duration']} s after {e['warmup']} s warm-up. Each request logs 2 "
+            "field-carrying lines plus an access line. Slow pipe: the reader drains 4 KiB "
+            f"then sleeps 5 ms (~800 KiB/s). Stalled pipe: the reader stops for "
+            f"{e['stall']} s in every round. Lines are counted after a SIGTERM shutdown; "
+            "requests still in flight when a round ends are served but not counted, so "
+            "lines can exceed 3 per counted request.",
+            "",
+            e2e_table(results["e2e"]),
+        ]
+    parts += ["", "## Targets", "", targets_table([Target(**t) for t in results["targets"]])]
+    parts += ["", "## Commands", "", "```", *results["commands"], "```", ""]
+    return "\n".join(parts)
+
+
+# -- plots ---------------------------------------------------------------------------------------
+
+
+def plot(results: dict[str, Any], out: Path) -> list[Path]:
+    """Write the PNG plots; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    micro = [m for m in results.get("micro", []) if "error" not in m]
+    if micro:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 0.55 * len(micro) + 1.8))
+        labels = [m["name"] for m in micro]
+        colors = ["#2a7" if n.startswith("asynclog") else "#888" for n in labels]
+        for ax, key, title in (
+            (ax1, "caller_ns", "caller cost, ns per call (lower is better)"),
+            (ax2, "records_per_s", "records/s written to a file (higher is better)"),
+        ):
+            values = [m[key] for m in micro]
+            ax.barh(labels, values, color=colors)
+            ax.set_xscale("log")
+            ax.invert_yaxis()
+            ax.set_title(title, fontsize=10)
+            for y, v in enumerate(values):
+                ax.text(v, y, f" {v:,.0f}", va="center", fontsize=8)
+            ax.set_xlim(min(values) / 2, max(values) * 8)
+        ax2.set_yticklabels([])
+        fig.suptitle(
+            "One INFO call with 5 fields (median of repeats, "
+            f"{results['machine']['cpus']} vCPU, {results['machine']['python']})",
+            fontsize=11,
+        )
+        fig.tight_layout()
+        path = out / "micro.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    e2e = [c for c in results.get("e2e", []) if "error" not in c]
+    if e2e:
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 8), sharex=True)
+        labels = [f"{c['mode']}\n{c['sink']}" for c in e2e]
+        xs = range(len(e2e))
+        colors = ["#2a7" if c["mode"].startswith("asynclog") else "#888" for c in e2e]
+        ax1.bar(xs, [c["requests_per_s"] for c in e2e], color=colors)
+        ax1.set_ylabel("requests/s")
+        ax1.set_title("throughput (higher is better)", fontsize=10)
+        for x, c in zip(xs, e2e, strict=True):
+            ax1.text(x, c["requests_per_s"], f"{c['requests_per_s']:,.0f}", ha="center",
+                     va="bottom", fontsize=8)  # fmt: skip
+        width = 0.27
+        for i, (key, shade) in enumerate(
+            (("p50_ms", "#9cf"), ("p90_ms", "#48c"), ("p99_ms", "#124"))
+        ):
+            ax2.bar([x + (i - 1) * width for x in xs], [c[key] for c in e2e], width,
+                    label=key.removesuffix("_ms"), color=shade)  # fmt: skip
+        ax2.set_yscale("log")
+        ax2.set_ylabel("latency, ms (log)")
+        ax2.set_title("latency percentiles (lower is better)", fontsize=10)
+        ax2.legend(loc="upper left", fontsize=8)
+        ax2.set_xticks(list(xs), labels, fontsize=8)
+        fig.suptitle(
+            f"FastAPI + gunicorn/uvicorn-worker, 1 worker, {results['loadgen']} "
+            f"-c{results['e2e_profile']['connections']}",
+            fontsize=11,
+        )
+        fig.tight_layout()
+        path = out / "e2e.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write(results: dict[str, Any], out: Path) -> list[Path]:
+    """Write latest.json, latest.md and the plots into *out*."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = plot(results, out)
+    results["plots"] = [p.name for p in paths]
+    (out / "latest.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "latest.md").write_text(markdown(results))
+    return [out / "latest.md", out / "latest.json", *paths]
+
+
+def terminal(results: dict[str, Any]) -> str:
+    """The tables for the terminal (the markdown reads fine as plain text)."""
+    return markdown(results).split("## Commands")[0].rstrip() + "\n"
