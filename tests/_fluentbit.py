@@ -1,0 +1,244 @@
+"""Read Fluent Bit configurations the way Fluent Bit does, for tests of the sidecar files.
+
+`load_classic` reads the classic format: `[SECTION]` headers, `key value` lines, `#` comments,
+`@INCLUDE` (a glob, relative to the including file) and `@SET`. `load_yaml` reads the YAML
+format. Both return the same `Pipeline`, with `${NAME}` and `${NAME:-default}` left in place;
+`expand` substitutes them like Fluent Bit 4.2.5+ (an `@SET` variable wins over the process
+environment, and an empty variable counts as unset).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "Pipeline",
+    "Section",
+    "expand",
+    "fluent_time_format_to_python",
+    "load_classic",
+    "load_yaml",
+]
+
+_VARIABLE = re.compile(r"\$\{([^}:]+)(?::-([^}]*))?\}")
+_BOOLEANS = {"on": "true", "true": "true", "yes": "true", "off": "false", "false": "false",
+             "no": "false"}
+
+
+class ConfigError(ValueError):
+    """The file is not valid in the format it claims to be."""
+
+
+@dataclass
+class Section:
+    """One `[NAME]` section (or one YAML list item): its entries, in file order."""
+
+    kind: str
+    entries: list[tuple[str, str]] = field(default_factory=list)
+    source: str = ""
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        """The last value of `key` (case-insensitive), as Fluent Bit lets a later one win."""
+        values = self.getall(key)
+        return values[-1] if values else default
+
+    def getall(self, key: str) -> list[str]:
+        """Every value of a key that may repeat, such as a modify filter's `Add`."""
+        key = key.lower()
+        return [value for name, value in self.entries if name == key]
+
+    @property
+    def name(self) -> str:
+        return (self.get("name") or "").lower()
+
+    def normalized(self) -> list[tuple[str, str]]:
+        """Entries with booleans spelled one way, sorted, for comparing two formats."""
+        return sorted((key, _BOOLEANS.get(value.lower(), value)) for key, value in self.entries)
+
+
+@dataclass
+class Pipeline:
+    """A whole configuration: service settings, parsers and the three plugin lists."""
+
+    service: Section = field(default_factory=lambda: Section("service"))
+    parsers: list[Section] = field(default_factory=list)
+    inputs: list[Section] = field(default_factory=list)
+    filters: list[Section] = field(default_factory=list)
+    outputs: list[Section] = field(default_factory=list)
+    variables: dict[str, str] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+    def parser_names(self) -> set[str]:
+        return {p.name for p in self.parsers}
+
+    def referenced_parsers(self) -> set[str]:
+        """Parser names that inputs and filters use (tail `Parser`, parser filter `Parser`)."""
+        names: set[str] = set()
+        for section in self.inputs + self.filters:
+            for key in ("parser", "docker_mode_parser", "parser_firstline"):
+                names.update(v.lower() for v in section.getall(key))
+        return names
+
+    def plugin(self, kind: str, name: str) -> Section:
+        """The only plugin of `kind` ("inputs", ...) named `name`."""
+        found = [s for s in getattr(self, kind) if s.name == name]
+        if len(found) != 1:
+            raise LookupError(f"expected one {name!r} in {kind}, found {len(found)}")
+        return found[0]
+
+
+def expand(value: str, environ: Mapping[str, str], variables: Mapping[str, str] | None = None) -> str:
+    """Substitute `${NAME}` and `${NAME:-default}` as Fluent Bit does."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        found = (variables or {}).get(name) or environ.get(name) or ""
+        if not found and default is not None:
+            return default
+        return found
+
+    return _VARIABLE.sub(substitute, value)
+
+
+def fluent_time_format_to_python(time_format: str) -> str:
+    """A strptime format for Python equal in meaning to a Fluent Bit `Time_Format`.
+
+    Fluent Bit reads `%L` as the fraction of a second (it accepts up to nine digits; Python's
+    `%f` up to six, which is what asynclog writes). Every other directive used here means the
+    same in both.
+    """
+    if "%f" in time_format:
+        raise ConfigError("%f is not a Fluent Bit directive; Fluent Bit spells it %L")
+    return time_format.replace("%L", "%f")
+
+
+def load_classic(path: str | os.PathLike[str]) -> Pipeline:
+    """Parse a classic-format file and the parsers files its `[SERVICE]` names."""
+    pipeline = Pipeline()
+    _read_classic(Path(path), pipeline, seen=set(), main=True)
+    base = Path(path).parent
+    for parsers_file in pipeline.service.getall("parsers_file"):
+        parsers_path = base / expand(parsers_file, os.environ, pipeline.variables)
+        if not parsers_path.is_file():
+            raise ConfigError(f"{path}: Parsers_File {parsers_file} does not exist")
+        _read_classic(parsers_path, pipeline, seen=set(), main=False)
+    return pipeline
+
+
+def _read_classic(path: Path, pipeline: Pipeline, seen: set[Path], main: bool) -> None:
+    real = path.resolve()
+    if real in seen:
+        raise ConfigError(f"{path}: included twice")
+    seen.add(real)
+    pipeline.files.append(path)
+    current: Section | None = None
+    indent: str | None = None
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        where = f"{path}:{number}"
+        line = raw.rstrip()
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("@"):
+            if line != stripped:
+                raise ConfigError(f"{where}: commands start at column 0")
+            _command(stripped, path, pipeline, seen, main, where)
+            continue
+        if stripped.startswith("["):
+            if line != stripped or not stripped.endswith("]"):
+                raise ConfigError(f"{where}: malformed section header {stripped!r}")
+            current = _new_section(stripped[1:-1].strip().lower(), pipeline, main, where)
+            indent = None
+            continue
+        if current is None:
+            raise ConfigError(f"{where}: entry outside any section")
+        leading = line[: len(line) - len(line.lstrip())]
+        if not leading:
+            raise ConfigError(f"{where}: entries must be indented under their section")
+        if indent is None:
+            indent = leading
+        elif leading != indent:
+            raise ConfigError(f"{where}: indentation differs from the section's first entry")
+        key, _, value = stripped.partition(" ")
+        value = value.strip()
+        if not value:
+            raise ConfigError(f"{where}: key {key!r} has no value")
+        current.entries.append((key.lower(), value))
+
+
+def _command(line: str, path: Path, pipeline: Pipeline, seen: set[Path], main: bool,
+             where: str) -> None:
+    command, _, argument = line.partition(" ")
+    argument = argument.strip()
+    if command.upper() == "@INCLUDE":
+        pattern = argument if os.path.isabs(argument) else str(path.parent / argument)
+        matches = sorted(glob.glob(pattern))
+        if not matches:
+            raise ConfigError(f"{where}: @INCLUDE {argument} matches no file")
+        for match in matches:
+            _read_classic(Path(match), pipeline, seen, main)
+    elif command.upper() == "@SET":
+        name, equals, value = argument.partition("=")
+        if not equals or not name.strip():
+            raise ConfigError(f"{where}: @SET needs NAME=VALUE")
+        pipeline.variables[name.strip()] = value.strip()
+    else:
+        raise ConfigError(f"{where}: unknown command {command}")
+
+
+def _new_section(kind: str, pipeline: Pipeline, main: bool, where: str) -> Section:
+    if not main and kind not in ("parser", "multiline_parser"):
+        raise ConfigError(f"{where}: a parsers file holds only [PARSER] sections, not [{kind}]")
+    if kind == "service":
+        return pipeline.service
+    lists = {"input": pipeline.inputs, "filter": pipeline.filters, "output": pipeline.outputs,
+             "parser": pipeline.parsers}
+    if kind not in lists:
+        raise ConfigError(f"{where}: unknown section [{kind}]")
+    section = Section(kind, source=where)
+    lists[kind].append(section)
+    return section
+
+
+def load_yaml(path: str | os.PathLike[str]) -> Pipeline:
+    """Parse a YAML-format file. Every scalar stays a string, as Fluent Bit reads them."""
+    text = Path(path).read_text(encoding="utf-8")
+    # BaseLoader keeps `on`, `5` and `true` as the strings Fluent Bit sees.
+    document = yaml.load(text, Loader=yaml.BaseLoader)
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: not a mapping")
+    unknown = set(document) - {"service", "parsers", "pipeline", "env", "includes"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    pipeline = Pipeline(files=[Path(path)])
+    pipeline.variables.update(document.get("env") or {})
+    pipeline.service = _yaml_section("service", document.get("service") or {}, path)
+    pipeline.parsers = [_yaml_section("parser", p, path) for p in document.get("parsers") or []]
+    flow = document.get("pipeline") or {}
+    for key in ("inputs", "filters", "outputs"):
+        sections = [_yaml_section(key[:-1], item, path) for item in flow.get(key) or []]
+        setattr(pipeline, key, sections)
+    for parsers_file in pipeline.service.getall("parsers_file"):
+        _read_classic(Path(path).parent / parsers_file, pipeline, seen=set(), main=False)
+    return pipeline
+
+
+def _yaml_section(kind: str, mapping: object, path: str | os.PathLike[str]) -> Section:
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{path}: a {kind} must be a mapping, not {mapping!r}")
+    section = Section(kind, source=str(path))
+    for key, value in mapping.items():
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if not isinstance(item, str):
+                raise ConfigError(f"{path}: {kind} key {key!r} holds {item!r}")
+            section.entries.append((key.lower(), item))
+    return section
