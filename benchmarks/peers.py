@@ -1,9 +1,9 @@
 """One setup per logging library for the micro benchmark, each writing JSON lines to a file.
 
 A peer opens a sink on a path; the sink logs record number ``seq`` with the shared
-fields (see ``records.py``) and, on ``close``, returns only once every record is in the
-file. Each peer is set up the way its documentation recommends for speed or for
-structured output, and nothing more.
+fields (see ``records.py``, spelled out in the call as application code would) and, on
+``close``, returns only once every record is in the file. Each peer is set up the way
+its documentation recommends for speed or for structured output, and nothing more.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks.records import MESSAGE, fields
+from benchmarks.records import AT, CACHED, DURATION_MS, MESSAGE, USER
 
 LOGGER_NAME = "bench"
 
@@ -85,7 +85,16 @@ def _open_stdlib_sync(path: Path) -> Sink:
     logger = _stdlib_logger(handler)
 
     def log(seq: int) -> None:
-        logger.info(MESSAGE, extra=fields(seq))
+        logger.info(
+            MESSAGE,
+            extra={
+                "user": USER,
+                "seq": seq,
+                "duration_ms": DURATION_MS,
+                "cached": CACHED,
+                "at": AT,
+            },
+        )
 
     def close() -> None:
         logger.removeHandler(handler)
@@ -104,7 +113,16 @@ def _open_stdlib_queue(path: Path) -> Sink:
     listener.start()
 
     def log(seq: int) -> None:
-        logger.info(MESSAGE, extra=fields(seq))
+        logger.info(
+            MESSAGE,
+            extra={
+                "user": USER,
+                "seq": seq,
+                "duration_ms": DURATION_MS,
+                "cached": CACHED,
+                "at": AT,
+            },
+        )
 
     def close() -> None:
         logger.removeHandler(queue_handler)
@@ -134,7 +152,7 @@ def _open_structlog(path: Path) -> Sink:
     logger = structlog.get_logger().bind(logger=LOGGER_NAME)
 
     def log(seq: int) -> None:
-        logger.info(MESSAGE, **fields(seq))
+        logger.info(MESSAGE, user=USER, seq=seq, duration_ms=DURATION_MS, cached=CACHED, at=AT)
 
     def close() -> None:
         f.close()
@@ -154,7 +172,7 @@ def _loguru(enqueue: bool) -> Callable[[Path], Sink]:
         sink_id = logger.add(str(path), serialize=True, enqueue=enqueue, level="INFO")
 
         def log(seq: int) -> None:
-            logger.info(MESSAGE, **fields(seq))
+            logger.info(MESSAGE, user=USER, seq=seq, duration_ms=DURATION_MS, cached=CACHED, at=AT)
 
         def close() -> None:
             logger.complete()
@@ -180,7 +198,16 @@ async def _open_aiologger(path: Path) -> Sink:
     logger.add_handler(handler)
 
     async def log(seq: int) -> None:
-        await logger.info(MESSAGE, extra=fields(seq))
+        await logger.info(
+            MESSAGE,
+            extra={
+                "user": USER,
+                "seq": seq,
+                "duration_ms": DURATION_MS,
+                "cached": CACHED,
+                "at": AT,
+            },
+        )
 
     async def close() -> None:
         await logger.shutdown()
@@ -204,7 +231,11 @@ async def _open_aiofiles(path: Path) -> Sink:
             "level": "info",
             "logger": LOGGER_NAME,
             "message": MESSAGE,
-            **fields(seq),
+            "user": USER,
+            "seq": seq,
+            "duration_ms": DURATION_MS,
+            "cached": CACHED,
+            "at": AT,
         }
         await f.write(orjson.dumps(record) + b"\n")
 
@@ -240,7 +271,7 @@ def _open_asynclog_native(path: Path) -> Sink:
     logger = asynclog.get_logger(LOGGER_NAME)
 
     def log(seq: int) -> None:
-        logger.info(MESSAGE, **fields(seq))
+        logger.info(MESSAGE, user=USER, seq=seq, duration_ms=DURATION_MS, cached=CACHED, at=AT)
 
     return Sink(log, close, dropped)
 
@@ -253,7 +284,16 @@ def _open_asynclog_stdlib(path: Path) -> Sink:
     logger.propagate = True
 
     def log(seq: int) -> None:
-        logger.info(MESSAGE, extra=fields(seq))
+        logger.info(
+            MESSAGE,
+            extra={
+                "user": USER,
+                "seq": seq,
+                "duration_ms": DURATION_MS,
+                "cached": CACHED,
+                "at": AT,
+            },
+        )
 
     return Sink(log, close, dropped)
 

@@ -1,0 +1,96 @@
+"""``python -m benchmarks --quick`` end to end: the report's structure and counts, never speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.e2e import CASES
+from benchmarks.peers import PEERS
+
+REPO = Path(__file__).resolve().parent.parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(name="report", scope="module")
+def _report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(name="results", scope="module")
+def _results(report: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((report / "latest.json").read_text())
+    return data
+
+
+@pytest.mark.timeout(300)
+def test_report_files_are_written(report: Path) -> None:
+    """The markdown, the JSON and both plots land in --out, and the plots are PNGs."""
+    for name in ("latest.md", "latest.json", "micro.png", "e2e.png"):
+        assert (report / name).stat().st_size > 0, name
+    for name in ("micro.png", "e2e.png"):
+        assert (report / name).read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.timeout(300)
+def test_every_library_is_measured_and_checked(results: dict[str, Any]) -> None:
+    """Each micro peer has figures, and its output lines were read back and counted."""
+    by_name = {m["name"]: m for m in results["micro"]}
+    assert set(by_name) == set(PEERS)
+    for name, m in by_name.items():
+        assert "error" not in m, (name, m.get("error"))
+        assert m["caller_ns"] > 0 and m["records_per_s"] > 0
+        assert m["rss_peak"] > 0 and m["rss_records"] > 0
+        check = m["check"]
+        assert check["lines"] == check["valid"] + check["corrupt"] + check["duplicates"] + check[
+            "other"
+        ]
+        assert check["valid"] > m["throughput_records"]
+
+
+@pytest.mark.timeout(300)
+def test_every_mode_and_sink_is_served(results: dict[str, Any]) -> None:
+    """Each e2e case served requests, and logging modes wrote lines for them."""
+    cases = {(c["mode"], c["sink"]): c for c in results["e2e"]}
+    assert set(cases) == {(c.mode, c.sink) for c in CASES}
+    for key, c in cases.items():
+        assert "error" not in c, (key, c.get("error"))
+        assert c["requests_served"] > 0 and c["requests_per_s"] > 0
+        assert 0 < c["p50_ms"] <= c["p99_ms"] <= c["max_ms_worst"]
+        if c["mode"] != "none":
+            assert c["lines_valid"] + c["dropped"] > 0, key
+
+
+@pytest.mark.timeout(300)
+def test_markdown_names_every_library_mode_and_target(
+    report: Path, results: dict[str, Any]
+) -> None:
+    """The markdown has a row per library, per case and per target, and the commands."""
+    text = (report / "latest.md").read_text()
+    for m in results["micro"]:
+        assert f"| {m['label']} |" in text
+    for c in results["e2e"]:
+        assert f"| {c['sink']} |" in text
+    for t in results["targets"]:
+        assert f"| {t['what']} |" in text
+    assert "python -m benchmarks --quick" in text
+    assert results["loadgen"] in ("wrk", "builtin")
+    assert results["profile"] == "quick"
