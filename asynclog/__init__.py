@@ -12,6 +12,7 @@ from ._context import (
     get_contextvars,
     unbind_contextvars,
 )
+from ._fastapi import install
 from ._logger import Logger
 from ._pipeline import Pipeline, configure, flush, get_logger, reopen, shutdown, stats
 from ._stdlib import AsyncLogHandler
@@ -27,6 +28,7 @@ __all__ = [
     "flush",
     "get_contextvars",
     "get_logger",
+    "install",
     "reopen",
     "shutdown",
     "stats",

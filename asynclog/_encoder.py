@@ -215,6 +215,8 @@ class Encoder:
         if bound:
             self._merge(line, bound)
         if fields:
+            if type(fields) is not dict:  # a deferred builder, e.g. a finished span's fields
+                fields = fields()
             self._merge(line, fields)
         if exc_info is not None:
             line["exception"] = format_exception(exc_info)

@@ -14,7 +14,7 @@ from ._logger import Logger
 from ._queue import QUEUE, read_count
 from ._redact import Redactor
 from ._settings import AppSettings, Settings, resolve_settings
-from ._sinks import open_sink
+from ._sinks import SinkTimeout, open_sink
 from ._stdlib import AsyncLogHandler
 from ._writer import Counters, Writer
 
@@ -118,8 +118,35 @@ class Pipeline:
         if self.settings.capture_stdlib:
             self._unroute_stdlib(restore)
         if not self.writer.is_alive():
-            self.sink.close()
+            self._write_through()
         return drained
+
+    def _write_through(self) -> None:
+        """After the writer stops, records are written on the caller's thread: the process is
+        ending, and the server's last lines (after the lifespan shutdown) must not be lost."""
+        lock = threading.Lock()
+        counters, encoder, sink = self.counters, self.encoder, self.sink
+
+        def put(record: tuple[Any, ...]) -> None:
+            next(QUEUE.emitted)
+            with lock:
+                data = encoder.encode(record)
+                sink.deadline = time.monotonic() + _WRITE_THROUGH_WAIT
+                try:
+                    sink.write(data)
+                except (OSError, SinkTimeout):
+                    counters.dropped_write += 1
+                    counters.errors += 1
+                    return
+                counters.written += 1
+                counters.bytes_written += len(data)
+
+        QUEUE.put = put  # type: ignore[method-assign]
+
+    def close(self) -> None:
+        """Release the sink of a stopped pipeline."""
+        QUEUE.__dict__.pop("put", None)
+        self.sink.close()
 
     def stats(self) -> dict[str, Any]:
         return _collect(self.counters)
@@ -134,6 +161,9 @@ class Pipeline:
 
 
 _current: Pipeline | None = None
+# A pipeline stopped by shutdown() keeps writing late records through until the next configure().
+_stopped: Pipeline | None = None
+_WRITE_THROUGH_WAIT = 0.5
 # Counters outlive a pipeline: reconfiguring carries them over, and stats() still reads them after
 # shutdown.
 _last_counters = Counters()
@@ -156,7 +186,7 @@ def configure(**settings: Any) -> Pipeline:
 
 
 def start_pipeline(core: Settings, app: AppSettings) -> Pipeline:
-    global _current, _last_counters
+    global _current, _last_counters, _stopped
     with _lock:
         previous = _current
         if previous is None:
@@ -169,9 +199,12 @@ def start_pipeline(core: Settings, app: AppSettings) -> Pipeline:
         if previous is not None:
             previous.stop(restore=False)
             pipeline._previous_root = previous._previous_root
+        if _stopped is not None:
+            _stopped.close()
+            _stopped = None
+        if previous is not None:
+            previous.close()
         pipeline.start()
-        if previous is not None and pipeline._previous_root is None:
-            pipeline._previous_root = previous._previous_root
         _current = pipeline
         return pipeline
 
@@ -193,10 +226,13 @@ def flush(timeout: float | None = None) -> bool:
 
 def shutdown(timeout: float | None = None) -> bool:
     """Flush, stop the writer thread and restore the root logger's handlers."""
-    global _current
+    global _current, _stopped
     with _lock:
         pipeline, _current = _current, None
-        return True if pipeline is None else pipeline.stop(timeout)
+        if pipeline is None:
+            return True
+        _stopped = pipeline
+        return pipeline.stop(timeout)
 
 
 def reopen() -> None:

@@ -39,6 +39,10 @@ _ENV = {
     "queue_size": "ASYNCLOG_QUEUE_SIZE",
     "overflow": "ASYNCLOG_OVERFLOW",
 }
+_APP_ENV = {
+    "tracing": "ASYNCLOG_TRACING",
+    "spans": "ASYNCLOG_SPANS",
+}
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ class AppSettings:
 
     service_name: str | None = None
     access_log: bool = True
-    exclude_paths: frozenset[str] = frozenset({"/health", "/healthz", "/ready", "/metrics"})
+    exclude_paths: frozenset[str] = frozenset()
     sample_rate: float = 1.0
     slow_threshold_ms: float = 1_000.0
     request_id_header: str = "x-request-id"
@@ -179,7 +183,35 @@ def _validate(name: str, value: Any, setting: str | None = None) -> Any:
         return tuple(_keys(label, value))
     if name == "request_id_header":
         return str(value).lower()
+    if name in _BOOLS:
+        return _bool(label, value)
     return value
+
+
+_BOOLS = frozenset(
+    {
+        "capture_stdlib",
+        "access_log",
+        "tracing",
+        "watchdog",
+        "startup_checks",
+        "warn_reload",
+        "warn_memory_limit",
+        "warn_debug_json",
+        "uvicorn_access_log",
+    }
+)
+
+
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"asynclog: {name}={value!r} is not valid; allowed: true/false, 1/0, on/off")
 
 
 def resolve_settings(
@@ -200,6 +232,9 @@ def resolve_settings(
         if name not in overrides and env.get(variable, "").strip():
             core[name] = _validate(name, env[variable], variable)
     app: dict[str, Any] = {}
+    for name, variable in _APP_ENV.items():
+        if name not in overrides and env.get(variable, "").strip():
+            app[name] = _validate(name, env[variable], variable)
     for name, value in overrides.items():
         target = core if name in core_names else app
         target[name] = _validate(name, value)

@@ -1,0 +1,169 @@
+"""install(app): the one call that makes a FastAPI app an observable production service."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
+from typing import Any
+
+from ._checks import run_startup_checks
+from ._middleware import AccessLogMiddleware
+from ._pipeline import Pipeline, current, start_pipeline
+from ._redact import Redactor
+from ._settings import AppSettings, Settings, resolve_settings
+from ._tracing import setup_tracing
+
+__all__ = ["install"]
+
+# Server loggers routed through asynclog (their own handlers removed, propagating to root).
+SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "gunicorn.error", "gunicorn.access")
+
+
+class _Installation:
+    """What install() keeps on the app: settings that a later install() call may replace."""
+
+    def __init__(self, core: Settings, app: AppSettings) -> None:
+        self.core = core
+        self.app = app
+        self.redactor = Redactor(core.redact_keys, core.redact_depth)
+        self.watchdog: Any = None
+
+
+class _InstalledAccessLog(AccessLogMiddleware):
+    """Reads its settings from the installation, so re-installing updates them in place."""
+
+    def __init__(self, app: Any, installation: _Installation, fastapi_app: Any) -> None:
+        super().__init__(app, installation.app, installation.redactor, _error_handler(fastapi_app))
+        self.installation = installation
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.settings = self.installation.app
+        self.redactor = self.installation.redactor
+        await super().__call__(scope, receive, send)
+
+
+def _error_handler(fastapi_app: Any) -> Any:
+    """Render an unhandled exception the way Starlette's ServerErrorMiddleware would: the app's
+    own handler for 500/Exception if it has one, else a plain 500. Debug mode keeps Starlette's
+    traceback page (None leaves the exception to it)."""
+    if getattr(fastapi_app, "debug", False):
+        return None
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+
+    async def handle(scope: Any, receive: Any, send: Any, exc: Exception) -> None:
+        handlers = fastapi_app.exception_handlers
+        handler = handlers.get(500) or handlers.get(Exception)
+        request = Request(scope, receive)
+        if handler is None:
+            response = PlainTextResponse("Internal Server Error", status_code=500)
+        elif inspect.iscoroutinefunction(handler):
+            response = await handler(request, exc)
+        else:
+            response = await run_in_threadpool(handler, request, exc)
+        await response(scope, receive, send)
+
+    return handle
+
+
+def _skip_logged_exceptions(record: logging.LogRecord) -> bool:
+    # The access middleware already wrote this exception with the request's trace ids.
+    exc = record.exc_info[1] if record.exc_info else None
+    return not getattr(exc, "__asynclog_logged__", False)
+
+
+def capture_server_loggers(settings: AppSettings) -> None:
+    """Send uvicorn's and gunicorn's loggers through asynclog; switch uvicorn's access line off
+    (uvicorn skips it entirely when its logger has no handlers)."""
+    for name in SERVER_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    error = logging.getLogger("uvicorn.error")
+    if _skip_logged_exceptions not in error.filters:
+        error.addFilter(_skip_logged_exceptions)
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = settings.uvicorn_access_log
+
+
+def _ensure_pipeline(installation: _Installation) -> Pipeline:
+    pipeline = current()
+    if pipeline is None or pipeline.stopped:
+        pipeline = start_pipeline(installation.core, installation.app)
+    return pipeline
+
+
+def _wrap_lifespan(app: Any, installation: _Installation) -> None:
+    original: Callable[[Any], AbstractAsyncContextManager[Any]] = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app_: Any) -> AsyncIterator[Any]:
+        pipeline = _ensure_pipeline(installation)
+        # gunicorn's worker resets the server loggers after --preload imported the app.
+        capture_server_loggers(installation.app)
+        watchdog = _start_watchdog(installation)
+        run_startup_checks(installation.core, installation.app, pipeline.format, sys._getframe())
+        try:
+            async with original(app_) as state:
+                yield state
+        finally:
+            if watchdog is not None:
+                watchdog.stop()
+            # atexit never runs in a gunicorn worker killed by its re-raised SIGTERM: drain now.
+            # Lines logged after this (the server's last words) are written synchronously.
+            running = current()
+            if running is not None:
+                running.stop(restore=False)
+
+    app.router.lifespan_context = lifespan
+
+
+def _start_watchdog(installation: _Installation) -> Any:
+    if not installation.app.watchdog:
+        return None
+    try:
+        from ._watchdog import LoopWatchdog
+    except ImportError:  # pragma: no cover - the module ships with the package
+        return None
+    import asyncio
+
+    watchdog = LoopWatchdog(
+        asyncio.get_running_loop(),
+        threshold=installation.app.watchdog_threshold_ms / 1000,
+        interval=installation.app.watchdog_interval_ms / 1000,
+    )
+    watchdog.start()
+    installation.watchdog = watchdog
+    return watchdog
+
+
+def install(app: Any, **settings: Any) -> Pipeline:
+    """Make `app` (FastAPI) log and trace: access lines, request ids, trace ids on every line,
+    server loggers as JSON, a blocked-loop watchdog, and a drain at lifespan shutdown.
+
+    Accepts every `configure()` setting plus the install settings in the README. Idempotent:
+    a second call updates the settings. Returns the pipeline handle.
+    """
+    core, app_settings = resolve_settings(settings)
+    core = replace(
+        core, capture_loggers=tuple(dict.fromkeys(core.capture_loggers + SERVER_LOGGERS))
+    )
+    pipeline = start_pipeline(core, app_settings)
+    capture_server_loggers(app_settings)
+    installation: _Installation | None = getattr(app.state, "asynclog", None)
+    if installation is None:
+        installation = _Installation(core, app_settings)
+        app.state.asynclog = installation
+        app.add_middleware(_InstalledAccessLog, installation=installation, fastapi_app=app)
+        _wrap_lifespan(app, installation)
+    else:
+        installation.core, installation.app = core, app_settings
+        installation.redactor = Redactor(core.redact_keys, core.redact_depth)
+    setup_tracing(app, app_settings)
+    return pipeline

@@ -1,0 +1,217 @@
+"""OpenTelemetry for install(app): one tracer provider, a cheap sampler, spans out as lines."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+
+from ._queue import QUEUE
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan, Span, TracerProvider
+    from opentelemetry.sdk.trace.sampling import Sampler, SamplingResult
+    from opentelemetry.trace import Link, SpanKind
+    from opentelemetry.util.types import Attributes
+
+    from ._settings import AppSettings
+
+__all__ = ["LogSpanProcessor", "setup_tracing", "span_fields", "tracing_disabled"]
+
+_EMPTY: dict[str, Any] = {}
+
+
+def tracing_disabled() -> bool:
+    """OTEL_SDK_DISABLED turns the SDK off; asynclog then creates no provider."""
+    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+
+
+def span_fields(span: ReadableSpan) -> dict[str, Any]:
+    """The fields of a finished span's line (built on the writer thread)."""
+    ctx = span.get_span_context()
+    parent = span.parent
+    start, end = span.start_time or 0, span.end_time or 0
+    fields: dict[str, Any] = {
+        "span.name": span.name,
+        "span.kind": span.kind.name.lower(),
+        "parent_span_id": format(parent.span_id, "016x") if parent is not None else None,
+        "duration_ms": round((end - start) / 1e6, 3),
+        "start_time_unix_nano": start,
+        "status": span.status.status_code.name.lower(),
+        "sampled": ctx is not None and ctx.trace_flags.sampled,
+    }
+    if span.status.description:
+        fields["status.description"] = span.status.description
+    if span.attributes:
+        fields["attributes"] = dict(span.attributes)
+    if span.events:
+        fields["events"] = [
+            {"name": e.name, "time_unix_nano": e.timestamp, "attributes": dict(e.attributes or {})}
+            for e in span.events
+        ]
+    service = span.resource.attributes.get("service.name") if span.resource else None
+    if service:
+        fields["service.name"] = service
+    return fields
+
+
+class LogSpanProcessor:
+    """Writes each finished span as one JSON line through asynclog's queue.
+
+    `on_end` runs on the thread that ended the span (the event loop): it only enqueues the span;
+    the writer thread turns it into fields.
+    """
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        end = span.end_time or 0
+        QUEUE.put(
+            (
+                end / 1e9,
+                20,
+                "asynclog.span",
+                span.name,
+                None,
+                functools.partial(span_fields, span),
+                _EMPTY,
+                _EMPTY,
+                trace.set_span_in_context(span),  # type: ignore[arg-type]
+                None,
+            )
+        )
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+
+class _SwitchableProcessor:
+    """The one processor asynclog adds to its provider; a later install() swaps what it feeds."""
+
+    def __init__(self) -> None:
+        self.target: Any = None
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        target = self.target
+        if target is not None:
+            target.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        target = self.target
+        if target is not None:
+            target.on_end(span)
+
+    def shutdown(self) -> None:
+        target, self.target = self.target, None
+        if target is not None:
+            target.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        target = self.target
+        return True if target is None else bool(target.force_flush(timeout_millis))
+
+
+class _SwitchableSampler:
+    """Tracers copy their provider's sampler when created; this lets install() change it later."""
+
+    def __init__(self, inner: Sampler) -> None:
+        self.inner = inner
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        return self.inner.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"asynclog({self.inner.get_description()})"
+
+
+def _sampler(settings: AppSettings) -> Sampler:
+    from opentelemetry.sdk.trace import sampling
+
+    if settings.trace_ratio is not None:
+        return sampling.ParentBased(sampling.TraceIdRatioBased(settings.trace_ratio))
+    if os.environ.get("OTEL_TRACES_SAMPLER"):
+        return sampling._get_from_env_or_default()
+    if settings.spans == "none":
+        # Nothing is exported, so record nothing: ids are still generated (and logged) for
+        # every request, and an upstream's sampled flag is still honoured.
+        return sampling.ParentBased(sampling.ALWAYS_OFF)
+    return sampling.ParentBased(sampling.ALWAYS_ON)
+
+
+def _exporting_processor(spans: str) -> Any:
+    if spans == "log":
+        return LogSpanProcessor()
+    if spans == "otlp":
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError as exc:
+            raise ValueError(
+                "asynclog: spans='otlp' needs the OTLP exporter: pip install 'asynclog[otlp]'"
+            ) from exc
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        return BatchSpanProcessor(OTLPSpanExporter())
+    return None
+
+
+_ours: tuple[TracerProvider, _SwitchableProcessor, _SwitchableSampler] | None = None
+
+
+def setup_tracing(app: Any, settings: AppSettings) -> trace.TracerProvider | None:
+    """Create (once) or reuse the tracer provider and instrument `app` with one server span per
+    request. A provider the user set is used as it is, never replaced."""
+    global _ours
+    if not settings.tracing or tracing_disabled():
+        return None
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    existing = trace.get_tracer_provider()
+    provider: trace.TracerProvider
+    if _ours is not None and existing is _ours[0]:
+        provider, processor, sampler = _ours
+        processor.shutdown()
+        processor.target = _exporting_processor(settings.spans)
+        sampler.inner = _sampler(settings)
+    elif isinstance(existing, trace.ProxyTracerProvider):
+        attributes = {}
+        if settings.service_name:
+            attributes[SERVICE_NAME] = settings.service_name
+        sampler = _SwitchableSampler(_sampler(settings))
+        sdk_provider = TracerProvider(
+            sampler=sampler,  # type: ignore[arg-type]
+            resource=Resource.create(attributes),
+        )
+        processor = _SwitchableProcessor()
+        processor.target = _exporting_processor(settings.spans)
+        sdk_provider.add_span_processor(processor)  # type: ignore[arg-type]
+        trace.set_tracer_provider(sdk_provider)
+        _ours = (sdk_provider, processor, sampler)
+        provider = sdk_provider
+    else:
+        provider = existing
+    if not getattr(app, "_is_instrumented_by_opentelemetry", False):
+        FastAPIInstrumentor.instrument_app(
+            app, tracer_provider=provider, exclude_spans=["send", "receive"]
+        )
+    return provider

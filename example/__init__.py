@@ -1,0 +1,1 @@
+"""The example FastAPI app used by the tests, the benchmark and the sidecar deployment."""
