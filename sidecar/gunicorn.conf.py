@@ -37,6 +37,9 @@ keepalive = _int("GUNICORN_KEEPALIVE", 5)
 reload = False
 # Heartbeat files on tmpfs: /tmp may be read-only or slow disk in a container.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+# gunicorn 25.1+ opens a control socket under $HOME for `gunicornc` (resize, reload, stop): a
+# management surface the container does not need, in a home that a read-only root cannot hold.
+control_socket_disable = True
 # Requests are logged once, by asynclog's access middleware, not again by gunicorn.
 accesslog = None
 
@@ -59,6 +62,11 @@ logconfig_dict = {
 def on_starting(server: object) -> None:
     """Start asynclog's writer in the master; forked workers restart it by themselves."""
     asynclog.configure()
+
+
+def worker_exit(server: object, worker: object) -> None:
+    """Write a worker's last lines ("Worker exiting"); a no-op if the app already drained."""
+    asynclog.shutdown()
 
 
 def on_exit(server: object) -> None:

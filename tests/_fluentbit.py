@@ -29,8 +29,14 @@ __all__ = [
 ]
 
 _VARIABLE = re.compile(r"\$\{([^}:]+)(?::-([^}]*))?\}")
-_BOOLEANS = {"on": "true", "true": "true", "yes": "true", "off": "false", "false": "false",
-             "no": "false"}
+_BOOLEANS = {
+    "on": "true",
+    "true": "true",
+    "yes": "true",
+    "off": "false",
+    "false": "false",
+    "no": "false",
+}
 
 
 class ConfigError(ValueError):
@@ -95,7 +101,9 @@ class Pipeline:
         return found[0]
 
 
-def expand(value: str, environ: Mapping[str, str], variables: Mapping[str, str] | None = None) -> str:
+def expand(
+    value: str, environ: Mapping[str, str], variables: Mapping[str, str] | None = None
+) -> str:
     """Substitute `${NAME}` and `${NAME:-default}` as Fluent Bit does."""
 
     def substitute(match: re.Match[str]) -> str:
@@ -174,8 +182,9 @@ def _read_classic(path: Path, pipeline: Pipeline, seen: set[Path], main: bool) -
         current.entries.append((key.lower(), value))
 
 
-def _command(line: str, path: Path, pipeline: Pipeline, seen: set[Path], main: bool,
-             where: str) -> None:
+def _command(
+    line: str, path: Path, pipeline: Pipeline, seen: set[Path], main: bool, where: str
+) -> None:
     command, _, argument = line.partition(" ")
     argument = argument.strip()
     if command.upper() == "@INCLUDE":
@@ -199,8 +208,12 @@ def _new_section(kind: str, pipeline: Pipeline, main: bool, where: str) -> Secti
         raise ConfigError(f"{where}: a parsers file holds only [PARSER] sections, not [{kind}]")
     if kind == "service":
         return pipeline.service
-    lists = {"input": pipeline.inputs, "filter": pipeline.filters, "output": pipeline.outputs,
-             "parser": pipeline.parsers}
+    lists = {
+        "input": pipeline.inputs,
+        "filter": pipeline.filters,
+        "output": pipeline.outputs,
+        "parser": pipeline.parsers,
+    }
     if kind not in lists:
         raise ConfigError(f"{where}: unknown section [{kind}]")
     section = Section(kind, source=where)
