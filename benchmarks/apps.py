@@ -1,14 +1,16 @@
 """One small FastAPI app per end-to-end mode, chosen by ``BENCH_MODE``.
 
 Served as ``gunicorn -k uvicorn_worker.UvicornWorker benchmarks.apps:app``. Every mode
-has the same route doing the same work: two field-carrying log lines with the mode's
+has the bundled example app's benchmark route (``GET /items/{item_id}`` in
+``example/app.py``) doing the same work: two field-carrying log lines with the mode's
 natural API, plus one access line per request from a small pure-ASGI middleware (or
 asynclog's own). ``BENCH_SINK`` is a file path or ``stdout``.
 
 Modes: ``none``, ``stdlib-sync``, ``stdlib-otel`` (stdlib sync + the stock
 ``FastAPIInstrumentor``, spans discarded), ``stdlib-queue`` (``QueueHandler`` +
 ``QueueListener``, drained in lifespan shutdown), ``asynclog`` and ``asynclog-tracing``
-(used only when the bundled example app cannot serve them, see ``e2e.py``).
+(the same route on a bare app with ``asynclog.install``; the benchmark serves the bundled
+example app for these modes unless ``BENCH_ASYNCLOG_APP=bench``, see ``e2e.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 
 from benchmarks.peers import JsonFormatter
 
@@ -34,10 +37,22 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ROUTE = "/items/{item_id}"
-LOAD_PATH = "/items/42"
 
 MODE = os.environ.get("BENCH_MODE", "none")
 SINK = os.environ.get("BENCH_SINK", "stdout")
+
+
+class Item(BaseModel):
+    id: int
+    name: str
+    price: float
+
+
+_CATALOG = {n: Item(id=n, name=f"item-{n}", price=round(9.99 + n, 2)) for n in range(1, 101)}
+
+
+def _item(item_id: int) -> Item:
+    return _CATALOG.get(item_id) or Item(id=item_id, name=f"item-{item_id}", price=1.0)
 
 
 class AccessLog:
@@ -86,16 +101,19 @@ def _route_stdlib(app: FastAPI) -> None:
     log = logging.getLogger("example")
 
     @app.get(ROUTE)
-    async def get_item(item_id: int) -> dict[str, Any]:
-        log.info("item requested", extra={"item_id": item_id, "user": "alice", "cached": False})
-        log.info("item served", extra={"item_id": item_id, "price": 9.5, "in_stock": True})
-        return {"id": item_id, "name": "widget"}
+    async def get_item(item_id: int) -> Item:
+        item = _item(item_id)
+        log.info("item fetched", extra={"item_id": item_id, "source": "catalog"})
+        log.info(
+            "price computed", extra={"item_id": item_id, "price": item.price, "currency": "EUR"}
+        )
+        return item
 
 
 def _route_plain(app: FastAPI) -> None:
     @app.get(ROUTE)
-    async def get_item(item_id: int) -> dict[str, Any]:
-        return {"id": item_id, "name": "widget"}
+    async def get_item(item_id: int) -> Item:
+        return _item(item_id)
 
 
 def _health(app: FastAPI) -> None:
@@ -159,10 +177,11 @@ def _asynclog(tracing: bool) -> Any:
     log = asynclog.get_logger("example")
 
     @app.get(ROUTE)
-    async def get_item(item_id: int) -> dict[str, Any]:
-        log.info("item requested", item_id=item_id, user="alice", cached=False)
-        log.info("item served", item_id=item_id, price=9.5, in_stock=True)
-        return {"id": item_id, "name": "widget"}
+    async def get_item(item_id: int) -> Item:
+        item = _item(item_id)
+        log.info("item fetched", item_id=item_id, source="catalog")
+        log.info("price computed", item_id=item_id, price=item.price, currency="EUR")
+        return item
 
     _health(app)
     asynclog.install(app, tracing=tracing)

@@ -42,6 +42,8 @@ LOAD_CPU = 1
 # killed. Lines a logger still holds after that are lost, and show up as such.
 GRACEFUL_TIMEOUT = 15
 LINES_PER_REQUEST = 3
+# The example app's benchmark route (GET /items/{item_id}), mirrored in benchmarks/apps.py.
+LOAD_PATH = "/items/42"
 SINKS = ("file", "slow-pipe", "stalled-pipe")
 
 
@@ -100,13 +102,26 @@ CASES = (
 
 
 def target(mode: str, sink: str) -> Target:
-    """The app to serve for *mode*, writing to *sink* (a file path or ``stdout``)."""
-    env = {"BENCH_MODE": mode, "BENCH_SINK": sink}
-    if mode.startswith("asynclog"):
-        env |= {"ASYNCLOG_SINK": sink, "ASYNCLOG_FORMAT": "json", "ASYNCLOG_LEVEL": "INFO"}
-    from benchmarks.apps import LOAD_PATH
+    """The app to serve for *mode*, writing to *sink* (a file path or ``stdout``).
 
-    return Target("benchmarks.apps:app", env, LOAD_PATH, "benchmarks/apps.py")
+    The asynclog modes serve the bundled example app (``example.app:app``) configured by
+    its ``ASYNCLOG_*`` variables alone, unless ``BENCH_ASYNCLOG_APP=bench`` asks for the
+    same route on a bare app in ``benchmarks/apps.py``. Other modes always use that module,
+    whose route mirrors the example's.
+    """
+    if not mode.startswith("asynclog"):
+        env = {"BENCH_MODE": mode, "BENCH_SINK": sink}
+        return Target("benchmarks.apps:app", env, LOAD_PATH, "benchmarks/apps.py")
+    env = {
+        "ASYNCLOG_SINK": sink,
+        "ASYNCLOG_FORMAT": "json",
+        "ASYNCLOG_LEVEL": "INFO",
+        "ASYNCLOG_TRACING": "1" if mode == "asynclog-tracing" else "0",
+    }
+    if os.environ.get("BENCH_ASYNCLOG_APP") == "bench":
+        env |= {"BENCH_MODE": mode}
+        return Target("benchmarks.apps:app", env, LOAD_PATH, "benchmarks/apps.py")
+    return Target("example.app:app", env, LOAD_PATH, "example/app.py")
 
 
 def _free_port() -> int:
@@ -296,6 +311,8 @@ def run_case(
         "lines_written": check.lines,
         "lines_valid": check.valid,
         "lines_corrupt": check.corrupt,
+        "lines_traced": check.traced,
+        "corrupt_samples": check.samples,
         "dropped": check.dropped_reported,
         "lines_unaccounted": unaccounted,
         "lines_lost": max(0, unaccounted) if unaccounted > slack else 0,

@@ -124,6 +124,7 @@ def _merge(checks: list[LineCheck]) -> dict[str, Any]:
     for c in checks:
         for key in ("lines", "valid", "corrupt", "duplicates", "missing", "dropped_reported"):
             setattr(total, key, getattr(total, key) + getattr(c, key))
+        total.samples += c.samples[: 3 - len(total.samples)]
     return total.to_dict()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ DURATION_MS = 12.5
 CACHED = True
 AT = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.timezone.utc)
 FIELD_NAMES = ("user", "seq", "duration_ms", "cached", "at")
+_SAMPLES = 3
 
 
 def fields(seq: int) -> dict[str, Any]:
@@ -39,12 +40,20 @@ class LineCheck:
     missing: int = 0
     dropped_reported: int = 0
     other: int = 0
+    traced: int = 0
+    samples: list[str] = field(default_factory=list)
+
+    def bad(self, raw: bytes) -> None:
+        """Count a corrupt line, keeping the first few (shortened) for the report."""
+        self.corrupt += 1
+        if len(self.samples) < _SAMPLES:
+            self.samples.append(raw[:160].decode("utf-8", "replace").rstrip("\n"))
 
     @property
     def intact(self) -> bool:
         return self.corrupt == 0 and self.duplicates == 0 and self.missing == 0
 
-    def to_dict(self) -> dict[str, int | bool]:
+    def to_dict(self) -> dict[str, int | bool | list[str]]:
         return {**asdict(self), "intact": self.intact}
 
 
@@ -103,10 +112,10 @@ def check_records(path: Path, expected: int) -> LineCheck:
             try:
                 obj = orjson.loads(raw)
             except orjson.JSONDecodeError:
-                check.corrupt += 1
+                check.bad(raw)
                 continue
             if not isinstance(obj, dict):
-                check.corrupt += 1
+                check.bad(raw)
                 continue
             seq = _is_record(obj)
             if seq is None:
@@ -115,10 +124,10 @@ def check_records(path: Path, expected: int) -> LineCheck:
                     check.dropped_reported += dropped
                     check.other += 1
                 else:
-                    check.corrupt += 1
+                    check.bad(raw)
                 continue
             if not 0 <= seq < expected:
-                check.corrupt += 1
+                check.bad(raw)
             elif seen[seq]:
                 check.duplicates += 1
             else:
@@ -132,7 +141,8 @@ def check_json_lines(path: Path) -> LineCheck:
     """Check a server's log capture: every line must be a JSON object.
 
     The server's lines are not numbered (requests arrive concurrently), so ``missing``
-    is left to the caller, who compares ``valid`` with the requests served.
+    is left to the caller, who compares ``valid`` with the requests served. ``traced``
+    counts lines carrying a ``trace_id``, to confirm tracing was on or off as intended.
     """
     check = LineCheck()
     with path.open("rb") as f:
@@ -141,10 +151,10 @@ def check_json_lines(path: Path) -> LineCheck:
             try:
                 obj = orjson.loads(raw)
             except orjson.JSONDecodeError:
-                check.corrupt += 1
+                check.bad(raw)
                 continue
             if not isinstance(obj, dict):
-                check.corrupt += 1
+                check.bad(raw)
                 continue
             dropped = _dropped(obj)
             if dropped:
@@ -152,4 +162,5 @@ def check_json_lines(path: Path) -> LineCheck:
                 check.other += 1
             else:
                 check.valid += 1
+                check.traced += "trace_id" in obj
     return check
