@@ -1,0 +1,306 @@
+"""Container and Kubernetes files in sidecar/: valid offline, and in agreement with the config."""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+import re
+import runpy
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import gunicorn.config
+import kubernetes_validate
+import pytest
+import yaml
+from _fluentbit import Pipeline, expand, load_classic, load_yaml
+
+from conftest import ROOT
+
+SIDECAR = ROOT / "sidecar"
+K8S = SIDECAR / "k8s"
+# Native sidecars (init containers with restartPolicy: Always) are GA from 1.33.
+KUBERNETES_VERSION = "1.33.0"
+FLUENT_BIT_IMAGE = "fluent/fluent-bit:4.2.8"
+CONFIG_FILES = ("fluent-bit.yaml", "fluent-bit.conf", "parsers.conf")
+
+
+def _documents(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+
+
+def _manifests() -> dict[str, dict[str, Any]]:
+    found = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for document in _documents(path):
+            found[document["kind"]] = document
+    return found
+
+
+@pytest.fixture(name="pod")
+def _pod() -> dict[str, Any]:
+    spec: dict[str, Any] = _manifests()["Deployment"]["spec"]["template"]["spec"]
+    return spec
+
+
+def _container(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        if container["name"] == name:
+            return container
+    raise LookupError(name)
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def _mount(container: dict[str, Any], volume: str) -> str:
+    (path,) = [m["mountPath"] for m in container["volumeMounts"] if m["name"] == volume]
+    return str(path)
+
+
+def _config_for(command: list[str]) -> Pipeline:
+    """The top-level config file that a `fluent-bit -c /fluent-bit/etc/NAME` command runs."""
+    name = PurePosixPath(command[command.index("-c") + 1]).name
+    return load_yaml(ROOT / name) if name.endswith(".yaml") else load_classic(ROOT / name)
+
+
+def _check_paths_agree(
+    pipeline: Pipeline, flb_env: dict[str, str], flb_mount: str, app_sink: str, app_mount: str
+) -> None:
+    tail = pipeline.plugin("inputs", "tail")
+    path = PurePosixPath(expand(tail.get("path") or "", flb_env))
+    assert str(path.parent) == flb_mount, "Fluent Bit tails the directory where the volume is"
+    assert flb_mount == app_mount, "both containers mount the volume at the same path"
+    assert fnmatch.fnmatch(app_sink, str(path)), "the tail glob matches the app's sink"
+    assert str(PurePosixPath(app_sink).parent) == app_mount
+    db = PurePosixPath(expand(tail.get("db") or "", flb_env))
+    storage = PurePosixPath(expand(pipeline.service.get("storage.path") or "", flb_env))
+    assert db.parent == PurePosixPath(flb_mount), "offsets DB on the volume"
+    assert storage.parent == PurePosixPath(flb_mount), "buffer on the volume"
+    assert not fnmatch.fnmatch(str(db), str(path)), "the tail must not read its own DB"
+
+
+# Kubernetes.
+
+
+@pytest.mark.parametrize("path", sorted(K8S.glob("*.yaml")), ids=lambda p: p.name)
+def test_manifests_validate_against_kubernetes_schemas(path: Path) -> None:
+    for document in _documents(path):
+        if document.get("kind") == "Kustomization":
+            continue
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    (kustomization,) = _documents(K8S / "kustomization.yaml")
+    others = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == others
+
+
+def test_configmap_is_identical_to_the_top_level_files() -> None:
+    data = _manifests()["ConfigMap"]["data"]
+    assert set(data) == set(CONFIG_FILES)
+    for name in CONFIG_FILES:
+        assert data[name] == (ROOT / name).read_text(encoding="utf-8"), (
+            f"{name} differs from sidecar/k8s/configmap.yaml: run python sidecar/sync_configmap.py"
+        )
+    spec = importlib.util.spec_from_file_location("sync_configmap", SIDECAR / "sync_configmap.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--check"]) == 0
+
+
+def test_fluent_bit_is_a_native_sidecar_running_the_configmap(pod: dict[str, Any]) -> None:
+    (sidecar,) = pod["initContainers"]
+    assert sidecar["name"] == "fluent-bit"
+    assert sidecar["restartPolicy"] == "Always"
+    assert sidecar["image"] == FLUENT_BIT_IMAGE
+    command = sidecar["command"] + sidecar["args"]
+    config_path = PurePosixPath(command[command.index("-c") + 1])
+    assert str(config_path.parent) == _mount(sidecar, "fluent-bit-config")
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "fluent-bit-config"]
+    assert volume["configMap"]["name"] == _manifests()["ConfigMap"]["metadata"]["name"]
+    assert config_path.name in _manifests()["ConfigMap"]["data"]
+
+
+def test_paths_agree_in_the_pod(pod: dict[str, Any]) -> None:
+    sidecar, app = _container(pod, "fluent-bit"), _container(pod, "app")
+    (logs,) = [v for v in pod["volumes"] if v["name"] == "logs"]
+    assert logs["emptyDir"]["sizeLimit"]
+    _check_paths_agree(
+        _config_for(sidecar["command"] + sidecar["args"]),
+        _env(sidecar),
+        _mount(sidecar, "logs"),
+        _env(app)["ASYNCLOG_SINK"],
+        _mount(app, "logs"),
+    )
+
+
+def test_listeners_in_the_pod(pod: dict[str, Any]) -> None:
+    sidecar, app = _container(pod, "fluent-bit"), _container(pod, "app")
+    pipeline = _config_for(sidecar["command"] + sidecar["args"])
+    otlp_port = expand(pipeline.plugin("inputs", "opentelemetry").get("port") or "", {})
+    # The app exports to the sidecar over the pod's loopback.
+    assert _env(app)["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://127.0.0.1:{otlp_port}"
+    # The one listener moved off loopback is the health server, to the pod IP (not 0.0.0.0),
+    # because the kubelet probes from the node; nothing else in the sidecar is overridden.
+    overrides = {e["name"]: e for e in sidecar["env"]}
+    assert overrides["FLB_HTTP_LISTEN"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert not {"FLB_OTLP_PORT", "FLB_HTTP_PORT"} & set(overrides)
+    health_port = int(expand(pipeline.service.get("http_port") or "", {}))
+    assert [p["containerPort"] for p in sidecar["ports"]] == [health_port]
+    for probe in ("startupProbe", "livenessProbe"):
+        assert sidecar[probe]["httpGet"]["path"] == "/api/v1/health"
+        assert sidecar[probe]["httpGet"]["port"] == sidecar["ports"][0]["name"]
+    # A readiness probe on the sidecar would take the pod out of the Service when the log
+    # backend is slow.
+    assert "readinessProbe" not in sidecar
+
+
+def test_app_container_is_probed_limited_and_locked_down(pod: dict[str, Any]) -> None:
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["automountServiceAccountToken"] is False
+    for container in pod["initContainers"] + pod["containers"]:
+        for kind in ("requests", "limits"):
+            assert set(container["resources"][kind]) == {"cpu", "memory"}, container["name"]
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["runAsNonRoot"] is True
+        assert context["capabilities"]["drop"] == ["ALL"]
+    app = _container(pod, "app")
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert app[probe]["httpGet"]["path"] == "/health"
+        assert app[probe]["httpGet"]["port"] == "http"
+    # Workers keep heartbeat files in /dev/shm; anything else that writes gets /tmp.
+    assert _mount(app, "tmp") == "/tmp"
+
+
+def test_service_selects_the_pods_and_targets_the_app() -> None:
+    manifests = _manifests()
+    deployment, service = manifests["Deployment"], manifests["Service"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    app_ports = {
+        p["name"] for p in _container(deployment["spec"]["template"]["spec"], "app")["ports"]
+    }
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= app_ports
+
+
+def test_grace_period_covers_app_drain_and_fluent_bit_grace(pod: dict[str, Any]) -> None:
+    settings = runpy.run_path(str(SIDECAR / "gunicorn.conf.py"))
+    grace = int(load_yaml(ROOT / "fluent-bit.yaml").service.get("grace") or 0)
+    app = _container(pod, "app")
+    pre_stop = int(app["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + settings["graceful_timeout"] + grace
+
+
+# docker compose.
+
+
+@pytest.fixture(name="compose")
+def _compose() -> dict[str, Any]:
+    (document,) = _documents(SIDECAR / "docker-compose.yml")
+    return document
+
+
+def test_compose_has_the_app_and_its_sidecar(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"app", "fluent-bit"}
+    assert services["fluent-bit"]["image"] == FLUENT_BIT_IMAGE
+    assert services["app"]["build"]["dockerfile"] == "sidecar/Dockerfile"
+    # Like a pod: one network namespace, so OTLP to 127.0.0.1:4318 reaches the sidecar.
+    assert services["fluent-bit"]["network_mode"] == "service:app"
+    assert services["app"]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == (
+        "http://127.0.0.1:4318"
+    )
+    for service in services.values():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), port
+        assert str(service["user"]).split(":")[0] not in ("0", "root")
+        assert service["read_only"] is True
+
+
+def test_compose_paths_agree(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    app, flb = services["app"], services["fluent-bit"]
+
+    def volume_mount(service: dict[str, Any], volume: str) -> str:
+        (target,) = [v.split(":")[1] for v in service["volumes"] if v.split(":")[0] == volume]
+        return str(target)
+
+    assert "logs" in compose["volumes"]
+    command = flb["entrypoint"] + flb["command"]
+    _check_paths_agree(
+        _config_for(command),
+        {k: str(v) for k, v in flb["environment"].items()},
+        volume_mount(flb, "logs"),
+        app["environment"]["ASYNCLOG_SINK"],
+        volume_mount(app, "logs"),
+    )
+    # The config files come from the repository, read-only, where `-c` looks for them.
+    mounted = {}
+    for entry in flb["volumes"]:
+        source, target, *mode = entry.split(":")
+        if source.startswith("."):
+            assert mode == ["ro"]
+            mounted[target] = (SIDECAR / source).resolve()
+    assert sorted(p.name for p in mounted.values()) == sorted(CONFIG_FILES)
+    for target, source in mounted.items():
+        assert PurePosixPath(target).name == source.name
+    assert command[command.index("-c") + 1] in mounted
+
+
+# The image and the gunicorn config it runs.
+
+
+def test_dockerfile_runs_gunicorn_as_non_root() -> None:
+    text = (SIDECAR / "Dockerfile").read_text(encoding="utf-8")
+    instructions = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert re.fullmatch(r"FROM python:3\.\d+-slim", instructions[0])
+    users = [line.split()[1] for line in instructions if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+    uid = int(users[-1].split(":")[0])
+    pod_spec = _manifests()["Deployment"]["spec"]["template"]["spec"]
+    assert pod_spec["securityContext"]["runAsUser"] == uid
+    assert not any("--reload" in line for line in instructions)
+    cmd = next(line for line in instructions if line.startswith("CMD "))
+    assert '"gunicorn", "--config", "gunicorn.conf.py", "example.app:app"' in cmd
+    assert "COPY sidecar/gunicorn.conf.py ./gunicorn.conf.py" in text
+    ignore = (SIDECAR / "Dockerfile.dockerignore").read_text(encoding="utf-8").splitlines()
+    rules = [line for line in ignore if line and not line.startswith("#")]
+    assert rules[0] == "**", "the build context is an allowlist: .venv and .git stay out"
+
+
+def test_gunicorn_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("GUNICORN_BIND", "GUNICORN_WORKERS", "GUNICORN_TIMEOUT", "GUNICORN_KEEPALIVE"):
+        monkeypatch.delenv(name, raising=False)
+    settings = runpy.run_path(str(SIDECAR / "gunicorn.conf.py"))
+    assert settings["workers"] == 4
+    assert settings["worker_class"] == "uvicorn_worker.UvicornWorker"
+    assert settings["max_requests"] == 1000
+    assert settings["max_requests_jitter"] == 50
+    assert settings["reload"] is False
+    assert settings["bind"] == "127.0.0.1:8000"
+    assert 0 < settings["keepalive"] < settings["timeout"]
+    assert settings["graceful_timeout"] >= 10
+    known = {setting.name for setting in gunicorn.config.KNOWN_SETTINGS}
+    public = {k for k, v in settings.items() if not k.startswith("_") and not callable(v)}
+    public -= {"annotations", "os", "asynclog"}
+    # A misspelt setting is silently ignored by gunicorn, so check every name.
+    assert public <= known, public - known
+    hooks = {k for k, v in settings.items() if callable(v) and not k.startswith("_")}
+    assert {"on_starting", "on_exit", "worker_exit"} <= hooks <= known
+
+
+def test_gunicorn_config_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GUNICORN_BIND", "0.0.0.0:9000")
+    monkeypatch.setenv("GUNICORN_WORKERS", "3")
+    settings = runpy.run_path(str(SIDECAR / "gunicorn.conf.py"))
+    assert (settings["bind"], settings["workers"]) == ("0.0.0.0:9000", 3)
