@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import sys
@@ -16,6 +17,7 @@ from ._pipeline import Pipeline, current, start_pipeline
 from ._redact import Redactor
 from ._settings import AppSettings, Settings, resolve_settings
 from ._tracing import setup_tracing
+from ._watchdog import LoopWatchdog
 
 __all__ = ["install"]
 
@@ -127,12 +129,6 @@ def _wrap_lifespan(app: Any, installation: _Installation) -> None:
 def _start_watchdog(installation: _Installation) -> Any:
     if not installation.app.watchdog:
         return None
-    try:
-        from ._watchdog import LoopWatchdog
-    except ImportError:  # pragma: no cover - the module ships with the package
-        return None
-    import asyncio
-
     watchdog = LoopWatchdog(
         asyncio.get_running_loop(),
         threshold=installation.app.watchdog_threshold_ms / 1000,

@@ -71,10 +71,10 @@ class Pipeline:
                 logger.removeHandler(handler)
             logger.propagate = True
 
-    def _unroute_stdlib(self, restore: bool) -> None:
+    def _unroute_stdlib(self) -> None:
         root = logging.getLogger()
         root.removeHandler(self.handler)
-        if restore and self._previous_root is not None:
+        if self._previous_root is not None:
             handlers, level = self._previous_root
             for handler in handlers:
                 if not isinstance(handler, AsyncLogHandler):
@@ -100,7 +100,11 @@ class Pipeline:
         return True
 
     def stop(self, timeout: float | None = None, restore: bool = True) -> bool:
-        """Flush, stop the writer and close the sink; True if everything was written in time."""
+        """Flush and stop the writer; True if everything was written in time.
+
+        `restore` gives the root logger its previous handlers back; without it, stdlib records
+        keep coming here and are written through synchronously.
+        """
         if self.stopped:
             return True
         self.stopped = True
@@ -115,8 +119,8 @@ class Pipeline:
             and not QUEUE.items
             and self.counters.dropped_write == lost_before
         )
-        if self.settings.capture_stdlib:
-            self._unroute_stdlib(restore)
+        if self.settings.capture_stdlib and restore:
+            self._unroute_stdlib()
         if not self.writer.is_alive():
             self._write_through()
         return drained

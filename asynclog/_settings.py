@@ -42,6 +42,7 @@ _ENV = {
 _APP_ENV = {
     "tracing": "ASYNCLOG_TRACING",
     "spans": "ASYNCLOG_SPANS",
+    "tracing_backend": "ASYNCLOG_TRACING_BACKEND",
 }
 
 
@@ -76,6 +77,8 @@ class AppSettings:
     slow_threshold_ms: float = 1_000.0
     request_id_header: str = "x-request-id"
     tracing: bool = True
+    tracing_backend: str = "auto"
+    trace_operations: bool = False
     spans: str = "none"
     trace_ratio: float | None = None
     watchdog: bool = True
@@ -158,6 +161,8 @@ def _validate(name: str, value: Any, setting: str | None = None) -> Any:
         return _choice(label, value, _OVERFLOWS)
     if name == "spans":
         return _choice(label, value, _SPANS)
+    if name == "tracing_backend":
+        return _choice(label, value, ("auto", "native", "instrumentor"))
     if name in ("queue_size", "batch_size", "redact_depth"):
         return _positive_int(label, value)
     if name in (
@@ -193,6 +198,7 @@ _BOOLS = frozenset(
         "capture_stdlib",
         "access_log",
         "tracing",
+        "trace_operations",
         "watchdog",
         "startup_checks",
         "warn_reload",

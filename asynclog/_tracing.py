@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider, sampling
+from opentelemetry.sdk.trace.sampling import Sampler, SamplingResult
 
 from ._queue import QUEUE
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import ReadableSpan, Span, TracerProvider
-    from opentelemetry.sdk.trace.sampling import Sampler, SamplingResult
     from opentelemetry.trace import Link, SpanKind
     from opentelemetry.util.types import Attributes
 
@@ -59,7 +59,7 @@ def span_fields(span: ReadableSpan) -> dict[str, Any]:
     return fields
 
 
-class LogSpanProcessor:
+class LogSpanProcessor(SpanProcessor):
     """Writes each finished span as one JSON line through asynclog's queue.
 
     `on_end` runs on the thread that ended the span (the event loop): it only enqueues the span;
@@ -81,7 +81,7 @@ class LogSpanProcessor:
                 functools.partial(span_fields, span),
                 _EMPTY,
                 _EMPTY,
-                trace.set_span_in_context(span),  # type: ignore[arg-type]
+                trace.set_span_in_context(trace.NonRecordingSpan(span.context)),
                 None,
             )
         )
@@ -93,7 +93,7 @@ class LogSpanProcessor:
         return True
 
 
-class _SwitchableProcessor:
+class _SwitchableProcessor(SpanProcessor):
     """The one processor asynclog adds to its provider; a later install() swaps what it feeds."""
 
     def __init__(self) -> None:
@@ -119,7 +119,7 @@ class _SwitchableProcessor:
         return True if target is None else bool(target.force_flush(timeout_millis))
 
 
-class _SwitchableSampler:
+class _SwitchableSampler(Sampler):
     """Tracers copy their provider's sampler when created; this lets install() change it later."""
 
     def __init__(self, inner: Sampler) -> None:
@@ -144,8 +144,6 @@ class _SwitchableSampler:
 
 
 def _sampler(settings: AppSettings) -> Sampler:
-    from opentelemetry.sdk.trace import sampling
-
     if settings.trace_ratio is not None:
         return sampling.ParentBased(sampling.TraceIdRatioBased(settings.trace_ratio))
     if os.environ.get("OTEL_TRACES_SAMPLER"):
@@ -176,42 +174,71 @@ def _exporting_processor(spans: str) -> Any:
 _ours: tuple[TracerProvider, _SwitchableProcessor, _SwitchableSampler] | None = None
 
 
+def _native_config(app: Any) -> dict[str, Any] | None:
+    """FastAPI's own telemetry settings (FastAPI >= 0.16x), None on versions without it."""
+    config = getattr(app, "_telemetry", None)
+    return config if isinstance(config, dict) and "operation_spans" in config else None
+
+
 def setup_tracing(app: Any, settings: AppSettings) -> trace.TracerProvider | None:
-    """Create (once) or reuse the tracer provider and instrument `app` with one server span per
-    request. A provider the user set is used as it is, never replaced."""
-    global _ours
+    """Create (once) or reuse the tracer provider and give `app` one server span per request.
+
+    FastAPI's native telemetry makes that span when this FastAPI has it (it wraps the whole app,
+    so even Starlette's error handlers run inside the span); otherwise, or with
+    `tracing_backend="instrumentor"`, `FastAPIInstrumentor` does, without its send/receive
+    spans. A provider the user set is used as it is, never replaced.
+    """
+    native = _native_config(app)
     if not settings.tracing or tracing_disabled():
+        if native is not None:
+            native.update(tracing=False, operation_spans=False)
         return None
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    provider = _provider(settings)
+    backend = settings.tracing_backend
+    if backend == "auto":
+        backend = "native" if native is not None else "instrumentor"
+    if backend == "native":
+        if native is None:
+            raise ValueError(
+                "asynclog: tracing_backend='native' needs a FastAPI with built-in telemetry; "
+                "allowed here: auto, instrumentor"
+            )
+        native.update(
+            tracing=True, tracer_provider=provider, operation_spans=settings.trace_operations
+        )
+        return provider
+    if native is not None:  # one server span: the instrumentor's
+        native.update(tracing=False, operation_spans=False)
+    if not getattr(app, "_is_instrumented_by_opentelemetry", False):
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(
+            app, tracer_provider=provider, exclude_spans=["send", "receive"]
+        )
+    return provider
+
+
+def _provider(settings: AppSettings) -> trace.TracerProvider:
+    global _ours
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-    from opentelemetry.sdk.trace import TracerProvider
 
     existing = trace.get_tracer_provider()
-    provider: trace.TracerProvider
     if _ours is not None and existing is _ours[0]:
         provider, processor, sampler = _ours
         processor.shutdown()
         processor.target = _exporting_processor(settings.spans)
         sampler.inner = _sampler(settings)
-    elif isinstance(existing, trace.ProxyTracerProvider):
-        attributes = {}
-        if settings.service_name:
-            attributes[SERVICE_NAME] = settings.service_name
-        sampler = _SwitchableSampler(_sampler(settings))
-        sdk_provider = TracerProvider(
-            sampler=sampler,  # type: ignore[arg-type]
-            resource=Resource.create(attributes),
-        )
-        processor = _SwitchableProcessor()
-        processor.target = _exporting_processor(settings.spans)
-        sdk_provider.add_span_processor(processor)  # type: ignore[arg-type]
-        trace.set_tracer_provider(sdk_provider)
-        _ours = (sdk_provider, processor, sampler)
-        provider = sdk_provider
-    else:
-        provider = existing
-    if not getattr(app, "_is_instrumented_by_opentelemetry", False):
-        FastAPIInstrumentor.instrument_app(
-            app, tracer_provider=provider, exclude_spans=["send", "receive"]
-        )
-    return provider
+        return provider
+    if not isinstance(existing, trace.ProxyTracerProvider):
+        return existing
+    attributes = {}
+    if settings.service_name:
+        attributes[SERVICE_NAME] = settings.service_name
+    sampler = _SwitchableSampler(_sampler(settings))
+    sdk_provider = TracerProvider(sampler=sampler, resource=Resource.create(attributes))
+    processor = _SwitchableProcessor()
+    processor.target = _exporting_processor(settings.spans)
+    sdk_provider.add_span_processor(processor)
+    trace.set_tracer_provider(sdk_provider)
+    _ours = (sdk_provider, processor, sampler)
+    return sdk_provider

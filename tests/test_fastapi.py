@@ -1,0 +1,431 @@
+"""install(app) through FastAPI's TestClient: access lines, request ids, errors, tracing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import BackgroundTasks, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.testclient import TestClient
+
+import asynclog
+from asynclog._middleware import AccessLogMiddleware
+from asynclog._redact import Redactor
+from asynclog._settings import AppSettings
+from conftest import read_lines, run_python
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+QUIET = {"watchdog": False, "startup_checks": False, "format": "json"}
+
+
+def make_app(log_path: Path, **settings: Any) -> FastAPI:
+    app = FastAPI()
+    log = asynclog.get_logger("app")
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        log.info("item", item_id=item_id)
+        return {"id": item_id}
+
+    @app.get("/missing")
+    async def missing() -> None:
+        raise HTTPException(status_code=404)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        log.info("before boom")
+        raise RuntimeError("boom")
+
+    @app.get("/sync")
+    def sync_route() -> dict[str, bool]:
+        logging.getLogger("lib.sync").info("in threadpool")
+        return {"sync": True}
+
+    @app.get("/stream")
+    async def stream() -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            for n in range(3):
+                log.info("chunk", n=n)
+                yield b"x" * 10
+
+        return StreamingResponse(chunks())
+
+    @app.get("/background")
+    async def background(tasks: BackgroundTasks) -> dict[str, bool]:
+        tasks.add_task(lambda: logging.getLogger("lib.bg").info("background task ran"))
+        return {"queued": True}
+
+    @app.get("/slow")
+    async def slow() -> dict[str, bool]:
+        await asyncio.sleep(0.05)
+        return {"slow": True}
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    asynclog.install(app, sink=str(log_path), **{**QUIET, **settings})
+    return app
+
+
+@pytest.fixture(name="client", params=["native", "instrumentor"])
+def _client(log_path: Path, request: pytest.FixtureRequest) -> Iterator[TestClient]:
+    """The same checks for both tracing backends: FastAPI's own telemetry and the contrib
+    FastAPIInstrumentor."""
+    app = make_app(log_path, tracing_backend=request.param)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+def lines_of(log_path: Path, logger: str | None = None) -> list[dict[str, Any]]:
+    asynclog.flush(5)
+    lines = read_lines(log_path)
+    return [line for line in lines if logger is None or line["logger"] == logger]
+
+
+def test_one_access_line_with_semantic_convention_fields(
+    client: TestClient, log_path: Path
+) -> None:
+    response = client.get("/items/7?a=1", headers={"user-agent": "probe/1.0"})
+    assert response.status_code == 200
+    [access] = lines_of(log_path, "asynclog.access")
+    assert access["level"] == "info"
+    assert access["http.request.method"] == "GET"
+    assert access["url.path"] == "/items/7"
+    assert access["http.route"] == "/items/{item_id}"
+    assert access["http.response.status_code"] == 200
+    assert access["duration_ms"] > 0
+    assert access["client.address"] == "testclient"
+    assert access["user_agent.original"] == "probe/1.0"
+    assert access["request_id"] == response.headers["x-request-id"]
+    assert access["url.query"] == "a=1"
+
+
+def test_level_follows_status(client: TestClient, log_path: Path) -> None:
+    client.get("/items/1")
+    client.get("/missing")
+    client.get("/boom")
+    levels = {
+        line["http.response.status_code"]: line["level"]
+        for line in lines_of(log_path, "asynclog.access")
+    }
+    assert levels == {200: "info", 404: "warning", 500: "error"}
+
+
+def test_secret_query_parameters_are_masked(client: TestClient, log_path: Path) -> None:
+    client.get("/items/1?token=abc&page=2&API_KEY=k")
+    [access] = lines_of(log_path, "asynclog.access")
+    assert "abc" not in access["url.query"]
+    assert access["url.query"] == "token=%5BREDACTED%5D&page=2&API_KEY=%5BREDACTED%5D"
+
+
+def test_request_id_is_reused_when_safe_and_replaced_when_not(
+    client: TestClient, log_path: Path
+) -> None:
+    ok = client.get("/items/1", headers={"x-request-id": "abc-123.x"})
+    bad = client.get("/items/2", headers={"x-request-id": 'evil" id; <script>'})
+    long = client.get("/items/3", headers={"x-request-id": "a" * 200})
+    assert ok.headers["x-request-id"] == "abc-123.x"
+    assert bad.headers["x-request-id"] != 'evil" id; <script>'
+    assert len(bad.headers["x-request-id"]) == 32
+    assert len(long.headers["x-request-id"]) == 32
+    route_lines = lines_of(log_path, "app")
+    assert [line["request_id"] for line in route_lines] == [
+        "abc-123.x",
+        bad.headers["x-request-id"],
+        long.headers["x-request-id"],
+    ]
+
+
+def test_route_and_library_lines_carry_the_requests_trace_ids(
+    client: TestClient, log_path: Path
+) -> None:
+    client.get("/items/5")
+    client.get("/sync")
+    lines = lines_of(log_path)
+    access = {line["url.path"]: line for line in lines if line["logger"] == "asynclog.access"}
+    [route_line] = [line for line in lines if line["logger"] == "app"]
+    [sync_line] = [line for line in lines if line["logger"] == "lib.sync"]
+    assert len(route_line["trace_id"]) == 32 and len(route_line["span_id"]) == 16
+    assert route_line["trace_id"] == access["/items/5"]["trace_id"]
+    assert route_line["span_id"] == access["/items/5"]["span_id"]
+    assert sync_line["trace_id"] == access["/sync"]["trace_id"]
+    assert access["/items/5"]["trace_id"] != access["/sync"]["trace_id"]
+
+
+def test_background_task_lines_share_the_trace(client: TestClient, log_path: Path) -> None:
+    client.get("/background")
+    lines = lines_of(log_path)
+    [task_line] = [line for line in lines if line["logger"] == "lib.bg"]
+    [access] = [line for line in lines if line["logger"] == "asynclog.access"]
+    assert task_line["trace_id"] == access["trace_id"]
+    assert task_line["request_id"] == access["request_id"]
+
+
+def test_unhandled_exception_logged_once_and_client_gets_500(
+    client: TestClient, log_path: Path
+) -> None:
+    response = client.get("/boom")
+    assert response.status_code == 500
+    assert response.text == "Internal Server Error"
+    lines = lines_of(log_path)
+    errors = [line for line in lines if "exception" in line]
+    assert len(errors) == 1
+    [error] = errors
+    assert error["exception"]["type"] == "RuntimeError"
+    assert error["http.route"] == "/boom"
+    [access] = [line for line in lines if line["logger"] == "asynclog.access"]
+    assert error["trace_id"] == access["trace_id"]
+    assert error["request_id"] == access["request_id"] == response.headers["x-request-id"]
+    assert access["http.response.status_code"] == 500
+
+
+@pytest.mark.parametrize("backend", ["native", "instrumentor"])
+def test_apps_own_exception_handlers_log_with_trace_ids(log_path: Path, backend: str) -> None:
+    app = FastAPI()
+    handler_log = asynclog.get_logger("handler")
+
+    class Teapot(Exception):
+        pass
+
+    @app.exception_handler(Teapot)
+    async def teapot(request: Request, exc: Teapot) -> JSONResponse:
+        handler_log.warning("teapot handled")
+        return JSONResponse({"teapot": True}, status_code=418)
+
+    @app.exception_handler(500)
+    async def server_error(request: Request, exc: Exception) -> PlainTextResponse:
+        handler_log.error("custom 500 page")
+        return PlainTextResponse("custom", status_code=500)
+
+    @app.get("/teapot")
+    async def raise_teapot() -> None:
+        raise Teapot
+
+    @app.get("/crash")
+    async def crash() -> None:
+        raise ValueError("crash")
+
+    asynclog.install(app, sink=str(log_path), tracing_backend=backend, **QUIET)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/teapot").status_code == 418
+        crash = client.get("/crash")
+    assert (crash.status_code, crash.text) == (500, "custom")
+    lines = lines_of(log_path)
+    access = {line["url.path"]: line for line in lines if line["logger"] == "asynclog.access"}
+    handled = {line["message"]: line for line in lines if line["logger"] == "handler"}
+    assert handled["teapot handled"]["trace_id"] == access["/teapot"]["trace_id"]
+    assert handled["custom 500 page"]["trace_id"] == access["/crash"]["trace_id"]
+    assert access["/teapot"]["http.response.status_code"] == 418
+
+
+def test_streaming_response_gives_exactly_one_line(client: TestClient, log_path: Path) -> None:
+    assert client.get("/stream").content == b"x" * 30
+    lines = lines_of(log_path)
+    assert [line["n"] for line in lines if line["logger"] == "app"] == [0, 1, 2]
+    [access] = [line for line in lines if line["logger"] == "asynclog.access"]
+    assert access["http.response.status_code"] == 200
+
+
+def test_client_disconnect_gives_exactly_one_line(log_path: Path) -> None:
+    asynclog.configure(sink=str(log_path), format="json")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        raise asyncio.CancelledError  # what the server does when the client goes away
+
+    middleware = AccessLogMiddleware(app, AppSettings(), Redactor(frozenset()))
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/gone",
+        "headers": [],
+        "client": ("1.2.3.4", 5),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        pass
+
+    async def run() -> None:
+        with pytest.raises(asyncio.CancelledError):
+            await middleware(scope, receive, send)
+
+    asyncio.run(run())
+    [access] = lines_of(log_path, "asynclog.access")
+    assert access["url.path"] == "/gone"
+    assert access["client.address"] == "1.2.3.4"
+
+
+def test_excluded_paths_and_sampling(log_path: Path) -> None:
+    app = make_app(log_path, exclude_paths={"/health"}, sample_rate=0.0, slow_threshold_ms=30)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        client.get("/health")
+        for n in range(5):
+            client.get(f"/items/{n}")  # sampled away
+        client.get("/missing")  # errors are always kept
+        client.get("/boom")
+        client.get("/slow")  # slower than the threshold: kept
+    paths = [line["url.path"] for line in lines_of(log_path, "asynclog.access")]
+    assert paths == ["/missing", "/boom", "/slow"]
+
+
+def test_install_is_idempotent(log_path: Path) -> None:
+    app = make_app(log_path)
+    asynclog.install(app, sink=str(log_path), **QUIET)
+    with TestClient(app) as client:
+        client.get("/items/1")
+    assert len(lines_of(log_path, "asynclog.access")) == 1
+    assert sum(isinstance(h, asynclog.AsyncLogHandler) for h in logging.getLogger().handlers) == 1
+
+
+def test_lifespan_shutdown_code_lines_are_saved(log_path: Path) -> None:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        asynclog.get_logger("life").info("starting")
+        yield
+        await asyncio.sleep(0)
+        asynclog.get_logger("life").info("stopped cleanly")
+
+    app = FastAPI(lifespan=lifespan)
+    asynclog.install(app, sink=str(log_path), **QUIET)
+    with TestClient(app):
+        pass
+    logging.getLogger("uvicorn.error").info("Finished server process")  # after the lifespan
+    messages = [line["message"] for line in read_lines(log_path)]
+    assert messages == ["starting", "stopped cleanly", "Finished server process"]
+    stats = asynclog.stats()
+    assert stats["emitted"] == stats["written"] == 3
+
+
+def test_uvicorn_access_logger_is_switched_off(log_path: Path) -> None:
+    make_app(log_path)
+    access = logging.getLogger("uvicorn.access")
+    assert not access.hasHandlers()  # uvicorn then skips its own access line entirely
+    assert logging.getLogger("uvicorn.error").propagate
+
+
+@pytest.mark.parametrize("backend", ["native", "instrumentor"])
+def test_spans_as_lines_one_per_request_same_trace(log_path: Path, backend: str) -> None:
+    with TestClient(make_app(log_path, spans="log", tracing_backend=backend)) as client:
+        client.get("/items/9")
+        client.get("/items/10")
+    lines = lines_of(log_path)
+    spans = [line for line in lines if line["logger"] == "asynclog.span"]
+    access = [line for line in lines if line["logger"] == "asynclog.access"]
+    assert len(spans) == 2
+    assert [s["trace_id"] for s in spans] == [a["trace_id"] for a in access]
+    assert [s["span_id"] for s in spans] == [a["span_id"] for a in access]
+    assert spans[0]["span.kind"] == "server"
+    assert spans[0]["attributes"]["http.route"] == "/items/{item_id}"
+    assert spans[0]["duration_ms"] > 0
+
+
+@pytest.mark.parametrize("backend", ["native", "instrumentor"])
+def test_no_send_or_receive_spans(log_path: Path, backend: str) -> None:
+    with TestClient(make_app(log_path, spans="log", tracing_backend=backend)) as client:
+        client.get("/stream")
+    spans = [line["message"] for line in lines_of(log_path, "asynclog.span")]
+    assert spans == ["GET /stream"]
+
+
+def test_unsampled_requests_still_get_trace_ids(log_path: Path) -> None:
+    with TestClient(make_app(log_path, spans="log", trace_ratio=0.0)) as client:
+        client.get("/items/1")
+    lines = lines_of(log_path)
+    assert not [line for line in lines if line["logger"] == "asynclog.span"]
+    [access] = [line for line in lines if line["logger"] == "asynclog.access"]
+    assert len(access["trace_id"]) == 32
+
+
+def test_tracing_off_means_no_ids(log_path: Path) -> None:
+    with TestClient(make_app(log_path, tracing=False)) as client:
+        client.get("/items/1")
+    [access] = lines_of(log_path, "asynclog.access")
+    assert "trace_id" not in access
+
+
+def test_incoming_traceparent_is_continued(client: TestClient, log_path: Path) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    client.get("/items/1", headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+    [access] = lines_of(log_path, "asynclog.access")
+    assert access["trace_id"] == trace_id
+
+
+def test_sdk_disabled_and_user_provider_are_honoured(tmp_path: Path) -> None:
+    code = """
+        import os, sys
+        from fastapi import FastAPI
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        import asynclog
+        if sys.argv[1] == "user":
+            mine = TracerProvider()
+            trace.set_tracer_provider(mine)
+        app = FastAPI()
+        asynclog.install(app, sink=sys.argv[2], watchdog=False, startup_checks=False)
+        provider = trace.get_tracer_provider()
+        print(type(provider).__name__, sys.argv[1] != "user" or provider is mine)
+        """
+    disabled = run_python(
+        code.replace("sys.argv[1]", "'disabled'").replace("sys.argv[2]", repr(str(tmp_path / "a"))),
+        env={"OTEL_SDK_DISABLED": "true"},
+    )
+    assert disabled.stdout.split() == ["ProxyTracerProvider", "True"], disabled.stderr
+    user = run_python(
+        code.replace("sys.argv[1]", "'user'").replace("sys.argv[2]", repr(str(tmp_path / "b")))
+    )
+    assert user.stdout.split() == ["TracerProvider", "True"], user.stderr
+
+
+def test_startup_checks_warn_once_each_and_can_be_silenced(log_path: Path) -> None:
+    app = FastAPI()
+    asynclog.install(app, sink=str(log_path), level="DEBUG", format="json", watchdog=False)
+    with TestClient(app):
+        pass
+    checks = [line["check"] for line in read_lines(log_path) if line["logger"] == "asynclog.checks"]
+    assert "debug_json" in checks
+    assert len(checks) == len(set(checks))
+
+    quiet = FastAPI()
+    asynclog.install(
+        quiet,
+        sink=str(log_path),
+        level="DEBUG",
+        format="json",
+        watchdog=False,
+        warn_debug_json=False,
+        warn_memory_limit=False,
+        warn_reload=False,
+    )
+    log_path.write_bytes(b"")
+    with TestClient(quiet):
+        pass
+    assert [line for line in read_lines(log_path) if line["logger"] == "asynclog.checks"] == []
+
+
+def test_watchdog_runs_with_the_app(log_path: Path) -> None:
+    app = FastAPI()
+
+    @app.get("/block")
+    async def block() -> dict[str, bool]:
+        time.sleep(0.3)
+        return {"blocked": True}
+
+    asynclog.install(app, sink=str(log_path), format="json", startup_checks=False)
+    with TestClient(app) as client:
+        client.get("/block")
+    [warning] = lines_of(log_path, "asynclog.watchdog")
+    assert "block" in warning["frame"]
+    assert warning["blocked_ms"] >= 250
