@@ -1,0 +1,111 @@
+"""Real servers for tests: gunicorn + uvicorn-worker on 127.0.0.1, and a tiny HTTP client.
+
+Everything is bounded: start-up, each request and the stop all have deadlines, and the server
+is stopped by PID (SIGTERM, then SIGKILL) whatever happens in the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def http_get(
+    port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 10.0
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 GET on its own connection: (status, lowercase headers, body)."""
+
+    async def go() -> tuple[int, dict[str, str], bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+            request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{extra}\r\n"
+            writer.write(request.encode())
+            await writer.drain()
+            raw = await reader.read()
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass
+        head, _, body = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        parsed = {}
+        for line in lines[1:]:
+            key, _, value = line.partition(":")
+            parsed[key.strip().lower()] = value.strip()
+        return status, parsed, body
+
+    return await asyncio.wait_for(go(), timeout)
+
+
+def get(port: int, path: str, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    return asyncio.run(http_get(port, path, timeout=timeout))
+
+
+@contextmanager
+def gunicorn(
+    *,
+    env: dict[str, str],
+    args: Sequence[str] = ("-k", "uvicorn_worker.UvicornWorker", "-w", "2"),
+    app: str = "example.app:app",
+    log_path: Path | None = None,
+    startup_timeout: float = 60.0,
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """Run gunicorn serving `app` on a free 127.0.0.1 port until the block ends."""
+    port = free_port()
+    output = open(log_path or os.devnull, "ab")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", *args, "--bind", f"127.0.0.1:{port}", app],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {proc.returncode} during start-up")
+            try:
+                if get(port, "/health", timeout=2)[0] == 200:
+                    break
+            except (OSError, asyncio.TimeoutError, IndexError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("gunicorn did not answer /health in time")
+            time.sleep(0.2)
+        yield port, proc
+    finally:
+        stop(proc)
+        output.close()
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    """SIGTERM (gunicorn's graceful stop), then SIGKILL after `timeout`; returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode

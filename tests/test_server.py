@@ -1,0 +1,130 @@
+"""The example app under a real gunicorn + uvicorn_worker.UvicornWorker (2 workers, 127.0.0.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _server import gunicorn, http_get, stop
+
+from conftest import read_lines
+
+pytestmark = pytest.mark.timeout(180)
+
+SERVER_ENV = {"ASYNCLOG_FORMAT": "json", "ASYNCLOG_LEVEL": "INFO"}
+
+
+async def _fire(port: int, paths: list[str], concurrency: int) -> list[tuple[int, dict[str, str]]]:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(path: str) -> tuple[int, dict[str, str]]:
+        async with gate:
+            status, headers, _ = await http_get(port, path, timeout=30)
+            return status, headers
+
+    return await asyncio.gather(*(one(p) for p in paths))
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return read_lines(path)
+
+
+def test_every_line_carries_its_own_requests_trace_id(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    env = {**SERVER_ENV, "ASYNCLOG_SINK": str(log)}
+    markers = [f"m{n:03d}" for n in range(200)]
+    with gunicorn(env=env, log_path=tmp_path / "server.out") as (port, proc):
+        results = asyncio.run(_fire(port, [f"/marker/{m}" for m in markers], concurrency=200))
+        assert all(status == 200 for status, _ in results)
+        assert stop(proc) == 0
+    lines = _lines(log)
+    access = {
+        line["request_id"]: line
+        for line in lines
+        if line["logger"] == "asynclog.access" and line["url.path"].startswith("/marker/")
+    }
+    assert len(access) == 200
+    marker_lines = [line for line in lines if line.get("marker") in markers]
+    assert Counter(line["marker"] for line in marker_lines) == {m: 2 for m in markers}
+    for line in marker_lines:
+        request = access[line["request_id"]]
+        assert request["url.path"] == f"/marker/{line['marker']}"
+        assert line["trace_id"] == request["trace_id"]
+    assert len({line["trace_id"] for line in access.values()}) == 200
+    assert not [line for line in lines if line["logger"] == "uvicorn.access"]
+    pids = {line.get("pid") for line in lines}
+    assert pids  # every line parsed; both workers wrote the one file
+    # The server's own loggers came through asynclog as JSON too.
+    assert any(line["logger"].startswith(("uvicorn", "gunicorn")) for line in lines)
+
+
+def test_sigterm_after_n_requests_keeps_every_access_line(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    env = {**SERVER_ENV, "ASYNCLOG_SINK": str(log)}
+    n = 300
+    with gunicorn(env=env, log_path=tmp_path / "server.out") as (port, proc):
+        results = asyncio.run(_fire(port, ["/items/7"] * n, concurrency=50))
+        assert [status for status, _ in results] == [200] * n
+        # Straight after the last response: lines still queued in the workers must survive.
+        assert stop(proc) == 0
+    lines = _lines(log)
+    access = [line for line in lines if line["logger"] == "asynclog.access"]
+    assert len([a for a in access if a["url.path"] == "/items/7"]) == n
+    assert len({a["request_id"] for a in access}) == len(access)
+    route_lines = [line for line in lines if line["logger"] == "example"]
+    assert len(route_lines) == 2 * n
+    shutdown_words = [line["message"] for line in lines if line["logger"].startswith("uvicorn")]
+    assert any("shutdown" in message.lower() for message in shutdown_words)
+
+
+def test_spans_as_log_lines_one_per_request(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    env = {**SERVER_ENV, "ASYNCLOG_SINK": str(log), "ASYNCLOG_SPANS": "log"}
+    with gunicorn(env=env, log_path=tmp_path / "server.out") as (port, proc):
+        results = asyncio.run(_fire(port, [f"/items/{n}" for n in range(40)], concurrency=10))
+        assert all(status == 200 for status, _ in results)
+        stop(proc)
+    lines = _lines(log)
+    access = [line for line in lines if line["logger"] == "asynclog.access"]
+    spans = [line for line in lines if line["logger"] == "asynclog.span"]
+    item_access = {a["trace_id"] for a in access if a["url.path"].startswith("/items/")}
+    item_spans = [s for s in spans if s["span.name"] == "GET /items/{item_id}"]
+    assert len(item_spans) == 40
+    assert {s["trace_id"] for s in item_spans} == item_access
+
+
+def test_watchdog_names_the_blocking_function(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    env = {**SERVER_ENV, "ASYNCLOG_SINK": str(log)}
+    with gunicorn(env=env, log_path=tmp_path / "server.out") as (port, proc):
+        status, _, body = asyncio.run(http_get(port, "/block", timeout=30))
+        assert (status, json.loads(body)) == (200, {"blocked_s": 0.3})
+        stop(proc)
+    [warning] = [line for line in _lines(log) if line["logger"] == "asynclog.watchdog"]
+    assert warning["level"] == "warning"
+    assert "in block" in warning["frame"] and "app.py" in warning["frame"]
+    assert warning["route"] == "/block"
+    assert warning["blocked_ms"] >= 250
+
+
+def test_unhandled_exception_is_logged_once_under_the_server(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    env = {**SERVER_ENV, "ASYNCLOG_SINK": str(log)}
+    with gunicorn(env=env, log_path=tmp_path / "server.out") as (port, proc):
+        status, headers, _ = asyncio.run(http_get(port, "/fail"))
+        assert status == 500
+        stop(proc)
+    lines = _lines(log)
+    with_exception = [line for line in lines if "exception" in line]
+    assert len(with_exception) == 1
+    [access] = [
+        line
+        for line in lines
+        if line.get("url.path") == "/fail" and line["logger"] == "asynclog.access"
+    ]
+    assert with_exception[0]["trace_id"] == access["trace_id"]
+    assert access["request_id"] == headers["x-request-id"]
