@@ -106,6 +106,16 @@ class LoopWatchdog:
         """Start watching; must be called on the loop's own thread. A second call does nothing."""
         if self.running:
             return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not self.loop:
+            # The thread id read here is the one whose stack is read during a stall.
+            raise RuntimeError(
+                "asynclog: LoopWatchdog.start() must be called from inside its running loop, "
+                "for example in the app's lifespan startup"
+            )
         self._loop_thread_id = threading.get_ident()
         self._cwd = os.getcwd() + os.sep
         self._stopping.clear()
@@ -139,7 +149,7 @@ class LoopWatchdog:
                 self.errors += 1
 
     def _check(self) -> bool:
-        """One ping; False when the loop is closed and the thread should end."""
+        """One ping; False when the thread should end (the loop is closed, or stop() was called)."""
         loop = self.loop
         if loop.is_closed():
             return False
@@ -171,7 +181,7 @@ class LoopWatchdog:
             # Reported once; keep waiting for this ping so one stall never floods the log.
             while not self._answered.wait(self.interval * 10):
                 if self._stopping.is_set() or loop.is_closed():
-                    return not loop.is_closed()
+                    return False
         return True
 
     def _report(self, blocked: float, where: dict[str, Any], *, still_blocked: bool) -> None:

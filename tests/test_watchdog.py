@@ -35,11 +35,12 @@ def run_watched(body: Callable[[], Awaitable[Any]], **options: Any) -> LoopWatch
         watchdog.start()
         await asyncio.sleep(0.05)
         await body()
-        # The warning is written once the loop answers the watchdog's ping again.
+        # A stall is reported once the loop answers the ping again; the watchdog has finished
+        # with it when it sends the next ping.
+        after = watchdog.checks + 2
         deadline = time.monotonic() + 2
-        while watchdog.stalls == 0 and time.monotonic() < deadline:
+        while watchdog.checks < after and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)
         assert watchdog.stop()
         return watchdog
 
@@ -231,3 +232,27 @@ def test_settings_are_validated() -> None:
             LoopWatchdog(loop, interval=-1)
     finally:
         loop.close()
+
+
+def test_start_must_be_called_inside_the_running_loop() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(RuntimeError, match="inside its running loop"):
+            LoopWatchdog(loop).start()
+    finally:
+        loop.close()
+
+
+def test_start_twice_and_stop_twice_are_harmless() -> None:
+    async def main() -> LoopWatchdog:
+        watchdog = LoopWatchdog(asyncio.get_running_loop())
+        watchdog.start()
+        watchdog.start()
+        await asyncio.sleep(0.05)
+        assert watchdog.running
+        assert watchdog.stop() and watchdog.stop()
+        return watchdog
+
+    watchdog = asyncio.run(main())
+    assert not watchdog.running
+    assert "stopped" in repr(watchdog)
