@@ -1,10 +1,13 @@
-"""Read Fluent Bit configurations the way Fluent Bit does, for tests of the sidecar files.
+"""Helpers for the sidecar tests: a reader for Fluent Bit configurations, and real processes.
 
 `load_classic` reads the classic format: `[SECTION]` headers, `key value` lines, `#` comments,
 `@INCLUDE` (a glob, relative to the including file) and `@SET`. `load_yaml` reads the YAML
 format. Both return the same `Pipeline`, with `${NAME}` and `${NAME:-default}` left in place;
 `expand` substitutes them like Fluent Bit 4.2.5+ (an `@SET` variable wins over the process
 environment, and an empty variable counts as unset).
+
+`gunicorn_serving` runs the example app under sidecar/gunicorn.conf.py on a free port of
+127.0.0.1, and `stop_process` stops what a test started, by PID, with bounded waits.
 """
 
 from __future__ import annotations
@@ -12,20 +15,32 @@ from __future__ import annotations
 import glob
 import os
 import re
-from collections.abc import Mapping
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import yaml
 
 __all__ = [
     "ConfigError",
+    "Gunicorn",
     "Pipeline",
     "Section",
     "expand",
     "fluent_time_format_to_python",
+    "free_port",
+    "gunicorn_serving",
     "load_classic",
     "load_yaml",
+    "stop_process",
+    "wait_for",
 ]
 
 _VARIABLE = re.compile(r"\$\{([^}:]+)(?::-([^}]*))?\}")
@@ -255,3 +270,83 @@ def _yaml_section(kind: str, mapping: object, path: str | os.PathLike[str]) -> S
                 raise ConfigError(f"{path}: {kind} key {key!r} holds {item!r}")
             section.entries.append((key.lower(), item))
     return section
+
+
+# Real processes for the sidecar tests: gunicorn serving the example app, and Fluent Bit.
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` until it holds; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 60) -> int:
+    """SIGTERM `process` and wait; SIGKILL it and its children by PID if it hangs."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        for child in psutil.Process(process.pid).children(recursive=True):
+            child.kill()
+        process.kill()
+        process.wait(10)
+        raise
+
+
+@dataclass
+class Gunicorn:
+    """A gunicorn master started with sidecar/gunicorn.conf.py on 127.0.0.1."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    output: Path
+
+    def stop(self) -> int:
+        return stop_process(self.process)
+
+
+@contextmanager
+def gunicorn_serving(root: Path, sink: Path, workers: int = 2) -> Iterator[Gunicorn]:
+    """Serve example.app:app with `workers` workers that all append to `sink`."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "ASYNCLOG_SINK": str(sink),
+        "ASYNCLOG_FORMAT": "json",
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": str(workers),
+    }
+    output = sink.with_name(sink.name + ".gunicorn-output")
+    command = [sys.executable, "-m", "gunicorn", "--config", "sidecar/gunicorn.conf.py"]
+    with output.open("wb") as out:
+        process = subprocess.Popen(
+            [*command, "example.app:app"], cwd=root, env=env, stdout=out, stderr=out
+        )
+    server = Gunicorn(process, f"http://127.0.0.1:{port}", output)
+    try:
+        started = "Application startup complete."
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited: {output.read_text(errors='replace')}")
+            text = sink.read_text(errors="replace") if sink.exists() else ""
+            return text.count(started) >= workers
+
+        wait_for(ready, 60, f"{workers} workers to start")
+        yield server
+    finally:
+        if process.poll() is None:
+            stop_process(process)

@@ -1,0 +1,92 @@
+"""A real gunicorn with sidecar/gunicorn.conf.py: two workers appending to one shared file."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from _fluentbit import gunicorn_serving
+
+from conftest import ROOT, read_lines
+
+REQUESTS = 300
+FAILURES = 20
+ACCESS_FIELDS = {
+    "http.request.method",
+    "url.path",
+    "http.route",
+    "http.response.status_code",
+    "duration_ms",
+    "client.address",
+    "user_agent.original",
+    "request_id",
+}
+
+
+def _get(client: httpx.Client, url: str, request_id: str) -> int:
+    return client.get(url, headers={"x-request-id": request_id}).status_code
+
+
+def test_two_workers_share_one_file_and_drain_on_sigterm(log_path: Path) -> None:
+    ok_ids = [f"ok-{n:04d}" for n in range(REQUESTS)]
+    fail_ids = [f"fail-{n:04d}" for n in range(FAILURES)]
+    # A new connection per request, so both workers accept some of them.
+    client = httpx.Client(headers={"connection": "close"}, timeout=10)
+    with client, gunicorn_serving(ROOT, log_path, workers=2) as server:
+        url = server.url
+        assert _get(client, f"{url}/health", "health") == 200
+        with ThreadPoolExecutor(8) as pool:
+            ok = pool.map(lambda rid: _get(client, f"{url}/items/{rid[-2:]}", rid), ok_ids)
+            failed = pool.map(lambda rid: _get(client, f"{url}/fail", rid), fail_ids)
+            assert set(ok) == {200}
+            assert set(failed) == {500}
+        assert server.stop() == 0
+    output = server.output.read_text(errors="replace")
+
+    lines = read_lines(log_path)  # every line whole, valid JSON, newline-terminated
+    for line in lines:
+        assert list(line)[:4] == ["time", "level", "logger", "message"], line
+
+    # Every request's access line, exactly once, written before the workers exited.
+    access = [line for line in lines if line["logger"] == "asynclog.access"]
+    sent = ["health", *ok_ids, *fail_ids]
+    assert Counter(line["request_id"] for line in access) == Counter(sent)
+    for line in access:
+        assert line.keys() >= ACCESS_FIELDS, line
+    # The app's own lines too: two per /items request, correlated by request id.
+    app_lines = [line for line in lines if line["logger"] == "example"]
+    assert Counter(line["request_id"] for line in app_lines if "item_id" in line) == Counter(
+        {rid: 2 for rid in ok_ids}
+    )
+    exceptions = [line["exception"] for line in lines if "exception" in line]
+    assert len(exceptions) >= FAILURES
+    for exception in exceptions:
+        assert exception["type"].endswith("RuntimeError")
+        assert "boom" in exception["message"]
+        assert "raise RuntimeError" in exception["stacktrace"]
+
+    # Both workers wrote to the file, and the master's gunicorn lines are JSON in it as well.
+    messages = [line["message"] for line in lines]
+    booted = {m.rsplit(" ", 1)[1] for m in messages if m.startswith("Booting worker with pid")}
+    started = {
+        match.group(1)
+        for m in messages
+        if (match := re.fullmatch(r"Started server process \[(\d+)\]", m))
+    }
+    assert len(booted) == 2
+    assert started == booted
+    gunicorn_lines = {line["message"] for line in lines if line["logger"] == "gunicorn.error"}
+    for expected in (
+        "Starting gunicorn",
+        "Listening at: http://127.0.0.1:",
+        "Using worker: uvicorn_worker.UvicornWorker",
+        "Handling signal: term",
+        "Shutting down: Master",
+    ):
+        assert any(m.startswith(expected) for m in gunicorn_lines), expected
+    # Nothing went to gunicorn's plain-text format on stdout or stderr.
+    assert "Booting worker" not in output
+    assert not re.search(r"^\[\d{4}-\d\d-\d\d ", output, re.MULTILINE), output
