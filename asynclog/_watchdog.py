@@ -170,9 +170,10 @@ class LoopWatchdog:
             self.errors += 1
             where = {"frame": None, "route": None, "method": None, "stack": []}
         answered = self._answered.wait(_MAX_WAIT)
-        if self._stopping.is_set():
-            return True
-        blocked = (self._answered_at if answered else time.monotonic()) - sent
+        # stop() also wakes this wait; a stall it interrupts is reported as lasting until then,
+        # so the last stall before a shutdown is not lost.
+        ended_at = self._answered_at if self._answered_at >= sent else time.monotonic()
+        blocked = ended_at - sent
         if blocked < self.threshold:
             return True
         self.stalls += 1
