@@ -33,6 +33,7 @@ _MAX_DEPTH = 64
 _SCALARS = frozenset(
     {str, int, float, bool, type(None), datetime.datetime, datetime.date, uuid.UUID}
 )
+_all_scalars = _SCALARS.issuperset
 _LEVEL_NAMES = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
 
 
@@ -148,7 +149,9 @@ class Encoder:
         self.color = color
         # field name -> (output name, is secret), cached because field names repeat
         self._keys: dict[str, tuple[str, bool]] = {}
-        self._plain: dict[tuple[Any, ...], bool] = {}
+        self._plain_keys: set[str] = set()
+        self._second = -1
+        self._prefix = ""
 
     def _key(self, key: str) -> tuple[str, bool]:
         entry = self._keys.get(key)
@@ -160,21 +163,17 @@ class Encoder:
         return entry
 
     def _merge(self, line: dict[str, Any], fields: Mapping[str, Any]) -> None:
-        # Fast path: the same field names repeat call after call, so whether a set of names needs
-        # renaming or masking is decided once per set; scalar values then go in with one update().
-        names = tuple(fields)
-        plain = self._plain.get(names)
-        if plain is None:
-            plain = all(
-                type(k) is str and k not in RESERVED_KEYS and not self.redactor.is_secret(k)
-                for k in names
-            )
-            if len(self._plain) >= 10_000:
-                self._plain.clear()
-            self._plain[names] = plain
-        if plain and all(map(_SCALARS.__contains__, map(type, fields.values()))):
+        # Fast path: field names repeat call after call, so names already known to need neither
+        # renaming nor masking go in with one update() when their values are plain scalars.
+        if self._plain_keys.issuperset(fields) and _all_scalars(map(type, fields.values())):
             line.update(fields)
             return
+        if len(self._plain_keys) < 10_000:
+            self._plain_keys.update(
+                k
+                for k in fields
+                if type(k) is str and k not in RESERVED_KEYS and not self.redactor.is_secret(k)
+            )
         nested = self.redactor.nested
         for key, value in fields.items():
             if type(key) is not str:
@@ -200,8 +199,13 @@ class Encoder:
             message, problem = msg, None
         else:
             message, problem = render_message(msg, args)
+        # format_time inlined: this runs once per record on the writer thread.
+        second = int(created)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
         line: dict[str, Any] = {
-            "time": format_time(created),
+            "time": "%s%06dZ" % (self._prefix, (created - second) * 1_000_000),  # noqa: UP031
             "level": _LEVEL_NAMES.get(levelno) or level_name(levelno),
             "logger": logger,
             "message": message,
@@ -234,7 +238,10 @@ class Encoder:
             line = _minimal(record, f"building the line failed: {type(exc).__name__}")
         if self.console:
             return _console_line(line, self.color)
-        return encode_line(line)
+        try:
+            return orjson.dumps(line, default=_default, option=_JSON_OPTIONS)
+        except Exception:
+            return encode_line(line)
 
 
 def encode_line(line: dict[str, Any]) -> bytes:

@@ -46,7 +46,12 @@ class RecordQueue:
             items.append(record)
             if self.idle:
                 self.wake.set()
-        elif self.block:
+        else:
+            self.overflow(record)
+
+    def overflow(self, record: tuple[Any, ...]) -> None:
+        """The queue was full: drop (counted), or in block mode wait for space first."""
+        if self.block:
             self._put_blocking(record)
         else:
             next(self.dropped)

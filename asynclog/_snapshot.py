@@ -37,6 +37,7 @@ IMMUTABLE_TYPES = frozenset(
     }
 )
 _is_immutable = IMMUTABLE_TYPES.__contains__
+all_immutable = IMMUTABLE_TYPES.issuperset
 _FREEZE_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -75,7 +76,7 @@ def snapshot_value(value: Any) -> Any:
 
 def snapshot_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """Return `fields` itself when every value is immutable, else a copy with frozen values."""
-    if all(map(_is_immutable, map(type, fields.values()))):
+    if all_immutable(map(type, fields.values())):
         return fields
     return {k: v if type(v) in IMMUTABLE_TYPES else snapshot_value(v) for k, v in fields.items()}
 
