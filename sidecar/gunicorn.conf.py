@@ -4,12 +4,16 @@
 
 Environment: GUNICORN_BIND (default 127.0.0.1:8000; the container image sets 0.0.0.0:8000),
 GUNICORN_WORKERS (default 4), GUNICORN_TIMEOUT, GUNICORN_GRACEFUL_TIMEOUT, GUNICORN_KEEPALIVE,
-and asynclog's own ASYNCLOG_* variables (ASYNCLOG_SINK names the file every worker appends to).
+LOG_ROTATE_BYTES (default 100 MiB, 0 turns rotation off), and asynclog's own ASYNCLOG_*
+variables (ASYNCLOG_SINK names the file every worker appends to).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import time
 
 import asynclog
 
@@ -62,6 +66,50 @@ logconfig_dict = {
 def on_starting(server: object) -> None:
     """Start asynclog's writer in the master; forked workers restart it by themselves."""
     asynclog.configure()
+
+
+# asynclog appends to one file and only reopens it when renamed; nothing else bounds its size,
+# and a full emptyDir gets the pod evicted. The master renames app.log to app.log.1 past
+# LOG_ROTATE_BYTES; every process reopens app.log within a second, and Fluent Bit follows the
+# renamed file for its Rotate_Wait (30 s). app.log.1 is replaced only once it has been idle for
+# longer than that, so at most two files are on the volume.
+_ROTATE_CHECK_SECONDS = 1.0
+_ROTATED_IDLE_SECONDS = 60.0
+_rotation_started = threading.Event()
+
+
+def _rotate_when_full(path: str, max_bytes: int) -> None:
+    log = logging.getLogger("gunicorn.error")
+    backup = f"{path}.1"
+    while True:
+        time.sleep(_ROTATE_CHECK_SECONDS)
+        try:
+            if os.stat(path).st_size < max_bytes:
+                continue
+            if os.path.exists(backup):
+                if time.time() - os.stat(backup).st_mtime < _ROTATED_IDLE_SECONDS:
+                    continue
+                os.unlink(backup)
+            os.rename(path, backup)
+        except OSError as error:  # a missing file is recreated by the next write
+            if not isinstance(error, FileNotFoundError):
+                log.warning("log rotation failed: %s", error)
+            continue
+        asynclog.reopen()
+        log.info("rotated %s to %s", path, backup)
+
+
+def when_ready(server: object) -> None:
+    """Start the size-based rotation of a file sink (once, even across SIGHUP reloads)."""
+    sink = os.environ.get("ASYNCLOG_SINK", "stdout")
+    max_bytes = _int("LOG_ROTATE_BYTES", 100 * 1024 * 1024)
+    if sink.lower() in ("stdout", "stderr") or max_bytes <= 0 or _rotation_started.is_set():
+        return
+    _rotation_started.set()
+    thread = threading.Thread(
+        target=_rotate_when_full, args=(sink, max_bytes), name="log-rotation", daemon=True
+    )
+    thread.start()
 
 
 def worker_exit(server: object, worker: object) -> None:

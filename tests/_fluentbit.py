@@ -318,11 +318,14 @@ class Gunicorn:
 
 
 @contextmanager
-def gunicorn_serving(root: Path, sink: Path, workers: int = 2) -> Iterator[Gunicorn]:
+def gunicorn_serving(
+    root: Path, sink: Path, workers: int = 2, env: Mapping[str, str] | None = None
+) -> Iterator[Gunicorn]:
     """Serve example.app:app with `workers` workers that all append to `sink`."""
     port = free_port()
     env = {
         **os.environ,
+        **(env or {}),
         "PYTHONPATH": str(root),
         "ASYNCLOG_SINK": str(sink),
         "ASYNCLOG_FORMAT": "json",

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from _fluentbit import gunicorn_serving
+from _fluentbit import gunicorn_serving, wait_for
 
 from conftest import ROOT, read_lines
 
@@ -90,3 +90,24 @@ def test_two_workers_share_one_file_and_drain_on_sigterm(log_path: Path) -> None
     # Nothing went to gunicorn's plain-text format on stdout or stderr.
     assert "Booting worker" not in output
     assert not re.search(r"^\[\d{4}-\d\d-\d\d ", output, re.MULTILINE), output
+
+
+def test_master_rotates_a_full_file_without_losing_lines(log_path: Path) -> None:
+    rotated = log_path.with_name(log_path.name + ".1")
+    ids = [f"r-{n:04d}" for n in range(400)]
+    client = httpx.Client(headers={"connection": "close"}, timeout=10)
+    with (
+        client,
+        gunicorn_serving(ROOT, log_path, workers=2, env={"LOG_ROTATE_BYTES": "50000"}) as server,
+    ):
+        with ThreadPoolExecutor(4) as pool:
+            codes = pool.map(lambda rid: _get(client, f"{server.url}/items/1", rid), ids)
+            assert set(codes) == {200}
+        wait_for(rotated.exists, 10, "the master to rotate app.log")
+        assert server.stop() == 0
+    lines = read_lines(rotated) + read_lines(log_path)
+    access = [line for line in lines if line["logger"] == "asynclog.access"]
+    assert Counter(line["request_id"] for line in access) == Counter(ids)
+    assert any(line["message"].startswith("rotated ") for line in lines)
+    # Replaced only after Fluent Bit's Rotate_Wait, so exactly one rotation in this short run.
+    assert not log_path.with_name(log_path.name + ".2").exists()

@@ -7,6 +7,7 @@ import importlib.util
 import re
 import runpy
 from pathlib import Path, PurePosixPath
+from types import ModuleType
 from typing import Any
 
 import gunicorn.config
@@ -130,7 +131,14 @@ def test_fluent_bit_is_a_native_sidecar_running_the_configmap(pod: dict[str, Any
 def test_paths_agree_in_the_pod(pod: dict[str, Any]) -> None:
     sidecar, app = _container(pod, "fluent-bit"), _container(pod, "app")
     (logs,) = [v for v in pod["volumes"] if v["name"] == "logs"]
-    assert logs["emptyDir"]["sizeLimit"]
+    assert logs["emptyDir"]["sizeLimit"] == "1Gi"
+    # Two log files and the buffer of two enabled outputs fit the volume.
+    limit = expand(
+        load_yaml(ROOT / "fluent-bit.yaml").outputs[1].get("storage.total_limit_size") or "", {}
+    )
+    assert limit.endswith("M")
+    storage_limit = int(limit[:-1]) * 1024**2
+    assert 2 * int(_env(app)["LOG_ROTATE_BYTES"]) + 2 * storage_limit < 1024**3
     _check_paths_agree(
         _config_for(sidecar["command"] + sidecar["args"]),
         _env(sidecar),
@@ -291,12 +299,16 @@ def test_gunicorn_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert 0 < settings["keepalive"] < settings["timeout"]
     assert settings["graceful_timeout"] >= 10
     known = {setting.name for setting in gunicorn.config.KNOWN_SETTINGS}
-    public = {k for k, v in settings.items() if not k.startswith("_") and not callable(v)}
-    public -= {"annotations", "os", "asynclog"}
+    public = {
+        k
+        for k, v in settings.items()
+        if not k.startswith("_") and not callable(v) and not isinstance(v, ModuleType)
+    }
+    public.discard("annotations")  # from __future__ import annotations
     # A misspelt setting is silently ignored by gunicorn, so check every name.
     assert public <= known, public - known
     hooks = {k for k, v in settings.items() if callable(v) and not k.startswith("_")}
-    assert {"on_starting", "on_exit", "worker_exit"} <= hooks <= known
+    assert {"on_starting", "when_ready", "on_exit", "worker_exit"} <= hooks <= known
 
 
 def test_gunicorn_config_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
