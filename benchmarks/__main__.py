@@ -22,11 +22,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks import e2e, loadgen, micro, report
+from benchmarks import e2e, loadgen, micro, quiet, report
 from benchmarks.peers import BASELINE, PEERS
 from benchmarks.profiles import PROFILES, Profile
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Before a step, wait (up to the profile's quiet_wait) until other processes use < 10% of the
+# CPUs; never wait more than MAX_TOTAL_WAIT seconds in one run.
+QUIET_THRESHOLD = 0.10
+MAX_TOTAL_WAIT = 120.0
 
 
 class Progress:
@@ -56,16 +60,21 @@ class Progress:
         print(f" {summary}" if self.tty else f"    {summary}", file=sys.stderr, flush=True)
 
 
+def _other(result: dict[str, Any]) -> str:
+    share = result.get("other_cpu")
+    return "" if share is None else f" (other processes: {share:.0%} CPU)"
+
+
 def _micro_summary(m: dict[str, Any]) -> str:
     if "error" in m:
         return f"ERROR {m['error']}"
-    return f"{m['caller_ns']:,.0f} ns/call, {m['records_per_s']:,.0f} records/s"
+    return f"{m['caller_ns']:,.0f} ns/call, {m['records_per_s']:,.0f} records/s" + _other(m)
 
 
 def _e2e_summary(c: dict[str, Any]) -> str:
     if "error" in c:
         return f"ERROR {c['error']}"
-    return f"{c['requests_per_s']:,.0f} req/s, p99 {c['p99_ms']:.1f} ms"
+    return f"{c['requests_per_s']:,.0f} req/s, p99 {c['p99_ms']:.1f} ms" + _other(c)
 
 
 def run(profile: Profile, parts: set[str], loadgen_pref: str, out: Path) -> dict[str, Any]:
@@ -78,6 +87,8 @@ def run(profile: Profile, parts: set[str], loadgen_pref: str, out: Path) -> dict
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "profile": profile.name,
         "machine": report.machine(),
+        # Other work on the machine skews absolute figures; the load average says if there was.
+        "load_average_before": os.getloadavg(),
         "micro_profile": asdict(profile.micro),
         "e2e_profile": asdict(profile.e2e),
         "baseline": BASELINE,
@@ -89,19 +100,34 @@ def run(profile: Profile, parts: set[str], loadgen_pref: str, out: Path) -> dict
         gen = loadgen.choose(loadgen_pref, workdir)
         results["loadgen"] = gen.name
         results["versions"] = report.versions(gen.name)
+        waited = 0.0
+        meter = quiet.ForeignCpu()
+
+        def settle() -> None:
+            nonlocal waited
+            budget = min(profile.quiet_wait, MAX_TOTAL_WAIT - waited)
+            if budget > 0:
+                waited += quiet.wait_for_quiet(QUIET_THRESHOLD, budget)
+            meter.start()
+
         for peer in peers:
             progress.begin(f"micro {peer.name}")
+            settle()
             m = micro.run_peer(peer, profile.micro, workdir)
+            m["other_cpu"] = meter.stop()
             results["micro"].append(m)
             progress.end(_micro_summary(m))
         for case in cases:
             progress.begin(f"e2e {case.name}")
+            settle()
             try:
                 c = e2e.run_case(case, profile.e2e, gen, workdir)
             except (RuntimeError, OSError) as exc:
                 c = {"mode": case.mode, "sink": case.sink, "error": str(exc)}
+            c["other_cpu"] = meter.stop()
             results["e2e"].append(c)
             progress.end(_e2e_summary(c))
+        results["quiet_waited_s"] = round(waited, 1)
     report.add_ratios(results["micro"], results["e2e"], BASELINE)
     results["targets"] = [t.to_dict() for t in report.targets(results["micro"], results["e2e"])]
     results["commands"] = [
@@ -109,6 +135,7 @@ def run(profile: Profile, parts: set[str], loadgen_pref: str, out: Path) -> dict
         *(c["command"] for c in results["e2e"] if "command" in c),
     ]
     results["seconds"] = round(time.monotonic() - progress.start, 1)
+    results["load_average_after"] = os.getloadavg()
     return results
 
 

@@ -40,7 +40,7 @@ SERVER_CPU = 0
 LOAD_CPU = 1
 # gunicorn's graceful timeout: how long lifespan shutdown may drain before the worker is
 # killed. Lines a logger still holds after that are lost, and show up as such.
-GRACEFUL_TIMEOUT = 15
+GRACEFUL_TIMEOUT = 10
 LINES_PER_REQUEST = 3
 # The example app's benchmark route (GET /items/{item_id}), mirrored in benchmarks/apps.py.
 LOAD_PATH = "/items/42"

@@ -15,6 +15,7 @@ class Profile:
     e2e: E2EProfile
     micro_seconds: float  # rough time per library, for the progress estimate
     e2e_seconds: float  # rough time per server case, for the progress estimate
+    quiet_wait: float  # longest wait before a step for other processes to go quiet
 
 
 PROFILES = {
@@ -36,6 +37,7 @@ PROFILES = {
         E2EProfile(connections=32, warmup=0, duration=1, rounds=1, stall=0.5, boot_timeout=60),
         micro_seconds=2.5,
         e2e_seconds=3.5,
+        quiet_wait=0,
     ),
     "default": Profile(
         "default",
@@ -53,8 +55,9 @@ PROFILES = {
             timeout=180,
         ),
         E2EProfile(connections=32, warmup=1, duration=4, rounds=3, stall=2.5, boot_timeout=60),
-        micro_seconds=12,
+        micro_seconds=14,
         e2e_seconds=16,
+        quiet_wait=20,
     ),
     "full": Profile(
         "full",
@@ -74,5 +77,6 @@ PROFILES = {
         E2EProfile(connections=32, warmup=2, duration=15, rounds=5, stall=5.0, boot_timeout=60),
         micro_seconds=90,
         e2e_seconds=80,
+        quiet_wait=60,
     ),
 }

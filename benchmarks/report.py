@@ -230,6 +230,10 @@ def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
 def _mb(value: float | None) -> str:
     return "-" if value is None else f"{value / MB:.0f} MB"
 
@@ -263,14 +267,14 @@ def _rss_cell(m: dict[str, Any]) -> str:
 def micro_table(micro: list[dict[str, Any]]) -> str:
     rows = [
         "| library | caller ns/call | x stdlib sync | records/s | x stdlib sync "
-        "| peak RSS (+growth) @ records | lines |",
-        "|---|--:|--:|--:|--:|---|---|",
+        "| peak RSS (+growth) @ records | lines | other CPU |",
+        "|---|--:|--:|--:|--:|---|---|--:|",
     ]
     for m in micro:
         rows.append(
             f"| {m['label']} | {_n(m.get('caller_ns'))} | {_x(m.get('caller_x'))} "
             f"| {_n(m.get('records_per_s'))} | {_x(m.get('throughput_x'))} "
-            f"| {_rss_cell(m)} | {_micro_check(m)} |"
+            f"| {_rss_cell(m)} | {_micro_check(m)} | {_pct(m.get('other_cpu'))} |"
         )
     return "\n".join(rows)
 
@@ -289,13 +293,13 @@ def _lines_cell(c: dict[str, Any]) -> str:
 def e2e_table(e2e: list[dict[str, Any]]) -> str:
     rows = [
         "| mode | sink | req/s | x no logging | x own file sink | p50 ms | p90 ms | p99 ms "
-        "| max ms | worker RSS idle -> peak | lines / requests | dropped |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|--:|",
+        "| max ms | worker RSS idle -> peak | lines / requests | dropped | other CPU |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|--:|--:|",
     ]
     for c in e2e:
         label = MODES.get(c["mode"], c["mode"])
         if "error" in c:
-            rows.append(f"| {label} | {c['sink']} | ERROR: {c['error']} |" + " |" * 9)
+            rows.append(f"| {label} | {c['sink']} | ERROR: {c['error']} |" + " |" * 10)
             continue
         dropped = _n(c["dropped"]) if c["mode"].startswith("asynclog") else "-"
         rows.append(
@@ -303,7 +307,7 @@ def e2e_table(e2e: list[dict[str, Any]]) -> str:
             f"| {_x(c.get('rps_x_file'))} | {_n(c['p50_ms'], 1)} | {_n(c['p90_ms'], 1)} "
             f"| {_n(c['p99_ms'], 1)} | {_n(c['max_ms_worst'], 1)} "
             f"| {_mb(c['worker_idle_rss'])} -> {_mb(c['worker_peak_rss'])} "
-            f"| {_lines_cell(c)} | {dropped} |"
+            f"| {_lines_cell(c)} | {dropped} | {_pct(c.get('other_cpu'))} |"
         )
     return "\n".join(rows)
 
@@ -324,12 +328,16 @@ def markdown(results: dict[str, Any]) -> str:
         f"# asynclog benchmark results ({results['date']})",
         "",
         f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gb']} GB RAM, {m['os']}, "
-        f"{m['python']}. Profile: `{p}`. Load generator: {results['loadgen']}.",
+        f"{m['python']}. Profile: `{p}`, {results['seconds']:.0f} s. "
+        f"Load generator: {results['loadgen']}. Load average before/after the run: "
+        f"{results['load_average_before'][0]:.2f} / {results['load_average_after'][0]:.2f}.",
         "",
         f"Versions: {versions_line}.",
         "",
         "Figures are medians of repeats; every `x` is a ratio against a baseline from this "
-        "same run (absolute figures on a 2-vCPU VM are slow: compare ratios).",
+        "same run (absolute figures on a 2-vCPU VM are slow: compare ratios). "
+        "*other CPU* is the share of all CPUs that processes outside the benchmark used "
+        "during that row's measurement: above ~10% the row is disturbed.",
     ]
     if results.get("micro"):
         parts += [
@@ -430,6 +438,10 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
         ax2.set_title("latency percentiles (lower is better)", fontsize=10)
         ax2.legend(loc="upper left", fontsize=8)
         ax2.set_xticks(list(xs), labels, fontsize=8)
+        for i in range(1, len(e2e)):
+            if e2e[i]["sink"] != e2e[i - 1]["sink"]:
+                for ax in (ax1, ax2):
+                    ax.axvline(i - 0.5, linestyle="--", color="#bbb", linewidth=1)
         fig.suptitle(
             f"FastAPI + gunicorn/uvicorn-worker, 1 worker, {results['loadgen']} "
             f"-c{results['e2e_profile']['connections']}",
