@@ -7,6 +7,7 @@ log is checked for errors and unknown properties.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import os
@@ -233,12 +234,14 @@ class _Backend(BaseHTTPRequestHandler):
     """Elasticsearch's /_bulk, Loki's push API and an OTLP/HTTP collector, recording bodies."""
 
     received: ClassVar[list[tuple[str, bytes]]] = []
+    headers_seen: ClassVar[list[tuple[str, dict[str, str]]]] = []
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
         if self.headers.get("content-encoding") == "gzip":
             body = gzip.decompress(body)
         self.received.append((self.path, body))
+        self.headers_seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
         if self.path.startswith("/_bulk"):
             reply, kind = b'{"took":1,"errors":false,"items":[]}', "application/json"
         else:
@@ -257,6 +260,7 @@ class _Backend(BaseHTTPRequestHandler):
 def _backends() -> Iterator[tuple[int, int, list[tuple[str, bytes]], bytearray]]:
     """An HTTP backend and a raw TCP forward receiver on 127.0.0.1, for one test."""
     _Backend.received = []
+    _Backend.headers_seen = []
     http = ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
     forward = socket.create_server(("127.0.0.1", 0))
     forward.settimeout(0.2)
@@ -315,9 +319,12 @@ def test_outputs_selected_by_environment_deliver(tmp_path: Path, config: str) ->
             "FLB_ES_MATCH": "asynclog.*",
             "FLB_ES_HOST": "127.0.0.1",
             "FLB_ES_PORT": str(http_port),
+            "FLB_ES_USER": "elastic",
+            "FLB_ES_PASSWORD": "s3cret",
             "FLB_LOKI_MATCH": "asynclog.*",
             "FLB_LOKI_HOST": "127.0.0.1",
             "FLB_LOKI_PORT": str(http_port),
+            "FLB_LOKI_TENANT": "team-a",
             "FLB_OTEL_MATCH": "*",
             "FLB_OTEL_HOST": "127.0.0.1",
             "FLB_OTEL_PORT": str(http_port),
@@ -362,6 +369,15 @@ def test_outputs_selected_by_environment_deliver(tmp_path: Path, config: str) ->
         "namespace": "ns-e2e",
         "level": "warning",
     }
+    # Credentials only where set: an unset user sends no Authorization header at all.
+    basic = "Basic " + base64.b64encode(b"elastic:s3cret").decode()
+    for path, headers in _Backend.headers_seen:
+        if path.startswith("/_bulk"):
+            assert headers["authorization"] == basic
+        else:
+            assert "authorization" not in headers, path
+        if path.startswith("/loki/"):
+            assert headers["x-scope-orgid"] == "team-a"
     problems = [
         line
         for line in flb.log.read_text(errors="replace").splitlines()
