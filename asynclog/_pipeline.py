@@ -9,12 +9,12 @@ import threading
 import time
 from typing import Any
 
-from ._encoder import Encoder
+from ._encoder import Encoder, encode_line, format_time
 from ._logger import Logger
 from ._queue import QUEUE, read_count
 from ._redact import Redactor
 from ._settings import AppSettings, Settings, resolve_settings
-from ._sinks import SinkTimeout, open_sink
+from ._sinks import SinkError, open_sink, report
 from ._stdlib import AsyncLogHandler
 from ._writer import Counters, Writer
 
@@ -114,16 +114,40 @@ class Pipeline:
         self.writer.stopping = True
         QUEUE.wake.set()
         self.writer.join(wait + 0.5)
+        self.writer.abandoned = True  # a writer stuck past this point takes nothing more
         drained = (
             not self.writer.is_alive()
             and not QUEUE.items
             and self.counters.dropped_write == lost_before
         )
+        self._report_losses()
         if self.settings.capture_stdlib and restore:
             self._unroute_stdlib()
         if not self.writer.is_alive():
             self._write_through()
         return drained
+
+    def _report_losses(self) -> None:
+        """At stop, anything lost is said once on stderr: the sink may be what failed, and the
+        in-stream drop notices may not have made it out."""
+        stats = self.stats()
+        unwritten = len(QUEUE.items)
+        if not stats["dropped"] and not unwritten:
+            return
+        line = {
+            "time": format_time(time.time()),
+            "level": "error" if stats["dropped_write"] or unwritten else "warning",
+            "logger": "asynclog",
+            "message": "records lost before shutdown",
+            "sink": self.settings.sink,
+            "dropped": stats["dropped"],
+            "dropped_overflow": stats["dropped_overflow"],
+            "dropped_write": stats["dropped_write"],
+            "unwritten": unwritten,
+            "emitted": stats["emitted"],
+            "written": stats["written"],
+        }
+        report(encode_line(line))
 
     def _write_through(self) -> None:
         """After the writer stops, records are written on the caller's thread: the process is
@@ -138,7 +162,7 @@ class Pipeline:
                 sink.deadline = time.monotonic() + _WRITE_THROUGH_WAIT
                 try:
                     sink.write(data)
-                except (OSError, SinkTimeout):
+                except SinkError:
                     counters.dropped_write += 1
                     counters.errors += 1
                     return
@@ -214,10 +238,11 @@ def start_pipeline(core: Settings, app: AppSettings) -> Pipeline:
 
 
 def get_logger(name: str | None = None) -> Logger:
-    """A native logger; the first one configures asynclog from the environment if needed."""
-    if _current is None:
+    """A native logger. If asynclog was never configured in this process, this configures it
+    from the environment (after `shutdown()`, records are written through instead)."""
+    if _current is None and _stopped is None:
         with _lock:
-            if _current is None:
+            if _current is None and _stopped is None:
                 configure()
     return Logger(name or "root")
 
@@ -237,6 +262,16 @@ def shutdown(timeout: float | None = None) -> bool:
             return True
         _stopped = pipeline
         return pipeline.stop(timeout)
+
+
+def reset() -> None:
+    """Shut down and forget every pipeline: back to the never-configured state (for tests)."""
+    global _stopped
+    shutdown()
+    with _lock:
+        if _stopped is not None:
+            _stopped.close()
+            _stopped = None
 
 
 def reopen() -> None:

@@ -10,7 +10,7 @@ import stat
 import sys
 import time
 
-__all__ = ["FdSink", "SinkTimeout", "open_sink"]
+__all__ = ["FdSink", "SinkError", "SinkTimeout", "open_sink", "report"]
 
 # Pipes accept writes of up to PIPE_BUF bytes atomically; bigger chunks may interleave with other
 # writers anyway, and small chunks keep each wait short.
@@ -18,12 +18,20 @@ _PIPE_CHUNK = 64 * 1024
 _POLL_STEP = 0.1
 
 
-class SinkTimeout(Exception):
-    """The sink did not accept data before the deadline; `written` bytes did go out."""
+class SinkError(Exception):
+    """A write failed after `written` bytes of the data went out; `error` says why."""
+
+    def __init__(self, written: int, error: BaseException) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.written = written
+        self.error = error
+
+
+class SinkTimeout(SinkError):
+    """The sink did not accept data before the deadline."""
 
     def __init__(self, written: int) -> None:
-        super().__init__(f"sink not writable before the deadline ({written} bytes written)")
-        self.written = written
+        super().__init__(written, TimeoutError("sink not writable before the deadline"))
 
 
 class FdSink:
@@ -46,6 +54,9 @@ class FdSink:
         self._last_check = 0.0
         # Set by shutdown: a monotonic time after which waiting for a full pipe gives up.
         self.deadline: float | None = None
+        self._call_deadline: float | None = None
+        # True when a failed write stopped in the middle of a line.
+        self.torn = False
         self.open()
 
     def open(self) -> None:
@@ -104,9 +115,29 @@ class FdSink:
         self.open()
         return True
 
-    def write(self, data: bytes | memoryview) -> None:
-        """Write all of `data`. Raises OSError on a write error, SinkTimeout past `deadline`."""
-        view = memoryview(data)
+    def write(
+        self, data: bytes | memoryview, deadline: float | None = None, resume: bool = False
+    ) -> None:
+        """Write all of `data` (waiting at most until `deadline`, else `self.deadline`).
+
+        Raises SinkError (SinkTimeout past the deadline) saying how many bytes of `data` went
+        out. If a failed write left a line unfinished, the next write first ends it with a
+        newline, so one cut line never swallows the next; `resume=True` instead sends the rest
+        of that very line.
+        """
+        prefix = 1 if self.torn and not resume else 0
+        view = memoryview(b"\n" + bytes(data) if prefix else data)
+        self._call_deadline = deadline
+        try:
+            self._write_all(view)
+        except SinkError as exc:
+            if exc.written:
+                self.torn = view[exc.written - 1] != 0x0A
+            exc.written = max(0, exc.written - prefix)
+            raise
+        self.torn = False
+
+    def _write_all(self, view: memoryview) -> None:
         total = len(view)
         done = 0
         while done < total:
@@ -121,14 +152,19 @@ class FdSink:
                 n = 0
             except InterruptedError:
                 continue
+            except OSError as exc:
+                raise SinkError(done, exc) from exc
             if n > 0:
                 done += n
                 continue
-            deadline = self.deadline
-            remaining = None if deadline is None else deadline - time.monotonic()
+            limit = self.deadline if self._call_deadline is None else self._call_deadline
+            remaining = None if limit is None else limit - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise SinkTimeout(done)
-            self._wait_writable(_POLL_STEP if remaining is None else min(_POLL_STEP, remaining))
+            try:
+                self._wait_writable(_POLL_STEP if remaining is None else min(_POLL_STEP, remaining))
+            except OSError as exc:
+                raise SinkError(done, exc) from exc
 
     def _wait_writable(self, timeout: float) -> None:
         poller = select.poll()
@@ -150,3 +186,17 @@ def open_sink(target: str) -> FdSink:
         return FdSink(target)
     except OSError as exc:
         raise ValueError(f"asynclog: sink={target!r} cannot be opened: {exc.strerror}") from exc
+
+
+def report(line: bytes, fd: int = 2, timeout: float = 0.1) -> bool:
+    """Write one short line (asynclog's own notice) to stderr without ever blocking on it: a
+    stalled stderr pipe must not hang the writer or the shutdown."""
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if not poller.poll(timeout * 1000):
+            return False
+        # At most PIPE_BUF bytes: a pipe reported writable takes them in one write.
+        return os.write(fd, line[: select.PIPE_BUF]) > 0
+    except OSError:
+        return False

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import asynclog
+from asynclog import _pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,7 +26,7 @@ def _reset_asynclog() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield
-    asynclog.shutdown(timeout=5)
+    _pipeline.reset()
     asynclog.clear_contextvars()
     root.handlers[:] = handlers
     root.setLevel(level)

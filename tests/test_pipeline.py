@@ -141,6 +141,61 @@ def test_blocked_pipe_never_makes_a_call_wait_and_memory_stays_bounded() -> None
     assert int(dropped) > 100_000
     assert int(emitted) == int(written) + int(dropped_after)
     assert ok == "False"  # the pipe never drained: shutdown gave up at its deadline
+    reports = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    assert {r["logger"] for r in reports} == {"asynclog"}
+    [loss] = [r for r in reports if r["message"] == "records lost before shutdown"]
+    assert loss["dropped"] == int(dropped_after)
+    assert loss["emitted"] == int(emitted)
+
+
+def test_a_stalled_pipe_never_gets_a_line_cut_in_the_middle_of_the_stream() -> None:
+    # The reader stalls while the writer is mid-batch; shutdown's deadline passes; then the
+    # reader drains everything. Every complete line must be valid JSON: a write that stopped
+    # part-way through a line finishes it (or ends it) before any other line follows.
+    code = """
+        import asynclog
+        asynclog.configure(sink="stdout", format="json", queue_size=50_000, batch_size=5000)
+        log = asynclog.get_logger("torn")
+        for i in range(30_000):
+            log.info("x" * (i % 97), i=i, pad="p" * 300)
+        asynclog.shutdown(timeout=0.5)
+        asynclog.get_logger("torn").info("after shutdown, written through")
+        """
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=write_fd,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
+    os.close(write_fd)
+    chunks = [os.read(read_fd, 100_000)]  # a first gulp, then a stall
+    time.sleep(2.5)
+    while chunk := os.read(read_fd, 1 << 16):
+        chunks.append(chunk)
+    os.close(read_fd)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    data = b"".join(chunks)
+    complete, _, tail = data.rpartition(b"\n")
+    lines = complete.split(b"\n") if complete else []
+    bad = [line[:80] for line in lines if line and not _is_json(line)]
+    assert bad == []
+    assert tail == b"" or len(tail) < 2000  # at most one unterminated line, at the very end
+    assert len(lines) > 100
+
+
+def _is_json(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
 
 
 def test_rename_rotation_loses_nothing(log_path: Path) -> None:
