@@ -24,6 +24,7 @@ K8S = SIDECAR / "k8s"
 KUBERNETES_VERSION = "1.33.0"
 FLUENT_BIT_IMAGE = "fluent/fluent-bit:4.2.8"
 CONFIG_FILES = ("fluent-bit.yaml", "fluent-bit.conf", "parsers.conf")
+CLASSIC = ROOT / "fluent-bit.conf"
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:
@@ -139,13 +140,15 @@ def test_paths_agree_in_the_pod(pod: dict[str, Any]) -> None:
     assert limit.endswith("M")
     storage_limit = int(limit[:-1]) * 1024**2
     assert 2 * int(_env(app)["LOG_ROTATE_BYTES"]) + 2 * storage_limit < 1024**3
-    _check_paths_agree(
-        _config_for(sidecar["command"] + sidecar["args"]),
-        _env(sidecar),
-        _mount(sidecar, "logs"),
-        _env(app)["ASYNCLOG_SINK"],
-        _mount(app, "logs"),
-    )
+    # The file the sidecar runs, and the other form that a switch of format would run.
+    for pipeline in (_config_for(sidecar["command"] + sidecar["args"]), load_classic(CLASSIC)):
+        _check_paths_agree(
+            pipeline,
+            _env(sidecar),
+            _mount(sidecar, "logs"),
+            _env(app)["ASYNCLOG_SINK"],
+            _mount(app, "logs"),
+        )
 
 
 def test_listeners_in_the_pod(pod: dict[str, Any]) -> None:
@@ -245,13 +248,14 @@ def test_compose_paths_agree(compose: dict[str, Any]) -> None:
 
     assert "logs" in compose["volumes"]
     command = flb["entrypoint"] + flb["command"]
-    _check_paths_agree(
-        _config_for(command),
-        {k: str(v) for k, v in flb["environment"].items()},
-        volume_mount(flb, "logs"),
-        app["environment"]["ASYNCLOG_SINK"],
-        volume_mount(app, "logs"),
-    )
+    for pipeline in (_config_for(command), load_classic(CLASSIC)):
+        _check_paths_agree(
+            pipeline,
+            {k: str(v) for k, v in flb["environment"].items()},
+            volume_mount(flb, "logs"),
+            app["environment"]["ASYNCLOG_SINK"],
+            volume_mount(app, "logs"),
+        )
     # The config files come from the repository, read-only, where `-c` looks for them.
     mounted = {}
     for entry in flb["volumes"]:
