@@ -75,7 +75,6 @@ def on_starting(server: object) -> None:
 # longer than that, so at most two files are on the volume.
 _ROTATE_CHECK_SECONDS = 1.0
 _ROTATED_IDLE_SECONDS = 60.0
-_rotation_started = threading.Event()
 
 
 def _rotate_when_full(path: str, max_bytes: int) -> None:
@@ -100,12 +99,11 @@ def _rotate_when_full(path: str, max_bytes: int) -> None:
 
 
 def when_ready(server: object) -> None:
-    """Start the size-based rotation of a file sink (once, even across SIGHUP reloads)."""
+    """Start the size-based rotation of a file sink (gunicorn calls this once, at startup)."""
     sink = os.environ.get("ASYNCLOG_SINK", "stdout")
     max_bytes = _int("LOG_ROTATE_BYTES", 100 * 1024 * 1024)
-    if sink.lower() in ("stdout", "stderr") or max_bytes <= 0 or _rotation_started.is_set():
+    if sink.lower() in ("stdout", "stderr") or max_bytes <= 0:
         return
-    _rotation_started.set()
     thread = threading.Thread(
         target=_rotate_when_full, args=(sink, max_bytes), name="log-rotation", daemon=True
     )
