@@ -20,6 +20,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ __all__ = [
     "fluent_time_format_to_python",
     "free_port",
     "gunicorn_serving",
+    "http_get",
     "load_classic",
     "load_yaml",
     "stop_process",
@@ -280,6 +283,18 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def http_get(url: str, headers: Mapping[str, str] | None = None, timeout: float = 10) -> int:
+    """GET `url` on a new connection and return the status code (4xx and 5xx included)."""
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        error.read()
+        return int(error.code)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
