@@ -8,11 +8,11 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 from ._checks import run_startup_checks
-from ._middleware import AccessLogMiddleware
+from ._middleware import AccessLogMiddleware, RequestLogConfig
 from ._pipeline import Pipeline, current, start_pipeline
 from ._redact import Redactor
 from ._settings import AppSettings, Settings, resolve_settings
@@ -26,26 +26,37 @@ SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "gunicorn.error", "gunicorn.access
 
 
 class _Installation:
-    """What install() keeps on the app: settings that a later install() call may replace."""
+    """What install() keeps on the app; a later install() call replaces its parts in place."""
 
-    def __init__(self, core: Settings, app: AppSettings) -> None:
+    def __init__(self, core: Settings, app: AppSettings, fastapi_app: Any) -> None:
         self.core = core
         self.app = app
-        self.redactor = Redactor(core.redact_keys, core.redact_depth)
-        self.watchdog: Any = None
+        self.request = RequestLogConfig(
+            app, Redactor(core.redact_keys, core.redact_depth), None, _error_handler(fastapi_app)
+        )
+
+    def update(self, core: Settings, app: AppSettings, fastapi_app: Any) -> None:
+        self.core, self.app = core, app
+        request = RequestLogConfig(
+            app, Redactor(core.redact_keys, core.redact_depth), None, _error_handler(fastapi_app)
+        )
+        for item in fields(RequestLogConfig):
+            setattr(self.request, item.name, getattr(request, item.name))
 
 
-class _InstalledAccessLog(AccessLogMiddleware):
-    """Reads its settings from the installation, so re-installing updates them in place."""
+def _keep_outermost(fastapi_app: Any, middleware: Any) -> None:
+    """Keep asynclog's middleware the outermost of the app's own middleware, even for middleware
+    added after install(): their lines get request ids and trace ids too."""
+    build = fastapi_app.build_middleware_stack
 
-    def __init__(self, app: Any, installation: _Installation, fastapi_app: Any) -> None:
-        super().__init__(app, installation.app, installation.redactor, _error_handler(fastapi_app))
-        self.installation = installation
+    def build_middleware_stack() -> Any:
+        stack = fastapi_app.user_middleware
+        if middleware in stack:
+            stack.remove(middleware)
+        stack.insert(0, middleware)
+        return build()
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        self.settings = self.installation.app
-        self.redactor = self.installation.redactor
-        await super().__call__(scope, receive, send)
+    fastapi_app.build_middleware_stack = build_middleware_stack
 
 
 def _error_handler(fastapi_app: Any) -> Any:
@@ -126,7 +137,7 @@ def _wrap_lifespan(app: Any, installation: _Installation) -> None:
     app.router.lifespan_context = lifespan
 
 
-def _start_watchdog(installation: _Installation) -> Any:
+def _start_watchdog(installation: _Installation) -> LoopWatchdog | None:
     if not installation.app.watchdog:
         return None
     watchdog = LoopWatchdog(
@@ -135,7 +146,6 @@ def _start_watchdog(installation: _Installation) -> Any:
         interval=installation.app.watchdog_interval_ms / 1000,
     )
     watchdog.start()
-    installation.watchdog = watchdog
     return watchdog
 
 
@@ -154,12 +164,12 @@ def install(app: Any, **settings: Any) -> Pipeline:
     capture_server_loggers(app_settings)
     installation: _Installation | None = getattr(app.state, "asynclog", None)
     if installation is None:
-        installation = _Installation(core, app_settings)
+        installation = _Installation(core, app_settings, app)
         app.state.asynclog = installation
-        app.add_middleware(_InstalledAccessLog, installation=installation, fastapi_app=app)
+        app.add_middleware(AccessLogMiddleware, config=installation.request)
+        _keep_outermost(app, app.user_middleware[0])
         _wrap_lifespan(app, installation)
     else:
-        installation.core, installation.app = core, app_settings
-        installation.redactor = Redactor(core.redact_keys, core.redact_depth)
-    setup_tracing(app, app_settings)
+        installation.update(core, app_settings, app)
+    installation.request.tracer = setup_tracing(app, app_settings)
     return pipeline

@@ -1,20 +1,27 @@
-"""A pure ASGI middleware: request ids, one access line per request, unhandled exceptions."""
+"""A pure ASGI middleware: request ids, the server span, one access line per request, and the
+one line for an unhandled exception."""
 
 from __future__ import annotations
 
 import random
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ._context import bound_fields
 from ._logger import Logger
 from ._redact import REDACTED, Redactor
 from ._settings import AppSettings
 
-__all__ = ["AccessLogMiddleware"]
+__all__ = ["AccessLogMiddleware", "RequestLogConfig", "mask_query"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -23,21 +30,35 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ErrorHandler = Callable[[Scope, Receive, Send, Exception], Awaitable[None]]
 
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # uuid4() reads os.urandom: a getrandom() syscall per request (~15 us on a VM here). Request ids
 # need uniqueness, not secrecy; `random` is reseeded in every forked worker.
 _random_bits = random.getrandbits
-_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # nginx's code for "client closed the connection before the response started".
 _CLIENT_CLOSED = 499
 _access = Logger("asynclog.access")
 _errors = Logger("asynclog.error")
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers") or ():
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
+@dataclass
+class RequestLogConfig:
+    """What the middleware reads on every request; `install()` may replace its parts."""
+
+    settings: AppSettings
+    redactor: Redactor
+    # A tracer when asynclog makes the server span itself (tracing_backend="asynclog").
+    tracer: trace.Tracer | None = None
+    # Renders an unhandled exception as the app would (its own 500 handler), inside the span.
+    error_handler: ErrorHandler | None = None
+    request_id_header: bytes = field(init=False)
+    # Header names the global propagator reads (W3C trace context and baggage by default).
+    propagation_headers: frozenset[bytes] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.request_id_header = self.settings.request_id_header.encode("latin-1")
+        self.propagation_headers = frozenset(
+            name.encode("latin-1") for name in propagate.get_global_textmap().fields
+        )
 
 
 def mask_query(query: bytes, redactor: Redactor) -> str:
@@ -49,108 +70,138 @@ def mask_query(query: bytes, redactor: Redactor) -> str:
     return urlencode([(k, REDACTED if redactor.is_secret(k) else v) for k, v in pairs])
 
 
-class AccessLogMiddleware:
-    """Binds a request id for the request's lines, echoes it in the response, and writes one
-    access line when the response completes (or the request ends without one)."""
+class _Request:
+    """Per-request state shared by the middleware and its `send` wrapper."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        settings: AppSettings,
-        redactor: Redactor,
-        error_handler: ErrorHandler | None = None,
-    ) -> None:
+    __slots__ = ("finished", "logged", "request_id", "span", "start", "status", "user_agent")
+
+    def __init__(self, request_id: str, user_agent: str | None) -> None:
+        self.request_id = request_id
+        self.user_agent = user_agent
+        self.start = time.perf_counter()
+        self.status: int | None = None
+        self.finished = 0.0
+        self.logged = False
+        self.span: trace.Span | None = None
+
+
+class AccessLogMiddleware:
+    """Binds a request id for every line of the request and echoes it in the response; with a
+    tracer, makes the request's server span; writes one access line when the response completes
+    (or the request ends without one)."""
+
+    def __init__(self, app: ASGIApp, config: RequestLogConfig) -> None:
         self.app = app
-        self.settings = settings
-        self.redactor = redactor
-        self.error_handler = error_handler
-        self.header = settings.request_id_header.encode("latin-1")
+        self.config = config
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
-        incoming = _header(scope, self.header)
+        config = self.config
+        wanted = config.request_id_header
+        incoming = user_agent = None
+        carrier: dict[str, str] | None = None
+        for key, value in scope.get("headers") or ():  # one pass over the headers
+            if key == wanted:
+                incoming = value.decode("latin-1")
+            elif key == b"user-agent":
+                user_agent = value.decode("latin-1")
+            elif key in config.propagation_headers:
+                carrier = carrier or {}
+                carrier[key.decode("latin-1")] = value.decode("latin-1")
         request_id = (
             incoming
             if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming)
             else f"{_random_bits(128):032x}"
         )
+        request = _Request(request_id, user_agent)
         token = bound_fields.set({**bound_fields.get(), "request_id": request_id})
-        header = (self.header, request_id.encode("latin-1"))
-        state = _RequestState()
+        otel_token = None
+        if config.tracer is not None:
+            parent = propagate.extract(carrier) if carrier is not None else None
+            request.span = span = config.tracer.start_span(
+                scope.get("method", "HTTP"), context=parent, kind=SpanKind.SERVER
+            )
+            otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
+        header = (wanted, request_id.encode("latin-1"))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                state.status = message["status"]
+                request.status = message["status"]
                 message = {**message, "headers": [*message.get("headers", ()), header]}
             elif message["type"] == "http.response.body" and not message.get("more_body"):
-                state.finished = time.perf_counter()
+                request.finished = time.perf_counter()
             await send(message)
-            if state.finished and not state.logged:
-                self._log(scope, state, start, request_id)
+            if request.finished and not request.logged:
+                self._log(scope, request)
 
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
-            self._log_exception(scope, request_id, exc)
-            if state.status is not None or not await self._send_error(
+            self._log_exception(scope, request, exc)
+            if request.status is not None or not await self._send_error(
                 scope, receive, send_with_id, exc
             ):
-                if state.status is None:
-                    state.status = 500
+                if request.status is None:
+                    request.status = 500
                 raise
         except BaseException:
-            if state.status is None:
-                state.status = _CLIENT_CLOSED  # cancelled: the client went away
+            if request.status is None:
+                request.status = _CLIENT_CLOSED  # cancelled: the client went away
             raise
         finally:
-            if not state.logged:
-                if state.status is None:
-                    state.status = _CLIENT_CLOSED
-                self._log(scope, state, start, request_id)
+            if not request.logged:
+                if request.status is None:
+                    request.status = _CLIENT_CLOSED
+                self._log(scope, request)
+            if request.span is not None:
+                _end_span(request.span, scope, request.status)
+            if otel_token is not None:
+                otel_context.detach(otel_token)
             bound_fields.reset(token)
 
     async def _send_error(self, scope: Scope, receive: Receive, send: Send, exc: Exception) -> bool:
         """Answer an unhandled exception here, with the app's own 500 handler when it has one,
-        so the error response carries the request id. False leaves it to the server."""
-        handler = self.error_handler
+        so the error response carries the request id and the handler's lines the trace ids.
+        False leaves it to Starlette's ServerErrorMiddleware (debug mode, or no handler)."""
+        handler = self.config.error_handler
         if handler is None:
             return False
         try:
             await handler(scope, receive, send, exc)
         except Exception:
             return False
-        _mark_span_failed(exc)
         return True
 
-    def _log_exception(self, scope: Scope, request_id: str, exc: Exception) -> None:
+    def _log_exception(self, scope: Scope, request: _Request, exc: Exception) -> None:
         # Logged here, inside the request's span, so it carries the trace ids; the exception is
         # marked so the server's own "Exception in ASGI application" line is not written again.
         try:
             exc.__asynclog_logged__ = True  # type: ignore[attr-defined]
         except Exception:
             pass
-        _errors.exception(
-            "unhandled exception",
-            **{
-                "http.request.method": scope.get("method"),
-                "url.path": scope.get("path"),
-                "http.route": _route(scope),
-                "request_id": request_id,
-            },
-        )
+        span = request.span if request.span is not None else trace.get_current_span()
+        if span.is_recording():
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        fields = {
+            "http.request.method": scope.get("method"),
+            "url.path": scope.get("path"),
+            "http.route": _route(scope),
+            "request_id": request.request_id,
+        }
+        _errors._log(40, "unhandled exception", fields, sys.exc_info())
 
-    def _log(self, scope: Scope, state: _RequestState, start: float, request_id: str) -> None:
-        state.logged = True
-        settings = self.settings
+    def _log(self, scope: Scope, request: _Request) -> None:
+        request.logged = True
+        settings = self.config.settings
         path = scope.get("path", "")
         if not settings.access_log or path in settings.exclude_paths:
             return
-        end = state.finished or time.perf_counter()
-        duration_ms = round((end - start) * 1000, 3)
-        status = state.status or 0
+        end = request.finished or time.perf_counter()
+        duration_ms = round((end - request.start) * 1000, 3)
+        status = request.status or 0
         if (
             settings.sample_rate < 1.0
             and status < 400
@@ -158,26 +209,22 @@ class AccessLogMiddleware:
             and random.random() >= settings.sample_rate
         ):
             return
+        method = scope.get("method")
         fields: dict[str, Any] = {
-            "http.request.method": scope.get("method"),
+            "http.request.method": method,
             "url.path": path,
             "http.route": _route(scope),
             "http.response.status_code": status,
             "duration_ms": duration_ms,
             "client.address": (scope.get("client") or (None,))[0],
-            "user_agent.original": _header(scope, b"user-agent"),
-            "request_id": request_id,
+            "user_agent.original": request.user_agent,
+            "request_id": request.request_id,
         }
         query = scope.get("query_string")
         if query:
-            fields["url.query"] = mask_query(query, self.redactor)
-        message = f"{scope.get('method')} {path} {status}"
-        if status >= 500:
-            _access.error(message, **fields)
-        elif status >= 400:
-            _access.warning(message, **fields)
-        else:
-            _access.info(message, **fields)
+            fields["url.query"] = mask_query(query, self.config.redactor)
+        level = 40 if status >= 500 else 30 if status >= 400 else 20
+        _access._log(level, f"{method} {path} {status}", fields, None)
 
 
 def _route(scope: Scope) -> str | None:
@@ -186,21 +233,25 @@ def _route(scope: Scope) -> str | None:
     return path if isinstance(path, str) else None
 
 
-class _RequestState:
-    __slots__ = ("finished", "logged", "status")
-
-    def __init__(self) -> None:
-        self.status: int | None = None
-        self.finished = 0.0
-        self.logged = False
-
-
-def _mark_span_failed(exc: Exception) -> None:
-    # What the tracing middleware would have recorded had the exception reached it.
-    from opentelemetry import trace
-    from opentelemetry.trace import Status, StatusCode
-
-    span = trace.get_current_span()
+def _end_span(span: trace.Span, scope: Scope, status: int | None) -> None:
+    # Attributes only for a span that records: an unsampled request pays for none of them.
     if span.is_recording():
-        span.record_exception(exc)
-        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        route = _route(scope)
+        method = scope.get("method", "HTTP")
+        if route:
+            span.update_name(f"{method} {route}")
+        attributes: dict[str, Any] = {
+            "http.request.method": method,
+            "url.path": scope.get("path", ""),
+            "url.scheme": scope.get("scheme", "http"),
+            "http.response.status_code": status or 0,
+        }
+        if route:
+            attributes["http.route"] = route
+        client = scope.get("client")
+        if client:
+            attributes["client.address"] = client[0]
+        span.set_attributes(attributes)
+        if status is not None and status >= 500:
+            span.set_status(Status(StatusCode.ERROR))
+    span.end()

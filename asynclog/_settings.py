@@ -77,7 +77,7 @@ class AppSettings:
     slow_threshold_ms: float = 1_000.0
     request_id_header: str = "x-request-id"
     tracing: bool = True
-    tracing_backend: str = "auto"
+    tracing_backend: str = "asynclog"
     trace_operations: bool = False
     spans: str = "none"
     trace_ratio: float | None = None
@@ -162,7 +162,7 @@ def _validate(name: str, value: Any, setting: str | None = None) -> Any:
     if name == "spans":
         return _choice(label, value, _SPANS)
     if name == "tracing_backend":
-        return _choice(label, value, ("auto", "native", "instrumentor"))
+        return _choice(label, value, ("asynclog", "native", "instrumentor"))
     if name in ("queue_size", "batch_size", "redact_depth"):
         return _positive_int(label, value)
     if name in (

@@ -180,42 +180,41 @@ def _native_config(app: Any) -> dict[str, Any] | None:
     return config if isinstance(config, dict) and "operation_spans" in config else None
 
 
-def setup_tracing(app: Any, settings: AppSettings) -> trace.TracerProvider | None:
-    """Create (once) or reuse the tracer provider and give `app` one server span per request.
+def setup_tracing(app: Any, settings: AppSettings) -> trace.Tracer | None:
+    """Give `app` one server span per request; returns the tracer the access middleware should
+    make it with, or None when something else makes it (or nothing does).
 
-    FastAPI's native telemetry makes that span when this FastAPI has it (it wraps the whole app,
-    so even Starlette's error handlers run inside the span); otherwise, or with
-    `tracing_backend="instrumentor"`, `FastAPIInstrumentor` does, without its send/receive
-    spans. A provider the user set is used as it is, never replaced.
+    Backends: "asynclog" (the default) starts the span in asynclog's own middleware and sets
+    attributes only on spans that record; "native" uses FastAPI's built-in telemetry (newer
+    FastAPI); "instrumentor" uses the contrib `FastAPIInstrumentor` without its send/receive
+    spans. The tracer provider is created once; one the user set is used, never replaced.
     """
     native = _native_config(app)
+    if native is not None:  # FastAPI would otherwise trace on its own: one server span only
+        native.update(tracing=False, operation_spans=False)
     if not settings.tracing or tracing_disabled():
-        if native is not None:
-            native.update(tracing=False, operation_spans=False)
         return None
     provider = _provider(settings)
     backend = settings.tracing_backend
-    if backend == "auto":
-        backend = "native" if native is not None else "instrumentor"
     if backend == "native":
         if native is None:
             raise ValueError(
                 "asynclog: tracing_backend='native' needs a FastAPI with built-in telemetry; "
-                "allowed here: auto, instrumentor"
+                "allowed here: asynclog, instrumentor"
             )
         native.update(
             tracing=True, tracer_provider=provider, operation_spans=settings.trace_operations
         )
-        return provider
-    if native is not None:  # one server span: the instrumentor's
-        native.update(tracing=False, operation_spans=False)
-    if not getattr(app, "_is_instrumented_by_opentelemetry", False):
-        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+        return None
+    if backend == "instrumentor":
+        if not getattr(app, "_is_instrumented_by_opentelemetry", False):
+            from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-        FastAPIInstrumentor.instrument_app(
-            app, tracer_provider=provider, exclude_spans=["send", "receive"]
-        )
-    return provider
+            FastAPIInstrumentor.instrument_app(
+                app, tracer_provider=provider, exclude_spans=["send", "receive"]
+            )
+        return None
+    return provider.get_tracer("asynclog")
 
 
 def _provider(settings: AppSettings) -> trace.TracerProvider:

@@ -16,9 +16,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.testclient import TestClient
 
 import asynclog
-from asynclog._middleware import AccessLogMiddleware
+from asynclog._middleware import AccessLogMiddleware, RequestLogConfig
 from asynclog._redact import Redactor
 from asynclog._settings import AppSettings
+
 from conftest import read_lines, run_python
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -76,10 +77,10 @@ def make_app(log_path: Path, **settings: Any) -> FastAPI:
     return app
 
 
-@pytest.fixture(name="client", params=["native", "instrumentor"])
+@pytest.fixture(name="client", params=["asynclog", "native", "instrumentor"])
 def _client(log_path: Path, request: pytest.FixtureRequest) -> Iterator[TestClient]:
-    """The same checks for both tracing backends: FastAPI's own telemetry and the contrib
-    FastAPIInstrumentor."""
+    """The same checks for every tracing backend: asynclog's own server span, FastAPI's
+    built-in telemetry and the contrib FastAPIInstrumentor."""
     app = make_app(log_path, tracing_backend=request.param)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
@@ -188,7 +189,7 @@ def test_unhandled_exception_logged_once_and_client_gets_500(
     assert access["http.response.status_code"] == 500
 
 
-@pytest.mark.parametrize("backend", ["native", "instrumentor"])
+@pytest.mark.parametrize("backend", ["asynclog", "native", "instrumentor"])
 def test_apps_own_exception_handlers_log_with_trace_ids(log_path: Path, backend: str) -> None:
     app = FastAPI()
     handler_log = asynclog.get_logger("handler")
@@ -243,7 +244,7 @@ def test_client_disconnect_gives_exactly_one_line(log_path: Path) -> None:
         await send({"type": "http.response.body", "body": b"part", "more_body": True})
         raise asyncio.CancelledError  # what the server does when the client goes away
 
-    middleware = AccessLogMiddleware(app, AppSettings(), Redactor(frozenset()))
+    middleware = AccessLogMiddleware(app, RequestLogConfig(AppSettings(), Redactor(frozenset())))
     scope = {
         "type": "http",
         "method": "GET",
@@ -316,7 +317,7 @@ def test_uvicorn_access_logger_is_switched_off(log_path: Path) -> None:
     assert logging.getLogger("uvicorn.error").propagate
 
 
-@pytest.mark.parametrize("backend", ["native", "instrumentor"])
+@pytest.mark.parametrize("backend", ["asynclog", "native", "instrumentor"])
 def test_spans_as_lines_one_per_request_same_trace(log_path: Path, backend: str) -> None:
     with TestClient(make_app(log_path, spans="log", tracing_backend=backend)) as client:
         client.get("/items/9")
@@ -332,7 +333,7 @@ def test_spans_as_lines_one_per_request_same_trace(log_path: Path, backend: str)
     assert spans[0]["duration_ms"] > 0
 
 
-@pytest.mark.parametrize("backend", ["native", "instrumentor"])
+@pytest.mark.parametrize("backend", ["asynclog", "native", "instrumentor"])
 def test_no_send_or_receive_spans(log_path: Path, backend: str) -> None:
     with TestClient(make_app(log_path, spans="log", tracing_backend=backend)) as client:
         client.get("/stream")
@@ -429,3 +430,26 @@ def test_watchdog_runs_with_the_app(log_path: Path) -> None:
     [warning] = lines_of(log_path, "asynclog.watchdog")
     assert "block" in warning["frame"]
     assert warning["blocked_ms"] >= 250
+
+
+def test_middleware_added_after_install_still_runs_inside_the_request(log_path: Path) -> None:
+    app = make_app(log_path)
+    seen: dict[str, Any] = {}
+
+    class Late:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                asynclog.get_logger("late").info("late middleware")
+                seen.update(asynclog.get_contextvars())
+            await self.app(scope, receive, send)
+
+    app.add_middleware(Late)
+    with TestClient(app) as client:
+        response = client.get("/items/1")
+    assert seen["request_id"] == response.headers["x-request-id"]
+    [late] = lines_of(log_path, "late")
+    [access] = lines_of(log_path, "asynclog.access")
+    assert late["trace_id"] == access["trace_id"]
