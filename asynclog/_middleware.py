@@ -8,6 +8,7 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import Token
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -73,7 +74,17 @@ def mask_query(query: bytes, redactor: Redactor) -> str:
 class _Request:
     """Per-request state shared by the middleware and its `send` wrapper."""
 
-    __slots__ = ("finished", "logged", "request_id", "span", "start", "status", "user_agent")
+    __slots__ = (
+        "context_token",
+        "finished",
+        "logged",
+        "otel_token",
+        "request_id",
+        "span",
+        "start",
+        "status",
+        "user_agent",
+    )
 
     def __init__(self, request_id: str, user_agent: str | None) -> None:
         self.request_id = request_id
@@ -83,6 +94,8 @@ class _Request:
         self.finished = 0.0
         self.logged = False
         self.span: trace.Span | None = None
+        self.context_token: Token[Any] | None = None
+        self.otel_token: Token[Any] | None = None
 
 
 class AccessLogMiddleware:
@@ -98,33 +111,8 @@ class AccessLogMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        config = self.config
-        wanted = config.request_id_header
-        incoming = user_agent = None
-        carrier: dict[str, str] | None = None
-        for key, value in scope.get("headers") or ():  # one pass over the headers
-            if key == wanted:
-                incoming = value.decode("latin-1")
-            elif key == b"user-agent":
-                user_agent = value.decode("latin-1")
-            elif key in config.propagation_headers:
-                carrier = carrier or {}
-                carrier[key.decode("latin-1")] = value.decode("latin-1")
-        request_id = (
-            incoming
-            if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming)
-            else f"{_random_bits(128):032x}"
-        )
-        request = _Request(request_id, user_agent)
-        token = bound_fields.set({**bound_fields.get(), "request_id": request_id})
-        otel_token = None
-        if config.tracer is not None:
-            parent = propagate.extract(carrier) if carrier is not None else None
-            request.span = span = config.tracer.start_span(
-                scope.get("method", "HTTP"), context=parent, kind=SpanKind.SERVER
-            )
-            otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
-        header = (wanted, request_id.encode("latin-1"))
+        request = self._begin(scope)
+        header = (self.config.request_id_header, request.request_id.encode("latin-1"))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -151,15 +139,48 @@ class AccessLogMiddleware:
                 request.status = _CLIENT_CLOSED  # cancelled: the client went away
             raise
         finally:
-            if not request.logged:
-                if request.status is None:
-                    request.status = _CLIENT_CLOSED
-                self._log(scope, request)
-            if request.span is not None:
-                _end_span(request.span, scope, request.status)
-            if otel_token is not None:
-                otel_context.detach(otel_token)
-            bound_fields.reset(token)
+            self._end(scope, request)
+
+    def _begin(self, scope: Scope) -> _Request:
+        """Read the headers once, choose the request id, bind it, start the span."""
+        config = self.config
+        wanted = config.request_id_header
+        incoming = user_agent = None
+        carrier: dict[str, str] | None = None
+        for key, value in scope.get("headers") or ():
+            if key == wanted:
+                incoming = value.decode("latin-1")
+            elif key == b"user-agent":
+                user_agent = value.decode("latin-1")
+            elif key in config.propagation_headers:
+                carrier = carrier or {}
+                carrier[key.decode("latin-1")] = value.decode("latin-1")
+        request_id = (
+            incoming
+            if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming)
+            else f"{_random_bits(128):032x}"
+        )
+        request = _Request(request_id, user_agent)
+        request.context_token = bound_fields.set({**bound_fields.get(), "request_id": request_id})
+        if config.tracer is not None:
+            parent = propagate.extract(carrier) if carrier is not None else None
+            request.span = span = config.tracer.start_span(
+                scope.get("method", "HTTP"), context=parent, kind=SpanKind.SERVER
+            )
+            request.otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
+        return request
+
+    def _end(self, scope: Scope, request: _Request) -> None:
+        if not request.logged:
+            if request.status is None:
+                request.status = _CLIENT_CLOSED
+            self._log(scope, request)
+        if request.span is not None:
+            _end_span(request.span, scope, request.status)
+        if request.otel_token is not None:
+            otel_context.detach(request.otel_token)
+        if request.context_token is not None:
+            bound_fields.reset(request.context_token)
 
     async def _send_error(self, scope: Scope, receive: Receive, send: Send, exc: Exception) -> bool:
         """Answer an unhandled exception here, with the app's own 500 handler when it has one,

@@ -61,6 +61,8 @@ class Pipeline:
     def _route_stdlib(self) -> None:
         root = logging.getLogger()
         self._previous_root = (list(root.handlers), root.level)
+        if not self.settings.stdlib_caller_info:
+            _set_record_options(_LEAN_RECORDS)
         for handler in list(root.handlers):
             root.removeHandler(handler)
         root.addHandler(self.handler)
@@ -74,6 +76,7 @@ class Pipeline:
     def _unroute_stdlib(self) -> None:
         root = logging.getLogger()
         root.removeHandler(self.handler)
+        _set_record_options(_STDLIB_RECORDS)
         if self._previous_root is not None:
             handlers, level = self._previous_root
             for handler in handlers:
@@ -186,6 +189,23 @@ class Pipeline:
         self.writer = self._new_writer()
         if not self.stopped:
             self.writer.start()
+
+
+# The logging module's documented switches for what a LogRecord collects ("Optimization" in the
+# logging HOWTO); `_srcfile = None` turns off findCaller's stack walk.
+_RECORD_OPTIONS = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
+_STDLIB_RECORDS = {name: getattr(logging, name) for name in _RECORD_OPTIONS}
+_LEAN_RECORDS = {
+    "_srcfile": None,
+    "logThreads": False,
+    "logProcesses": False,
+    "logMultiprocessing": False,
+}
+
+
+def _set_record_options(options: dict[str, Any]) -> None:
+    for name, value in options.items():
+        setattr(logging, name, value)
 
 
 _current: Pipeline | None = None

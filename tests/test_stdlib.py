@@ -85,3 +85,18 @@ def test_shutdown_restores_previous_root_handlers(log_path: Path) -> None:
     asynclog.shutdown()
     assert mine in root.handlers
     assert not any(isinstance(h, asynclog.AsyncLogHandler) for h in root.handlers)
+
+
+def test_lean_records_by_default_and_restored_at_shutdown(log_path: Path) -> None:
+    source = logging._srcfile  # type: ignore[attr-defined]
+    asynclog.configure(sink=str(log_path), format="json")
+    assert logging._srcfile is None  # type: ignore[attr-defined]
+    assert not logging.logThreads
+    asynclog.shutdown()
+    assert logging._srcfile == source  # type: ignore[attr-defined]
+    assert logging.logThreads
+
+
+def test_caller_info_can_be_kept(log_path: Path) -> None:
+    asynclog.configure(sink=str(log_path), format="json", stdlib_caller_info=True)
+    assert logging._srcfile is not None  # type: ignore[attr-defined]
