@@ -55,6 +55,13 @@ class Progress:
         )
         print(line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
 
+    def note(self, text: str) -> None:
+        """A sub-step of a long step (printed on its own line only when not a terminal)."""
+        if not self.tty:
+            print(f"    {text}", file=sys.stderr, flush=True)
+        else:
+            print(f" {text}", end="", file=sys.stderr, flush=True)
+
     def end(self, summary: str) -> None:
         self.done += 1
         print(f" {summary}" if self.tty else f"    {summary}", file=sys.stderr, flush=True)
@@ -73,15 +80,21 @@ def _micro_summary(m: dict[str, Any]) -> str:
 
 def _e2e_summary(c: dict[str, Any]) -> str:
     if "error" in c:
-        return f"ERROR {c['error']}"
-    return f"{c['requests_per_s']:,.0f} req/s, p99 {c['p99_ms']:.1f} ms" + _other(c)
+        return f"{c['mode']}: ERROR {c['error']}"
+    return f"{c['mode']}: {c['requests_per_s']:,.0f} req/s, p99 {c['p99_ms']:.1f} ms"
+
+
+def _group_label(group: list[e2e.Case]) -> str:
+    if len(group) == 1:
+        return f"e2e {group[0].name}"
+    return f"e2e {group[0].sink} sink, {len(group)} servers interleaved"
 
 
 def run(profile: Profile, parts: set[str], loadgen_pref: str, out: Path) -> dict[str, Any]:
     peers = list(PEERS.values()) if "micro" in parts else []
-    cases = list(e2e.CASES) if "e2e" in parts else []
+    groups = e2e.GROUPS if "e2e" in parts else []
     steps = [(f"micro {p.name}", profile.micro_seconds) for p in peers]
-    steps += [(f"e2e {c.name}", profile.e2e_seconds) for c in cases]
+    steps += [(_group_label(g), profile.e2e_seconds * len(g)) for g in groups]
     progress = Progress(steps)
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -117,16 +130,15 @@ def run(profile: Profile, parts: set[str], loadgen_pref: str, out: Path) -> dict
             m["other_cpu"] = meter.stop()
             results["micro"].append(m)
             progress.end(_micro_summary(m))
-        for case in cases:
-            progress.begin(f"e2e {case.name}")
+        for group in groups:
+            progress.begin(_group_label(group))
             settle()
-            try:
-                c = e2e.run_case(case, profile.e2e, gen, workdir)
-            except (RuntimeError, OSError) as exc:
-                c = {"mode": case.mode, "sink": case.sink, "error": str(exc)}
-            c["other_cpu"] = meter.stop()
-            results["e2e"].append(c)
-            progress.end(_e2e_summary(c))
+            found = e2e.run_group(group, profile.e2e, gen, workdir, progress.note)
+            other = meter.stop()
+            for c in found:
+                c["other_cpu"] = other
+            results["e2e"] += found
+            progress.end("; ".join(_e2e_summary(c) for c in found) + _other(found[0]))
         results["quiet_waited_s"] = round(waited, 1)
     report.add_ratios(results["micro"], results["e2e"], BASELINE)
     results["targets"] = [t.to_dict() for t in report.targets(results["micro"], results["e2e"])]

@@ -24,8 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -99,6 +98,11 @@ CASES = (
     Case("stdlib-queue", "stalled-pipe"),
     Case("asynclog", "stalled-pipe"),
 )
+
+
+# File-sink servers do nothing while idle, so they run side by side (see run_group); a pipe
+# case runs alone, because its logger may keep draining a backlog between rounds.
+GROUPS = [[c for c in CASES if c.sink == "file"]] + [[c] for c in CASES if c.sink != "file"]
 
 
 def target(mode: str, sink: str) -> Target:
@@ -184,15 +188,11 @@ class RssSampler:
         self._thread.join()
 
 
-@contextmanager
-def _sink(case: Case, workdir: Path, stall: float) -> Iterator[tuple[str, Path, Any]]:
-    """Yield (sink for the app, capture file, reader process or None) for *case*."""
-    capture = workdir / f"{case.mode}-{case.sink}.jsonl"
+def _start_reader(case: Case, capture: Path, stall: float) -> subprocess.Popen[bytes] | None:
     if case.sink == "file":
-        yield str(capture), capture, None
-        return
+        return None
     mode = "slow" if case.sink == "slow-pipe" else "stalled"
-    reader = subprocess.Popen(
+    return subprocess.Popen(
         loadgen.pinned(
             [sys.executable, "-m", "benchmarks.pipes", mode, str(capture), f"--stall={stall}"],
             LOAD_CPU,
@@ -200,16 +200,6 @@ def _sink(case: Case, workdir: Path, stall: float) -> Iterator[tuple[str, Path, 
         stdin=subprocess.PIPE,
         cwd=REPO,
     )
-    try:
-        yield "stdout", capture, reader
-    finally:
-        if reader.stdin:
-            reader.stdin.close()
-        try:
-            reader.wait(timeout=stall + 60)
-        except subprocess.TimeoutExpired:
-            reader.kill()
-            reader.wait()
 
 
 def _stop_server(proc: subprocess.Popen[bytes]) -> float:
@@ -225,6 +215,18 @@ def _stop_server(proc: subprocess.Popen[bytes]) -> float:
     return time.monotonic() - start
 
 
+def _stop_reader(reader: subprocess.Popen[bytes] | None, stall: float) -> None:
+    if reader is None:
+        return
+    if reader.stdin:
+        reader.stdin.close()
+    try:
+        reader.wait(timeout=stall + 60)
+    except subprocess.TimeoutExpired:
+        reader.kill()
+        reader.wait()
+
+
 def _stall_later(reader: subprocess.Popen[bytes], delay: float) -> threading.Timer:
     timer = threading.Timer(
         delay, lambda: reader.poll() is None and reader.send_signal(signal.SIGUSR1)
@@ -233,95 +235,172 @@ def _stall_later(reader: subprocess.Popen[bytes], delay: float) -> threading.Tim
     return timer
 
 
+class Server:
+    """One case's server: boot it, load it round by round, stop it, count its lines."""
+
+    def __init__(self, case: Case, profile: E2EProfile, workdir: Path) -> None:
+        self.case = case
+        self.profile = profile
+        self.capture = workdir / f"{case.mode}-{case.sink}.jsonl"
+        self.server_log = workdir / f"{case.mode}-{case.sink}.server.log"
+        self.port = _free_port()
+        self.reader = _start_reader(case, self.capture, profile.stall)
+        self.target = target(case.mode, "stdout" if self.reader else str(self.capture))
+        self.cmd = loadgen.pinned([
+            sys.executable, "-m", "gunicorn",
+            "-k", "uvicorn_worker.UvicornWorker", "-w", "1",
+            "--bind", f"127.0.0.1:{self.port}",
+            f"--graceful-timeout={GRACEFUL_TIMEOUT}",
+            self.target.spec,
+        ], SERVER_CPU)  # fmt: skip
+        self.url = f"http://127.0.0.1:{self.port}{self.target.path}"
+        self.warm: dict[str, Any] = {"requests": 0, "errors": 0}
+        self.rounds: list[dict[str, Any]] = []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.rss: RssSampler | None = None
+        self.idle_rss = 0
+        self.stop_seconds = 0.0
+
+    def boot(self) -> None:
+        """Start gunicorn and wait until the route answers; raises RuntimeError if not."""
+        env = {**os.environ, "PYTHONPATH": str(REPO), **self.target.env}
+        stdout: IO[bytes] | int = self.reader.stdin if self.reader else subprocess.DEVNULL
+        with self.server_log.open("wb") as stderr:
+            self.proc = subprocess.Popen(
+                self.cmd, env=env, cwd=REPO, stdout=stdout, stderr=stderr
+            )  # fmt: skip
+        try:
+            _wait_ready(self.proc, self.port, self.profile.boot_timeout)
+            if _get(self.port, self.target.path) != 200:
+                raise RuntimeError(f"GET {self.target.path} did not return 200")
+        except RuntimeError as exc:
+            tail = self.server_log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise RuntimeError(f"{exc}; server log: " + " | ".join(tail)) from exc
+        worker = psutil.Process(self.proc.pid).children()[0]
+        self.rss = RssSampler(worker.pid).__enter__()
+        self.idle_rss = self.rss.peak
+
+    def load(self, gen: loadgen.LoadGen, duration: float, warmup: bool = False) -> None:
+        """One load run; a stalled pipe's reader is stopped a little into every round."""
+        timer = None
+        if self.reader and self.case.sink == "stalled-pipe" and not warmup:
+            timer = _stall_later(self.reader, min(1.0, duration / 4))
+        try:
+            result = loadgen.run(gen, self.url, self.profile.connections, duration, LOAD_CPU)
+        finally:
+            if timer:
+                timer.cancel()
+        if warmup:
+            self.warm = result
+        else:
+            self.rounds.append(result)
+
+    def stop(self) -> None:
+        """SIGTERM the server (lifespan shutdown drains), then let the pipe reader finish."""
+        if self.rss:
+            self.rss.__exit__()
+        if self.proc and self.proc.poll() is None:
+            self.stop_seconds = _stop_server(self.proc)
+        _stop_reader(self.reader, self.profile.stall)
+
+    def result(self) -> dict[str, Any]:
+        """The case's figures: medians over rounds, and the line accounting."""
+        assert self.rss is not None and self.rounds
+        check = LineCheck()
+        if self.capture.exists():
+            check = check_json_lines(self.capture)
+            self.capture.unlink()
+        rounds, warm, profile = self.rounds, self.warm, self.profile
+        served = warm["requests"] + sum(r["requests"] for r in rounds) + 1
+        expected = LINES_PER_REQUEST * served if self.case.mode != "none" else 0
+        load_runs = (1 if profile.warmup > 0 else 0) + len(rounds)
+        # Requests still in flight when a load run ends are served but not counted by the load
+        # generator; their lines are written anyway, so allow that many extra.
+        slack = LINES_PER_REQUEST * profile.connections * load_runs
+        unaccounted = expected - check.valid - check.dropped_reported
+        return {
+            "mode": self.case.mode,
+            "sink": self.case.sink,
+            "app": self.target.source,
+            "requests_per_s": statistics.median(r["requests"] / r["seconds"] for r in rounds),
+            "p50_ms": statistics.median(r["p50_ms"] for r in rounds),
+            "p90_ms": statistics.median(r["p90_ms"] for r in rounds),
+            "p99_ms": statistics.median(r["p99_ms"] for r in rounds),
+            "max_ms": statistics.median(r["max_ms"] for r in rounds),
+            "max_ms_worst": max(r["max_ms"] for r in rounds),
+            "errors": warm["errors"] + sum(r["errors"] for r in rounds),
+            "rounds": rounds,
+            "requests_served": served,
+            "lines_expected": expected,
+            "lines_written": check.lines,
+            "lines_valid": check.valid,
+            "lines_corrupt": check.corrupt,
+            "lines_traced": check.traced,
+            "corrupt_samples": check.samples,
+            "dropped": check.dropped_reported,
+            "lines_unaccounted": unaccounted,
+            "lines_lost": max(0, unaccounted) if unaccounted > slack else 0,
+            "worker_idle_rss": self.idle_rss,
+            "worker_peak_rss": self.rss.peak,
+            "worker_end_rss": self.rss.last,
+            "stop_seconds": self.stop_seconds,
+            "command": " ".join(
+                [f"{k}={v}" for k, v in self.target.env.items()]
+                + [("python" if part == sys.executable else part) for part in self.cmd]
+            ),
+        }
+
+
+def run_group(
+    cases: list[Case],
+    profile: E2EProfile,
+    gen: loadgen.LoadGen,
+    workdir: Path,
+    on_round: Callable[[str], None] = lambda label: None,
+) -> list[dict[str, Any]]:
+    """Run *cases* side by side: boot every server, then load them in turn, round by round.
+
+    Interleaving spreads whatever else the machine does over all cases alike, so their
+    ratios hold even when absolute figures drift. Idle servers cost nearly nothing; only
+    cases whose idle server does no background work (file sinks) should share a group.
+    A case that fails gets ``error`` instead of figures; the others go on.
+    """
+    # The harness (RSS sampling, stall timers) stays off the server's CPU.
+    affinity = os.sched_getaffinity(0)
+    if LOAD_CPU in affinity:
+        os.sched_setaffinity(0, {LOAD_CPU})
+    servers = [Server(case, profile, workdir) for case in cases]
+    errors: dict[int, str] = {}
+    try:
+        for i, server in enumerate(servers):
+            try:
+                server.boot()
+                if profile.warmup > 0:
+                    server.load(gen, profile.warmup, warmup=True)
+            except (RuntimeError, OSError) as exc:
+                errors[i] = str(exc)
+        for n in range(profile.rounds):
+            on_round(f"round {n + 1}/{profile.rounds}")
+            for i, server in enumerate(servers):
+                if i not in errors:
+                    try:
+                        server.load(gen, profile.duration)
+                    except (RuntimeError, OSError) as exc:
+                        errors[i] = str(exc)
+    finally:
+        for server in servers:
+            server.stop()
+        os.sched_setaffinity(0, affinity)
+    return [
+        {"mode": s.case.mode, "sink": s.case.sink, "error": errors[i]}
+        if i in errors
+        else s.result()
+        for i, s in enumerate(servers)
+    ]
+
+
 def run_case(
     case: Case, profile: E2EProfile, gen: loadgen.LoadGen, workdir: Path
 ) -> dict[str, Any]:
     """Boot, load and stop one server; return its figures (medians over rounds)."""
-    port = _free_port()
-    with _sink(case, workdir, profile.stall) as (sink, capture, reader):
-        tgt = target(case.mode, sink)
-        cmd = loadgen.pinned([
-            sys.executable, "-m", "gunicorn",
-            "-k", "uvicorn_worker.UvicornWorker", "-w", "1",
-            "--bind", f"127.0.0.1:{port}",
-            f"--graceful-timeout={GRACEFUL_TIMEOUT}",
-            tgt.spec,
-        ], SERVER_CPU)  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": str(REPO), **tgt.env}
-        stdout: IO[bytes] | int = reader.stdin if reader else subprocess.DEVNULL
-        server_log = workdir / f"{case.mode}-{case.sink}.server.log"
-        with server_log.open("wb") as stderr:
-            proc = subprocess.Popen(
-                cmd, env=env, cwd=REPO, stdout=stdout, stderr=stderr
-            )  # fmt: skip
-        try:
-            _wait_ready(proc, port, profile.boot_timeout)
-            worker = psutil.Process(proc.pid).children()[0]
-            url = f"http://127.0.0.1:{port}{tgt.path}"
-            if _get(port, tgt.path) != 200:
-                raise RuntimeError(f"GET {tgt.path} did not return 200")
-            with RssSampler(worker.pid) as rss:
-                idle_rss = rss.peak
-                warm: dict[str, Any] = {"requests": 0, "errors": 0}
-                if profile.warmup > 0:
-                    warm = loadgen.run(gen, url, profile.connections, profile.warmup, LOAD_CPU)
-                rounds = []
-                for _ in range(profile.rounds):
-                    timer = None
-                    if case.sink == "stalled-pipe":
-                        timer = _stall_later(reader, min(1.0, profile.duration / 4))
-                    rounds.append(
-                        loadgen.run(gen, url, profile.connections, profile.duration, LOAD_CPU)
-                    )
-                    if timer:
-                        timer.cancel()
-                end_rss = rss.last
-        except BaseException as exc:
-            proc.kill()
-            proc.wait()
-            if isinstance(exc, RuntimeError):
-                tail = server_log.read_text(errors="replace").strip().splitlines()[-3:]
-                raise RuntimeError(f"{exc}; server log: " + " | ".join(tail)) from exc
-            raise
-        stop_seconds = _stop_server(proc)
-    check = check_json_lines(capture) if capture.exists() else LineCheck()
-    capture.unlink(missing_ok=True)
-    served = warm["requests"] + sum(r["requests"] for r in rounds) + 1
-    logging_mode = case.mode != "none"
-    expected = LINES_PER_REQUEST * served if logging_mode else 0
-    load_runs = (1 if profile.warmup > 0 else 0) + profile.rounds
-    # Requests still in flight when a load run ends are served but not counted by the load
-    # generator; their lines are written anyway, so allow that many extra.
-    slack = LINES_PER_REQUEST * profile.connections * load_runs
-    unaccounted = expected - check.valid - check.dropped_reported
-    return {
-        "mode": case.mode,
-        "sink": case.sink,
-        "app": tgt.source,
-        "requests_per_s": statistics.median(r["requests"] / r["seconds"] for r in rounds),
-        "p50_ms": statistics.median(r["p50_ms"] for r in rounds),
-        "p90_ms": statistics.median(r["p90_ms"] for r in rounds),
-        "p99_ms": statistics.median(r["p99_ms"] for r in rounds),
-        "max_ms": statistics.median(r["max_ms"] for r in rounds),
-        "max_ms_worst": max(r["max_ms"] for r in rounds),
-        "errors": warm["errors"] + sum(r["errors"] for r in rounds),
-        "rounds": rounds,
-        "requests_served": served,
-        "lines_expected": expected,
-        "lines_written": check.lines,
-        "lines_valid": check.valid,
-        "lines_corrupt": check.corrupt,
-        "lines_traced": check.traced,
-        "corrupt_samples": check.samples,
-        "dropped": check.dropped_reported,
-        "lines_unaccounted": unaccounted,
-        "lines_lost": max(0, unaccounted) if unaccounted > slack else 0,
-        "worker_idle_rss": idle_rss,
-        "worker_peak_rss": rss.peak,
-        "worker_end_rss": end_rss,
-        "stop_seconds": stop_seconds,
-        "command": " ".join(
-            [f"{k}={v}" for k, v in tgt.env.items()]
-            + [("python" if part == sys.executable else part) for part in cmd]
-        ),
-    }
+    return run_group([case], profile, gen, workdir)[0]

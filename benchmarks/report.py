@@ -362,7 +362,9 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             f"1 worker pinned to CPU 0; {results['loadgen']} pinned to CPU 1, "
             f"{e['connections']} keep-alive connections, {e['rounds']} rounds of "
-            f"{e['duration']} s after {e['warmup']} s warm-up. Each request logs 2 "
+            f"{e['duration']} s after {e['warmup']} s warm-up. The file-sink servers run "
+            "side by side and are loaded in turn, round by round, so drift on the machine "
+            "hits every mode alike; each pipe case runs alone. Each request logs 2 "
             "field-carrying lines plus an access line. Slow pipe: the reader drains 4 KiB "
             f"then sleeps 5 ms (~800 KiB/s). Stalled pipe: the reader stops for "
             f"{e['stall']} s in every round. Lines are counted after a SIGTERM shutdown; "
