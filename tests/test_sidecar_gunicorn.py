@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -107,3 +108,30 @@ def test_master_rotates_a_full_file_without_losing_lines(log_path: Path) -> None
     assert any(line["message"].startswith("rotated ") for line in lines)
     # Replaced only after Fluent Bit's Rotate_Wait, so exactly one rotation in this short run.
     assert not log_path.with_name(log_path.name + ".2").exists()
+
+
+def test_recycled_workers_drain_their_lines(log_path: Path) -> None:
+    # max_requests recycles workers after ~1000 requests in production; 10 here, same path.
+    recycle_early = {"GUNICORN_CMD_ARGS": "--max-requests 10 --max-requests-jitter 0"}
+    ids: list[str] = []
+
+    def exits() -> int:
+        return log_path.read_text(errors="replace").count('"message":"Worker exiting')
+
+    with gunicorn_serving(ROOT, log_path, workers=2, env=recycle_early) as server:
+        deadline = time.monotonic() + 60
+        while exits() < 2:
+            assert time.monotonic() < deadline, "workers were not recycled"
+            ids.append(f"c-{len(ids):04d}")
+            assert _get(f"{server.url}/items/2", ids[-1]) == 200
+            # uvicorn checks the request limit once per 0.1 s tick.
+            time.sleep(0.02)
+        assert server.stop() == 0
+    lines = read_lines(log_path)
+    access = [line for line in lines if line["logger"] == "asynclog.access"]
+    assert Counter(line["request_id"] for line in access) == Counter(ids)
+    messages = [line["message"] for line in lines]
+    # A recycled worker exits normally: its last lines, up to gunicorn's, are in the file.
+    assert sum(m.startswith("Maximum request limit of 10 exceeded") for m in messages) >= 2
+    assert sum(m.startswith("Worker exiting") for m in messages) >= 2
+    assert sum(m.startswith("Booting worker") for m in messages) >= 4
