@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import e2e, loadgen, micro, quiet, report
-from benchmarks.peers import BASELINE, PEERS
+from benchmarks.peers import BASELINE, PEERS, Peer
 from benchmarks.profiles import PROFILES, Profile
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -33,10 +33,13 @@ QUIET_THRESHOLD = 0.10
 MAX_TOTAL_WAIT = 120.0
 
 
+Step = tuple[str, float]  # a label and its rough duration in seconds
+
+
 class Progress:
     """One line per step on stderr: step count, elapsed time and a rough time left."""
 
-    def __init__(self, steps: list[tuple[str, float]]) -> None:
+    def __init__(self, steps: list[Step]) -> None:
         self.steps = steps
         self.start = time.monotonic()
         self.done = 0
@@ -75,7 +78,13 @@ def _other(result: dict[str, Any]) -> str:
 def _micro_summary(m: dict[str, Any]) -> str:
     if "error" in m:
         return f"ERROR {m['error']}"
-    return f"{m['caller_ns']:,.0f} ns/call, {m['records_per_s']:,.0f} records/s" + _other(m)
+    return f"{m['caller_ns_repeats'][0]:,.0f} ns/call, {m['records_per_s_repeats'][0]:,.0f} rec/s"
+
+
+def _memory_summary(m: dict[str, Any]) -> str:
+    if "rss_peak" not in m:
+        return f"ERROR {m.get('error')}"
+    return f"peak RSS {m['rss_peak'] / 2**20:.0f} MB after {m.get('rss_records', 0):,} records"
 
 
 def _e2e_summary(c: dict[str, Any]) -> str:
@@ -90,12 +99,77 @@ def _group_label(group: list[e2e.Case]) -> str:
     return f"e2e {group[0].sink} sink, {len(group)} servers interleaved"
 
 
-def run(profile: Profile, parts: set[str], loadgen_pref: str, out: Path) -> dict[str, Any]:
+class Session:
+    """One benchmark run: the steps in order, each after the machine has gone quiet."""
+
+    def __init__(self, profile: Profile, progress: Progress, workdir: Path) -> None:
+        self.profile = profile
+        self.progress = progress
+        self.workdir = workdir
+        self.meter = quiet.ForeignCpu()
+        self.waited = 0.0
+
+    def settle(self, label: str) -> None:
+        """Start a step: wait (bounded) for other work to stop, then start the CPU meter."""
+        self.progress.begin(label)
+        budget = min(self.profile.quiet_wait, MAX_TOTAL_WAIT - self.waited)
+        if budget > 0:
+            self.waited += quiet.wait_for_quiet(QUIET_THRESHOLD, budget)
+        self.meter.start()
+
+    def micro(self, peers: list[Peer]) -> list[dict[str, Any]]:
+        """Timing processes round-robin over the peers, then one memory process each."""
+        n = self.profile.micro_passes
+        timings: dict[str, list[dict[str, Any]]] = {p.name: [] for p in peers}
+        other: dict[str, list[float]] = {p.name: [] for p in peers}
+        for i in range(1, n + 1):
+            for peer in peers:
+                self.settle(f"micro {peer.name} timing {i}/{n}")
+                timings[peer.name].append(micro.run_timing(peer, self.profile.micro, self.workdir))
+                other[peer.name].append(self.meter.stop() or 0.0)
+                self.progress.end(
+                    _micro_summary(timings[peer.name][-1])
+                    + _other({"other_cpu": other[peer.name][-1]})
+                )
+        found = []
+        for peer in peers:
+            self.settle(f"micro {peer.name} memory")
+            memory = micro.run_memory(peer, self.profile.micro, self.workdir)
+            other[peer.name].append(self.meter.stop() or 0.0)
+            m = micro.combine(peer, timings[peer.name], memory)
+            m["other_cpu"] = max(other[peer.name])
+            found.append(m)
+            self.progress.end(_memory_summary(m))
+        return found
+
+    def e2e(self, groups: list[list[e2e.Case]], gen: loadgen.LoadGen) -> list[dict[str, Any]]:
+        found = []
+        for group in groups:
+            self.settle(_group_label(group))
+            cases = e2e.run_group(group, self.profile.e2e, gen, self.workdir, self.progress.note)
+            other = self.meter.stop()
+            for c in cases:
+                c["other_cpu"] = other
+            found += cases
+            self.progress.end("; ".join(_e2e_summary(c) for c in cases) + _other(cases[0]))
+        return found
+
+
+def _steps(profile: Profile, peers: list[Peer], groups: list[list[e2e.Case]]) -> list[Step]:
+    memory_seconds = profile.micro.rss_seconds + 1
+    passes = profile.micro_passes
+    timing_seconds = max(0.5, profile.micro_seconds - memory_seconds) / passes
+    steps = [(f"micro {p.name} timing", timing_seconds) for _ in range(passes) for p in peers]
+    steps += [(f"micro {p.name} memory", memory_seconds) for p in peers]
+    steps += [(_group_label(g), profile.e2e_seconds * len(g)) for g in groups]
+    return steps
+
+
+def run(profile: Profile, parts: set[str], loadgen_pref: str) -> dict[str, Any]:
+    """Run the benchmark parts in *parts*; returns the results with ratios and targets."""
     peers = list(PEERS.values()) if "micro" in parts else []
     groups = e2e.GROUPS if "e2e" in parts else []
-    steps = [(f"micro {p.name}", profile.micro_seconds) for p in peers]
-    steps += [(_group_label(g), profile.e2e_seconds * len(g)) for g in groups]
-    progress = Progress(steps)
+    progress = Progress(_steps(profile, peers, groups))
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "profile": profile.name,
@@ -105,41 +179,15 @@ def run(profile: Profile, parts: set[str], loadgen_pref: str, out: Path) -> dict
         "micro_profile": asdict(profile.micro),
         "e2e_profile": asdict(profile.e2e),
         "baseline": BASELINE,
-        "micro": [],
-        "e2e": [],
     }
     with tempfile.TemporaryDirectory(prefix="asynclog-bench-") as tmp:
-        workdir = Path(tmp)
-        gen = loadgen.choose(loadgen_pref, workdir)
+        session = Session(profile, progress, Path(tmp))
+        gen = loadgen.choose(loadgen_pref, Path(tmp))
         results["loadgen"] = gen.name
         results["versions"] = report.versions(gen.name)
-        waited = 0.0
-        meter = quiet.ForeignCpu()
-
-        def settle() -> None:
-            nonlocal waited
-            budget = min(profile.quiet_wait, MAX_TOTAL_WAIT - waited)
-            if budget > 0:
-                waited += quiet.wait_for_quiet(QUIET_THRESHOLD, budget)
-            meter.start()
-
-        for peer in peers:
-            progress.begin(f"micro {peer.name}")
-            settle()
-            m = micro.run_peer(peer, profile.micro, workdir)
-            m["other_cpu"] = meter.stop()
-            results["micro"].append(m)
-            progress.end(_micro_summary(m))
-        for group in groups:
-            progress.begin(_group_label(group))
-            settle()
-            found = e2e.run_group(group, profile.e2e, gen, workdir, progress.note)
-            other = meter.stop()
-            for c in found:
-                c["other_cpu"] = other
-            results["e2e"] += found
-            progress.end("; ".join(_e2e_summary(c) for c in found) + _other(found[0]))
-        results["quiet_waited_s"] = round(waited, 1)
+        results["micro"] = session.micro(peers)
+        results["e2e"] = session.e2e(groups, gen)
+        results["quiet_waited_s"] = round(session.waited, 1)
     report.add_ratios(results["micro"], results["e2e"], BASELINE)
     results["targets"] = [t.to_dict() for t in report.targets(results["micro"], results["e2e"])]
     results["commands"] = [
@@ -171,7 +219,7 @@ def main(argv: list[str]) -> int:
         print("note: fewer than 2 CPUs; server and load generator share one", file=sys.stderr)
     profile = PROFILES["quick" if args.quick else "full" if args.full else "default"]
     parts = {args.only} if args.only else {"micro", "e2e"}
-    results = run(profile, parts, args.loadgen, args.out)
+    results = run(profile, parts, args.loadgen)
     paths = report.write(results, args.out)
     print(report.terminal(results))
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)

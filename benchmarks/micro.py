@@ -1,7 +1,9 @@
 """Micro benchmark: one INFO call with five fields, per library, each in its own process.
 
-The parent (``run_peer``) starts ``python -m benchmarks.micro`` once for timing and once
-for memory, so peak RSS and global logging configuration never leak between libraries.
+The parent starts ``python -m benchmarks.micro`` for timing (``run_timing``, several times,
+round-robin over the libraries) and once for memory (``run_memory``), so peak RSS and
+global logging configuration never leak between libraries, and a burst of other work on
+the machine is spread over all of them; ``combine`` takes medians over every repeat.
 
 Timing (one process, fresh sink and file per repeat):
 
@@ -122,7 +124,15 @@ def _run(peer: Peer, workdir: Path, tag: str, warmup: int, n: int) -> Run:
 def _merge(checks: list[LineCheck]) -> dict[str, Any]:
     total = LineCheck()
     for c in checks:
-        for key in ("lines", "valid", "corrupt", "duplicates", "missing", "dropped_reported"):
+        for key in (
+            "lines",
+            "valid",
+            "corrupt",
+            "duplicates",
+            "missing",
+            "dropped_reported",
+            "other",
+        ):
             setattr(total, key, getattr(total, key) + getattr(c, key))
         total.samples += c.samples[: 3 - len(total.samples)]
     return total.to_dict()
@@ -275,13 +285,39 @@ def _spawn(phase: str, peer: Peer, profile: MicroProfile, workdir: Path) -> dict
     return result
 
 
-def run_peer(peer: Peer, profile: MicroProfile, workdir: Path | None = None) -> dict[str, Any]:
-    """Time and measure one peer in two fresh processes; errors are reported, not raised."""
+def run_timing(peer: Peer, profile: MicroProfile, workdir: Path | None = None) -> dict[str, Any]:
+    """One fresh process timing *peer*; errors are reported as ``error``, not raised."""
     with tempfile.TemporaryDirectory(prefix="asynclog-bench-", dir=workdir) as tmp:
-        timing = _spawn("time", peer, profile, Path(tmp))
-        memory = _spawn("memory", peer, profile, Path(tmp))
-    errors = [r.pop("error") for r in (timing, memory) if "error" in r]
-    result = {"name": peer.name, "label": peer.label, **timing, **memory}
+        return _spawn("time", peer, profile, Path(tmp))
+
+
+def run_memory(peer: Peer, profile: MicroProfile, workdir: Path | None = None) -> dict[str, Any]:
+    """One fresh process measuring *peer*'s peak RSS; errors are reported, not raised."""
+    with tempfile.TemporaryDirectory(prefix="asynclog-bench-", dir=workdir) as tmp:
+        return _spawn("memory", peer, profile, Path(tmp))
+
+
+def combine(peer: Peer, timings: list[dict[str, Any]], memory: dict[str, Any]) -> dict[str, Any]:
+    """One peer's figures from several timing processes (medians over all their repeats)."""
+    errors = [r["error"] for r in (*timings, memory) if "error" in r]
+    good = [t for t in timings if "error" not in t]
+    result: dict[str, Any] = {"name": peer.name, "label": peer.label}
+    if good:
+        caller = [x for t in good for x in t["caller_ns_repeats"]]
+        rates = [x for t in good for x in t["records_per_s_repeats"]]
+        checks = [LineCheck(**{k: v for k, v in t["check"].items() if k != "intact"}) for t in good]
+        result |= {
+            "caller_ns": statistics.median(caller),
+            "caller_ns_repeats": caller,
+            "burst": [t["burst"] for t in good],
+            "records_per_s": statistics.median(rates),
+            "records_per_s_repeats": rates,
+            "throughput_records": [t["throughput_records"] for t in good],
+            "processes": len(good),
+            "dropped": sum(t["dropped"] for t in good),
+            "check": _merge(checks),
+        }
+    result |= {k: v for k, v in memory.items() if k != "error"}
     if errors:
         result["error"] = "; ".join(errors)
     return result

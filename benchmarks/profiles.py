@@ -13,6 +13,7 @@ class Profile:
     name: str
     micro: MicroProfile
     e2e: E2EProfile
+    micro_passes: int  # timing processes per library, run round-robin over the libraries
     micro_seconds: float  # rough time per library, for the progress estimate
     e2e_seconds: float  # rough time per server case, for the progress estimate
     quiet_wait: float  # longest wait before a step for other processes to go quiet
@@ -35,6 +36,7 @@ PROFILES = {
             timeout=90,
         ),
         E2EProfile(connections=32, warmup=0, duration=1, rounds=1, stall=0.5, boot_timeout=60),
+        micro_passes=1,
         micro_seconds=2.5,
         e2e_seconds=3.5,
         quiet_wait=0,
@@ -43,10 +45,10 @@ PROFILES = {
         "default",
         MicroProfile(
             warmup=1_000,
-            caller_repeats=5,
+            caller_repeats=2,
             burst_seconds=0.3,
             max_burst=10_000,
-            throughput_repeats=3,
+            throughput_repeats=1,
             throughput_seconds=1.0,
             max_records=300_000,
             rss_records=1_000_000,
@@ -55,7 +57,8 @@ PROFILES = {
             timeout=180,
         ),
         E2EProfile(connections=32, warmup=1, duration=4, rounds=3, stall=2.5, boot_timeout=60),
-        micro_seconds=14,
+        micro_passes=3,
+        micro_seconds=16,
         e2e_seconds=16,
         quiet_wait=20,
     ),
@@ -63,10 +66,10 @@ PROFILES = {
         "full",
         MicroProfile(
             warmup=2_000,
-            caller_repeats=9,
+            caller_repeats=3,
             burst_seconds=0.5,
             max_burst=10_000,
-            throughput_repeats=5,
+            throughput_repeats=2,
             throughput_seconds=3.0,
             max_records=1_000_000,
             rss_records=1_000_000,
@@ -75,6 +78,7 @@ PROFILES = {
             timeout=900,
         ),
         E2EProfile(connections=32, warmup=2, duration=15, rounds=5, stall=5.0, boot_timeout=60),
+        micro_passes=3,
         micro_seconds=90,
         e2e_seconds=80,
         quiet_wait=60,
