@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs in the bench extra
 
 from benchmarks import loadgen
 from benchmarks.records import LineCheck, check_json_lines
@@ -228,9 +228,11 @@ def _stop_reader(reader: subprocess.Popen[bytes] | None, stall: float) -> None:
 
 
 def _stall_later(reader: subprocess.Popen[bytes], delay: float) -> threading.Timer:
-    timer = threading.Timer(
-        delay, lambda: reader.poll() is None and reader.send_signal(signal.SIGUSR1)
-    )
+    def stall() -> None:
+        if reader.poll() is None:
+            reader.send_signal(signal.SIGUSR1)
+
+    timer = threading.Timer(delay, stall)
     timer.start()
     return timer
 
@@ -264,7 +266,7 @@ class Server:
     def boot(self) -> None:
         """Start gunicorn and wait until the route answers; raises RuntimeError if not."""
         env = {**os.environ, "PYTHONPATH": str(REPO), **self.target.env}
-        stdout: IO[bytes] | int = self.reader.stdin if self.reader else subprocess.DEVNULL
+        stdout: IO[bytes] | int | None = self.reader.stdin if self.reader else subprocess.DEVNULL
         with self.server_log.open("wb") as stderr:
             self.proc = subprocess.Popen(
                 self.cmd, env=env, cwd=REPO, stdout=stdout, stderr=stderr

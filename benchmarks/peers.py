@@ -187,10 +187,10 @@ def _loguru(enqueue: bool) -> Callable[[Path], Sink]:
 
 
 async def _open_aiologger(path: Path) -> Sink:
-    from aiologger.formatters.json import ExtendedJsonFormatter
-    from aiologger.handlers.files import AsyncFileHandler
-    from aiologger.levels import LogLevel
-    from aiologger.loggers.json import JsonLogger
+    from aiologger.formatters.json import ExtendedJsonFormatter  # type: ignore[import-untyped]
+    from aiologger.handlers.files import AsyncFileHandler  # type: ignore[import-untyped]
+    from aiologger.levels import LogLevel  # type: ignore[import-untyped]
+    from aiologger.loggers.json import JsonLogger  # type: ignore[import-untyped]
 
     logger = JsonLogger(name=LOGGER_NAME, level=LogLevel.INFO, flatten=True)
     handler = AsyncFileHandler(str(path))
@@ -221,7 +221,7 @@ async def _open_aiofiles(path: Path) -> Sink:
     It encodes with orjson (as asynclog does) and does not flush per line, so the only
     difference left against asynclog is the I/O design: a thread-pool hop per record.
     """
-    import aiofiles
+    import aiofiles  # type: ignore[import-untyped]
 
     f = await aiofiles.open(path, "wb")
 

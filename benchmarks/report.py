@@ -74,6 +74,10 @@ def _by_name(micro: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {m["name"]: m for m in micro if "error" not in m}
 
 
+def _of(case: dict[str, Any] | None, key: str) -> float | None:
+    return None if case is None else case.get(key)
+
+
 def _case(e2e: list[dict[str, Any]], mode: str, sink: str) -> dict[str, Any] | None:
     for c in e2e:
         if c["mode"] == mode and c["sink"] == sink and "error" not in c:
@@ -169,31 +173,27 @@ def targets(micro: list[dict[str, Any]], e2e: list[dict[str, Any]]) -> list[Targ
     off, on = _case(e2e, "asynclog", "file"), _case(e2e, "asynclog-tracing", "file")
     otel = _case(e2e, "stdlib-otel", "file")
     out += [
-        _at_least("e2e file: asynclog req/s vs no logging", off and off.get("rps_x_none"), 0.85),
-        _at_least(
-            "e2e file: asynclog + tracing req/s vs no logging", on and on.get("rps_x_none"), 0.6
-        ),
+        _at_least("e2e file: asynclog req/s vs no logging", _of(off, "rps_x_none"), 0.85),
+        _at_least("e2e file: asynclog + tracing req/s vs no logging", _of(on, "rps_x_none"), 0.6),
         _at_least(
             "e2e file: asynclog + tracing req/s vs stdlib sync + stock OTel",
             on["requests_per_s"] / otel["requests_per_s"] if on and otel else None,
             2.4,
         ),
-        _at_most(
-            "e2e file: asynclog + tracing p99 vs no logging", on and on.get("p99_x_none"), 2.0
-        ),
+        _at_most("e2e file: asynclog + tracing p99 vs no logging", _of(on, "p99_x_none"), 2.0),
     ]
     for sink in ("slow-pipe", "stalled-pipe"):
         c = _case(e2e, "asynclog", sink)
         out += [
             _at_least(
                 f"e2e {sink}: asynclog req/s vs its file sink",
-                c and c.get("rps_x_file"),
+                _of(c, "rps_x_file"),
                 1 / 1.5,
             ),
-            _at_most(f"e2e {sink}: asynclog p99 vs its file sink", c and c.get("p99_x_file"), 1.5),
+            _at_most(f"e2e {sink}: asynclog p99 vs its file sink", _of(c, "p99_x_file"), 1.5),
             _at_most(
                 f"e2e {sink}: asynclog worker RSS over idle (MB)",
-                c and c["rss_growth"] / MB,
+                None if c is None else c["rss_growth"] / MB,
                 RSS_ALLOWANCE / MB,
                 " MB",
             ),
