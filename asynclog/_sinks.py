@@ -125,6 +125,8 @@ class FdSink:
         newline, so one cut line never swallows the next; `resume=True` instead sends the rest
         of that very line.
         """
+        if self.torn and self.path is not None and os.fstat(self.fd).st_size == 0:
+            self.torn = False  # the file was truncated: nothing is left to end
         prefix = 1 if self.torn and not resume else 0
         view = memoryview(b"\n" + bytes(data) if prefix else data)
         self._call_deadline = deadline

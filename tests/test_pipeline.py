@@ -280,3 +280,69 @@ def test_default_redaction_keys_cover_common_secrets(log_path: Path) -> None:
     )
     asynclog.flush(5)
     assert set(read_lines(log_path)[0]["headers"].values()) == {"[REDACTED]"}
+
+
+def test_block_mode_waits_at_most_block_timeout_then_drops() -> None:
+    code = """
+        import asynclog, os, sys, time
+        asynclog.configure(sink="stdout", format="json", queue_size=100, overflow="block",
+                           block_timeout=0.02)
+        log = asynclog.get_logger("block")
+        worst = 0.0
+        for i in range(250):  # ~130 fill the pipe and the queue; each later call waits 20 ms
+            t = time.perf_counter()
+            log.info("stuck", i=i, pad="p" * 2000)
+            worst = max(worst, time.perf_counter() - t)
+        s = asynclog.stats()
+        os.write(2, f"{worst} {s['dropped_overflow']} {s['emitted']}\\n".encode())
+        asynclog.shutdown(timeout=0.2)
+        """
+    import subprocess
+    import sys
+    import textwrap
+
+    read_fd, write_fd = os.pipe()  # nobody reads: the queue fills and callers must wait
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            stdout=write_fd,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        )
+        os.close(write_fd)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        os.close(read_fd)
+    assert proc.returncode == 0, err
+    worst, dropped, emitted = err.decode().splitlines()[0].split()
+    assert 0.015 < float(worst) < 0.5  # it did wait, and not for long
+    assert int(dropped) > 50
+    assert int(emitted) == 250
+
+
+def test_writer_recovers_when_the_sink_does(tmp_path: Path) -> None:
+    # A file size limit makes writes fail (EFBIG) like a full disk; truncating the file frees
+    # the space: later records are written again, and every lost one was counted.
+    path = tmp_path / "limited.log"
+    code = f"""
+        import asynclog, resource, signal, os
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+        asynclog.configure(sink={str(path)!r}, format="json")
+        log = asynclog.get_logger("disk")
+        for i in range(400):
+            log.info("filling", i=i, pad="p" * 100)
+        asynclog.flush(10)
+        failed = asynclog.stats()
+        os.truncate({str(path)!r}, 0)
+        log.info("after space came back")
+        asynclog.flush(10)
+        s = asynclog.stats()
+        print(failed["errors"], failed["dropped_write"], s["written"], s["emitted"], s["dropped"])
+        """
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    errors, dropped_write, written, emitted, dropped = map(int, result.stdout.split())
+    assert errors >= 1 and dropped_write > 0
+    assert emitted == written + dropped
+    assert [line["message"] for line in read_lines(path)] == ["after space came back"]
