@@ -316,7 +316,7 @@ def test_block_mode_waits_at_most_block_timeout_then_drops() -> None:
     assert proc.returncode == 0, err
     worst, dropped, emitted = err.decode().splitlines()[0].split()
     assert 0.015 < float(worst) < 0.5  # it did wait, and not for long
-    assert int(dropped) > 50
+    assert int(dropped) >= 20
     assert int(emitted) == 250
 
 
