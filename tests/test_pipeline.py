@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 import asynclog
 
-from conftest import read_lines, run_python
+from conftest import ROOT, read_lines, run_python
 
 
 def test_exact_accounting_under_concurrent_threads(log_path: Path) -> None:
@@ -118,23 +122,8 @@ def test_blocked_pipe_never_makes_a_call_wait_and_memory_stays_bounded() -> None
         fields = (worst, rss1 - rss0, s["dropped"], s2["emitted"], s2["written"], s2["dropped"], ok)
         os.write(2, (" ".join(map(str, fields)) + "\\n").encode())
         """
-    import subprocess
-    import sys
-    import textwrap
 
-    read_fd, write_fd = os.pipe()
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(code)],
-            stdout=write_fd,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
-        )
-        os.close(write_fd)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        os.close(read_fd)
-    assert proc.returncode == 0, err
+    err = _run_into_unread_pipe(code)
     worst, rss_kb, dropped, emitted, written, dropped_after, ok = err.decode().split()[-7:]
     assert float(worst) < 0.05, f"a log call waited {float(worst) * 1000:.1f} ms"
     assert int(rss_kb) < 60_000, f"RSS grew {int(rss_kb) // 1024} MB"
@@ -161,19 +150,8 @@ def test_a_stalled_pipe_never_gets_a_line_cut_in_the_middle_of_the_stream() -> N
         asynclog.shutdown(timeout=0.5)
         asynclog.get_logger("torn").info("after shutdown, written through")
         """
-    import subprocess
-    import sys
-    import textwrap
-    import time
 
-    read_fd, write_fd = os.pipe()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        stdout=write_fd,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
-    )
-    os.close(write_fd)
+    proc, read_fd = _start_with_stdout_pipe(code)
     chunks = [os.read(read_fd, 100_000)]  # a first gulp, then a stall
     time.sleep(2.5)
     while chunk := os.read(read_fd, 1 << 16):
@@ -225,7 +203,6 @@ def test_rotation_is_noticed_without_reopen(log_path: Path) -> None:
     asynclog.flush(5)
     log_path.rename(log_path.with_suffix(".old"))
     log_path.touch()
-    import time
 
     time.sleep(1.3)  # the writer checks the path's inode once a second
     log.info("second")
@@ -297,23 +274,8 @@ def test_block_mode_waits_at_most_block_timeout_then_drops() -> None:
         os.write(2, f"{worst} {s['dropped_overflow']} {s['emitted']}\\n".encode())
         asynclog.shutdown(timeout=0.2)
         """
-    import subprocess
-    import sys
-    import textwrap
 
-    read_fd, write_fd = os.pipe()  # nobody reads: the queue fills and callers must wait
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(code)],
-            stdout=write_fd,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
-        )
-        os.close(write_fd)
-        _, err = proc.communicate(timeout=300)
-    finally:
-        os.close(read_fd)
-    assert proc.returncode == 0, err
+    err = _run_into_unread_pipe(code)
     worst, dropped, emitted = err.decode().splitlines()[0].split()
     assert 0.015 < float(worst) < 0.5  # it did wait, and not for long
     assert int(dropped) >= 20
@@ -346,3 +308,27 @@ def test_writer_recovers_when_the_sink_does(tmp_path: Path) -> None:
     assert errors >= 1 and dropped_write > 0
     assert emitted == written + dropped
     assert [line["message"] for line in read_lines(path)] == ["after space came back"]
+
+
+def _start_with_stdout_pipe(code: str) -> tuple[subprocess.Popen[bytes], int]:
+    """Run a snippet whose stdout is a pipe; returns the process and the pipe's read end."""
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=write_fd,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    os.close(write_fd)
+    return proc, read_fd
+
+
+def _run_into_unread_pipe(code: str, timeout: float = 120) -> bytes:
+    """Run a snippet whose stdout is a pipe nobody reads; returns its stderr."""
+    proc, read_fd = _start_with_stdout_pipe(code)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        os.close(read_fd)
+    assert proc.returncode == 0, err
+    return err
