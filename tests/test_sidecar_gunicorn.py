@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import re
 import time
+import urllib.error
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -113,7 +115,10 @@ def test_master_rotates_a_full_file_without_losing_lines(log_path: Path) -> None
 def test_recycled_workers_drain_their_lines(log_path: Path) -> None:
     # max_requests recycles workers after ~1000 requests in production; 10 here, same path.
     recycle_early = {"GUNICORN_CMD_ARGS": "--max-requests 10 --max-requests-jitter 0"}
-    ids: list[str] = []
+    served: list[str] = []
+    # uvicorn may reset a connection it accepted just as its worker stops: such a request may
+    # or may not have been handled, so its access line may or may not exist.
+    reset: list[str] = []
 
     def exits() -> int:
         return log_path.read_text(errors="replace").count('"message":"Worker exiting')
@@ -122,14 +127,20 @@ def test_recycled_workers_drain_their_lines(log_path: Path) -> None:
         deadline = time.monotonic() + 60
         while exits() < 2:
             assert time.monotonic() < deadline, "workers were not recycled"
-            ids.append(f"c-{len(ids):04d}")
-            assert _get(f"{server.url}/items/2", ids[-1]) == 200
+            request_id = f"c-{len(served) + len(reset):04d}"
+            try:
+                assert _get(f"{server.url}/items/2", request_id) == 200
+                served.append(request_id)
+            except (ConnectionResetError, http.client.RemoteDisconnected, urllib.error.URLError):
+                reset.append(request_id)
             # uvicorn checks the request limit once per 0.1 s tick.
             time.sleep(0.02)
         assert server.stop() == 0
     lines = read_lines(log_path)
-    access = [line for line in lines if line["logger"] == "asynclog.access"]
-    assert Counter(line["request_id"] for line in access) == Counter(ids)
+    logged = Counter(line["request_id"] for line in lines if line["logger"] == "asynclog.access")
+    assert {rid: logged[rid] for rid in served} == dict.fromkeys(served, 1)
+    assert set(logged) <= set(served) | set(reset)
+    assert all(logged[rid] <= 1 for rid in reset)
     messages = [line["message"] for line in lines]
     # A recycled worker exits normally: its last lines, up to gunicorn's, are in the file.
     assert sum(m.startswith("Maximum request limit of 10 exceeded") for m in messages) >= 2
