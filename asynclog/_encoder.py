@@ -150,6 +150,8 @@ class Encoder:
         # field name -> (output name, is secret), cached because field names repeat
         self._keys: dict[str, tuple[str, bool]] = {}
         self._plain_keys: set[str] = set()
+        self._last_otel: Any = None
+        self._last_ids: tuple[str, str] | None = None
         self._second = -1
         self._prefix = ""
 
@@ -211,7 +213,12 @@ class Encoder:
             "message": message,
         }
         if otel:
-            ids = span_ids(otel)
+            # Lines of one request share its context object: resolve its ids once.
+            if otel is self._last_otel:
+                ids = self._last_ids
+            else:
+                ids = self._last_ids = span_ids(otel)
+                self._last_otel = otel
             if ids is not None:
                 line["trace_id"], line["span_id"] = ids
         if context:

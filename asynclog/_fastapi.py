@@ -31,15 +31,19 @@ class _Installation:
     def __init__(self, core: Settings, app: AppSettings, fastapi_app: Any) -> None:
         self.core = core
         self.app = app
-        self.request = RequestLogConfig(
-            app, Redactor(core.redact_keys, core.redact_depth), None, _error_handler(fastapi_app)
+        self.request = self._request_config(core, app, fastapi_app)
+
+    @staticmethod
+    def _request_config(core: Settings, app: AppSettings, fastapi_app: Any) -> RequestLogConfig:
+        return RequestLogConfig(
+            settings=app,
+            redactor=Redactor(core.redact_keys, core.redact_depth),
+            error_handler=_error_handler(fastapi_app),
         )
 
     def update(self, core: Settings, app: AppSettings, fastapi_app: Any) -> None:
         self.core, self.app = core, app
-        request = RequestLogConfig(
-            app, Redactor(core.redact_keys, core.redact_depth), None, _error_handler(fastapi_app)
-        )
+        request = self._request_config(core, app, fastapi_app)
         for item in fields(RequestLogConfig):
             setattr(self.request, item.name, getattr(request, item.name))
 
@@ -171,5 +175,5 @@ def install(app: Any, **settings: Any) -> Pipeline:
         _wrap_lifespan(app, installation)
     else:
         installation.update(core, app_settings, app)
-    installation.request.tracer = setup_tracing(app, app_settings)
+    installation.request.tracer, installation.request.ids_only = setup_tracing(app, app_settings)
     return pipeline

@@ -180,9 +180,10 @@ def _native_config(app: Any) -> dict[str, Any] | None:
     return config if isinstance(config, dict) and "operation_spans" in config else None
 
 
-def setup_tracing(app: Any, settings: AppSettings) -> trace.Tracer | None:
-    """Give `app` one server span per request; returns the tracer the access middleware should
-    make it with, or None when something else makes it (or nothing does).
+def setup_tracing(app: Any, settings: AppSettings) -> tuple[trace.Tracer | None, bool]:
+    """Give `app` one server span per request. Returns the tracer the access middleware should
+    make it with (None when something else makes it, or nothing does), and whether ids alone
+    will do: asynclog's own provider exporting nothing records nothing.
 
     Backends: "asynclog" (the default) starts the span in asynclog's own middleware and sets
     attributes only on spans that record; "native" uses FastAPI's built-in telemetry (newer
@@ -193,7 +194,7 @@ def setup_tracing(app: Any, settings: AppSettings) -> trace.Tracer | None:
     if native is not None:  # FastAPI would otherwise trace on its own: one server span only
         native.update(tracing=False, operation_spans=False)
     if not settings.tracing or tracing_disabled():
-        return None
+        return None, False
     provider = _provider(settings)
     backend = settings.tracing_backend
     if backend == "native":
@@ -205,7 +206,7 @@ def setup_tracing(app: Any, settings: AppSettings) -> trace.Tracer | None:
         native.update(
             tracing=True, tracer_provider=provider, operation_spans=settings.trace_operations
         )
-        return None
+        return None, False
     if backend == "instrumentor":
         if not getattr(app, "_is_instrumented_by_opentelemetry", False):
             from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -213,8 +214,9 @@ def setup_tracing(app: Any, settings: AppSettings) -> trace.Tracer | None:
             FastAPIInstrumentor.instrument_app(
                 app, tracer_provider=provider, exclude_spans=["send", "receive"]
             )
-        return None
-    return provider.get_tracer("asynclog")
+        return None, False
+    ours = _ours is not None and provider is _ours[0]
+    return provider.get_tracer("asynclog"), ours and settings.spans == "none"
 
 
 def _provider(settings: AppSettings) -> trace.TracerProvider:
