@@ -40,11 +40,13 @@ def reload_enabled(frame: FrameType | None = None) -> bool:
     return False
 
 
-def memory_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+def memory_limit(
+    root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")
+) -> int | None:
     """The memory limit applying to this process in bytes, or None when nothing limits it."""
     limits: list[int] = []
     try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        lines = membership.read_text().splitlines()
     except OSError:
         lines = []
     for line in lines:
