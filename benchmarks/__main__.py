@@ -30,7 +30,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # Before a step, wait (up to the profile's quiet_wait) until other processes use < 10% of the
 # CPUs; never wait more than MAX_TOTAL_WAIT seconds in one run.
 QUIET_THRESHOLD = 0.10
-MAX_TOTAL_WAIT = 120.0
+MAX_TOTAL_WAIT = 60.0
 
 
 Step = tuple[str, float]  # a label and its rough duration in seconds
