@@ -15,7 +15,9 @@ gunicorn's graceful timeout), and then counts and parses every line the app wrot
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import json
 import os
 import signal
 import socket
@@ -188,6 +190,16 @@ class RssSampler:
         self._thread.join()
 
 
+def _shutdown_report(server_log: Path) -> dict[str, Any]:
+    """asynclog's one stderr line about records lost before shutdown, if it wrote one."""
+    report: dict[str, Any] = {}
+    for line in server_log.read_text(errors="replace").splitlines():
+        if line.startswith("{") and "records lost before shutdown" in line:
+            with contextlib.suppress(ValueError):
+                report = json.loads(line)
+    return report
+
+
 def _start_reader(case: Case, capture: Path, stall: float) -> subprocess.Popen[bytes] | None:
     if case.sink == "file":
         return None
@@ -319,7 +331,12 @@ class Server:
         # Requests still in flight when a load run ends are served but not counted by the load
         # generator; their lines are written anyway, so allow that many extra.
         slack = LINES_PER_REQUEST * profile.connections * load_runs
-        unaccounted = expected - check.valid - check.dropped_reported
+        shutdown = _shutdown_report(self.server_log)
+        # asynclog's in-stream notices may not get out through a failing sink; its stderr
+        # report at shutdown has the whole count, plus what was still queued.
+        dropped = max(check.dropped_reported, int(shutdown.get("dropped", 0)))
+        dropped += int(shutdown.get("unwritten", 0))
+        unaccounted = expected - check.valid - dropped
         return {
             "mode": self.case.mode,
             "sink": self.case.sink,
@@ -337,9 +354,12 @@ class Server:
             "lines_written": check.lines,
             "lines_valid": check.valid,
             "lines_corrupt": check.corrupt,
+            "torn_tail": check.torn_tail,
             "lines_traced": check.traced,
             "corrupt_samples": check.samples,
-            "dropped": check.dropped_reported,
+            "dropped": dropped,
+            "dropped_in_stream": check.dropped_reported,
+            "shutdown_report": shutdown,
             "lines_unaccounted": unaccounted,
             "lines_lost": max(0, unaccounted) if unaccounted > slack else 0,
             "worker_idle_rss": self.idle_rss,

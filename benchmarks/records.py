@@ -41,6 +41,8 @@ class LineCheck:
     dropped_reported: int = 0
     other: int = 0
     traced: int = 0
+    # The last line is a cut-off one: a write that gave up at a shutdown deadline.
+    torn_tail: bool = False
     samples: list[str] = field(default_factory=list)
 
     def bad(self, raw: bytes) -> None:
@@ -148,10 +150,12 @@ def check_json_lines(path: Path) -> LineCheck:
     with path.open("rb") as f:
         for raw in f:
             check.lines += 1
+            check.torn_tail = False
             try:
                 obj = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 check.bad(raw)
+                check.torn_tail = True
                 continue
             if not isinstance(obj, dict):
                 check.bad(raw)

@@ -285,6 +285,8 @@ def _lines_cell(c: dict[str, Any]) -> str:
     cell = f"{c['lines_valid']:,} / {c['requests_served']:,}"
     if c["lines_corrupt"]:
         cell += f", FLAGGED {c['lines_corrupt']:,} corrupt"
+        if c.get("torn_tail"):
+            cell += " (incl. the last line, cut at shutdown)"
     if c["lines_lost"]:
         cell += f", FLAGGED ~{c['lines_lost']:,} lost"
     return cell
