@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -88,8 +89,8 @@ def choose(preference: str, workdir: Path) -> LoadGen:
 
 
 def pinned(cmd: list[str], cpu: int | None) -> list[str]:
-    """*cmd* prefixed with ``taskset -c CPU`` (unpinned when taskset is missing)."""
-    if cpu is None or not shutil.which("taskset"):
+    """*cmd* prefixed with ``taskset -c CPU`` (unpinned without taskset or that CPU)."""
+    if cpu is None or cpu >= (os.cpu_count() or 1) or not shutil.which("taskset"):
         return cmd
     return ["taskset", "-c", str(cpu), *cmd]
 
