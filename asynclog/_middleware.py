@@ -167,9 +167,12 @@ class AccessLogMiddleware:
         request.context_token = bound_fields.set({**bound_fields.get(), "request_id": request_id})
         if config.tracer is not None:
             parent = propagate.extract(carrier) if carrier is not None else None
-            request.span = span = config.tracer.start_span(
-                scope.get("method", "HTTP"), context=parent, kind=SpanKind.SERVER
-            )
+            if config.ids_only:
+                span: trace.Span = _ids_only_span(parent)
+            else:
+                span = request.span = config.tracer.start_span(
+                    scope.get("method", "HTTP"), context=parent, kind=SpanKind.SERVER
+                )
             request.otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
         return request
 

@@ -453,3 +453,27 @@ def test_middleware_added_after_install_still_runs_inside_the_request(log_path: 
     [late] = lines_of(log_path, "late")
     [access] = lines_of(log_path, "asynclog.access")
     assert late["trace_id"] == access["trace_id"]
+
+
+def test_ids_only_when_nothing_is_exported(log_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # spans="none" with asynclog's own provider: every line still gets ids, but no SDK span is
+    # started (its cost is the largest part of tracing).
+    from opentelemetry.sdk.trace import Tracer
+
+    started: list[str] = []
+    original = Tracer.start_span
+
+    def counting(self: Tracer, name: str, *args: Any, **kwargs: Any) -> Any:
+        started.append(name)
+        return original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(Tracer, "start_span", counting)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with TestClient(make_app(log_path)) as client:
+        client.get("/items/1", headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+        client.get("/items/2")
+    assert started == []
+    first, second = lines_of(log_path, "asynclog.access")
+    assert first["trace_id"] == trace_id
+    assert len(second["trace_id"]) == 32 and second["trace_id"] != trace_id
+    assert first["span_id"] != "00f067aa0ba902b7"
