@@ -49,7 +49,10 @@ class LineCheck:
         """Count a corrupt line, keeping the first few (shortened) for the report."""
         self.corrupt += 1
         if len(self.samples) < _SAMPLES:
-            self.samples.append(raw[:160].decode("utf-8", "replace").rstrip("\n"))
+            text = raw.decode("utf-8", "replace").rstrip("\n")
+            if len(text) > 240:
+                text = f"{text[:140]} ... {text[-80:]}"
+            self.samples.append(text)
 
     @property
     def intact(self) -> bool:

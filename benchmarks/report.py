@@ -410,7 +410,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
             ax.set_xlim(min(values) / 2, max(values) * 8)
         ax2.set_yticklabels([])
         fig.suptitle(
-            "One INFO call with 5 fields (median of repeats, "
+            "One INFO call with 5 fields (green: asynclog; median of repeats, "
             f"{results['machine']['cpus']} vCPU, {results['machine']['python']})",
             fontsize=11,
         )
@@ -447,7 +447,8 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
                 for ax in (ax1, ax2):
                     ax.axvline(i - 0.5, linestyle="--", color="#bbb", linewidth=1)
         fig.suptitle(
-            f"FastAPI + gunicorn/uvicorn-worker, 1 worker, {results['loadgen']} "
+            "FastAPI + gunicorn/uvicorn-worker, 1 worker (green: asynclog), "
+            f"{results['loadgen']} "
             f"-c{results['e2e_profile']['connections']}",
             fontsize=11,
         )
