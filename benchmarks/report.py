@@ -317,7 +317,8 @@ def e2e_table(e2e: list[dict[str, Any]]) -> str:
 def targets_table(found: list[Target]) -> str:
     rows = ["| target | goal | this run | met |", "|---|---|--:|---|"]
     for t in found:
-        value = "-" if t.value is None else f"{t.value:.2f}{t.unit}"
+        digits = 0 if t.unit.startswith("/") else 2
+        value = "-" if t.value is None else f"{t.value:.{digits}f}{t.unit}"
         met = "not measured" if t.met is None else ("yes" if t.met else "**MISSED**")
         rows.append(f"| {t.what} | {t.goal} | {value} | {met} |")
     return "\n".join(rows)
