@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from benchmarks.e2e import CASES
 from benchmarks.peers import PEERS
+from benchmarks.records import MESSAGE, check_json_lines, check_records, fields
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -95,3 +97,27 @@ def test_markdown_names_every_library_mode_and_target(
     assert "python -m benchmarks --quick" in text
     assert results["loadgen"] in ("wrk", "builtin")
     assert results["profile"] == "quick"
+
+
+def _line(seq: int) -> bytes:
+    return orjson.dumps({"message": MESSAGE, **fields(seq)}) + b"\n"
+
+
+def test_line_check_flags_lost_duplicated_and_corrupt_records(tmp_path: Path) -> None:
+    """The checker the report relies on: every record once, intact, or it is counted."""
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(_line(0) + _line(1) + _line(1) + _line(3)[:25] + b"\n" + b"[1]\n")
+    check = check_records(path, expected=4)
+    assert check.lines == 5
+    assert (check.valid, check.duplicates, check.corrupt, check.missing) == (2, 1, 2, 2)
+    assert not check.intact
+    assert check.samples[0].startswith('{"message"')
+
+
+def test_line_check_counts_asynclog_drop_notices_and_a_torn_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "capture.jsonl"
+    notice = orjson.dumps({"logger": "asynclog", "message": "dropped", "dropped": 7})
+    path.write_bytes(_line(0) + notice + b"\n" + _line(1)[:30] + b"\n")
+    check = check_json_lines(path)
+    assert (check.valid, check.dropped_reported, check.corrupt) == (1, 7, 1)
+    assert check.torn_tail
