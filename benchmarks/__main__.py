@@ -201,12 +201,13 @@ def run(profile: Profile, parts: set[str], loadgen_pref: str) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks", description=__doc__.split("\n")[0]
+        prog="python -m benchmarks",
+        description="Run asynclog's micro and end-to-end benchmarks and write the report.",
     )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="under a minute (CI smoke test)")
-    size.add_argument("--full", action="store_true", help="longer runs, more repeats")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="report directory")
+    size.add_argument("--full", action="store_true", help="~30 minutes: longer runs, more repeats")
+    parser.add_argument("--out", type=Path, default=RESULTS, metavar="DIR", help="report directory")
     parser.add_argument("--only", choices=("micro", "e2e"), help="run one part only")
     parser.add_argument(
         "--loadgen",
