@@ -126,8 +126,7 @@ class Pipeline:
         self._report_losses()
         if self.settings.capture_stdlib and restore:
             self._unroute_stdlib()
-        if not self.writer.is_alive():
-            self._write_through()
+        self._write_through()
         return drained
 
     def _report_losses(self) -> None:
@@ -154,7 +153,9 @@ class Pipeline:
 
     def _write_through(self) -> None:
         """After the writer stops, records are written on the caller's thread: the process is
-        ending, and the server's last lines (after the lifespan shutdown) must not be lost."""
+        ending, and the server's last lines (after the lifespan shutdown) must not be lost. A
+        writer that missed the stop deadline takes no more records; the sink keeps its last
+        write and these from interleaving."""
         lock = threading.Lock()
         counters, encoder, sink = self.counters, self.encoder, self.sink
 
@@ -162,9 +163,8 @@ class Pipeline:
             next(QUEUE.emitted)
             with lock:
                 data = encoder.encode(record)
-                sink.deadline = time.monotonic() + _WRITE_THROUGH_WAIT
                 try:
-                    sink.write(data)
+                    sink.write(data, deadline=time.monotonic() + _WRITE_THROUGH_WAIT)
                 except SinkError:
                     counters.dropped_write += 1
                     counters.errors += 1

@@ -8,6 +8,7 @@ import select
 import socket
 import stat
 import sys
+import threading
 import time
 
 __all__ = ["FdSink", "SinkError", "SinkTimeout", "open_sink", "report"]
@@ -57,6 +58,8 @@ class FdSink:
         self._call_deadline: float | None = None
         # True when a failed write stopped in the middle of a line.
         self.torn = False
+        self.cuts = 0  # how many times that happened: names the line a resume continues
+        self._lock = threading.Lock()
         self.open()
 
     def open(self) -> None:
@@ -116,28 +119,43 @@ class FdSink:
         return True
 
     def write(
-        self, data: bytes | memoryview, deadline: float | None = None, resume: bool = False
+        self, data: bytes | memoryview, deadline: float | None = None, resume: int = 0
     ) -> None:
         """Write all of `data` (waiting at most until `deadline`, else `self.deadline`).
 
         Raises SinkError (SinkTimeout past the deadline) saying how many bytes of `data` went
         out. If a failed write left a line unfinished, the next write first ends it with a
-        newline, so one cut line never swallows the next; `resume=True` instead sends the rest
-        of that very line.
+        newline, so one cut line never swallows the next; `resume=cuts` (the `cuts` value read
+        right after the failure) instead sends the rest of that very line, if nothing else was
+        written since. Writes from several threads (the writer, and callers writing through
+        after a stop) never interleave; one that cannot get its turn by the deadline times out.
         """
-        if self.torn and self.path is not None and os.fstat(self.fd).st_size == 0:
-            self.torn = False  # the file was truncated: nothing is left to end
-        prefix = 1 if self.torn and not resume else 0
-        view = memoryview(b"\n" + bytes(data) if prefix else data)
-        self._call_deadline = deadline
+        limit = self.deadline if deadline is None else deadline
+        wait = -1.0 if limit is None else max(0.0, limit - time.monotonic())
+        if not self._lock.acquire(timeout=wait):
+            raise SinkTimeout(0)
         try:
-            self._write_all(view)
-        except SinkError as exc:
-            if exc.written:
-                self.torn = view[exc.written - 1] != 0x0A
-            exc.written = max(0, exc.written - prefix)
-            raise
-        self.torn = False
+            if self.torn and self.path is not None and os.fstat(self.fd).st_size == 0:
+                self.torn = False  # the file was truncated: nothing is left to end
+            if resume:
+                if not self.torn or resume != self.cuts:
+                    raise SinkError(0, RuntimeError("the cut line was ended by another write"))
+                prefix = 0
+            else:
+                prefix = 1 if self.torn else 0
+            view = memoryview(b"\n" + bytes(data) if prefix else data)
+            self._call_deadline = deadline
+            try:
+                self._write_all(view)
+            except SinkError as exc:
+                if exc.written:
+                    self.torn = view[exc.written - 1] != 0x0A
+                    self.cuts += self.torn
+                exc.written = max(0, exc.written - prefix)
+                raise
+            self.torn = False
+        finally:
+            self._lock.release()
 
     def _write_all(self, view: memoryview) -> None:
         total = len(view)

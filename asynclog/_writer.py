@@ -141,7 +141,7 @@ class Writer(threading.Thread):
             ends = list(itertools.accumulate(map(len, lines)))
             done = bisect.bisect_right(ends, sent)
             if self.sink.torn and done < len(lines):
-                done += self._finish_line(data, sent, ends[done])
+                done += self._finish_line(data, sent, ends[done], self.sink.cuts)
             counters.written += done
             counters.bytes_written += sent
             counters.dropped_write += len(lines) - done
@@ -151,14 +151,14 @@ class Writer(threading.Thread):
         counters.written += len(lines)
         counters.bytes_written += len(data)
 
-    def _finish_line(self, data: bytes, sent: int, line_end: int) -> int:
+    def _finish_line(self, data: bytes, sent: int, line_end: int, cut: int) -> int:
         """Part of a line went out before the write failed: try briefly to send the rest of that
         line. Returns 1 if it worked (else the sink ends the line before its next write)."""
         deadline = time.monotonic() + _FINISH_LINE_WAIT
         if self.sink.deadline is not None:  # stopping: the shutdown deadline still rules
             deadline = min(deadline, self.sink.deadline)
         try:
-            self.sink.write(data[sent:line_end], deadline=deadline, resume=True)
+            self.sink.write(data[sent:line_end], deadline=deadline, resume=cut)
         except SinkError as exc:
             self.counters.bytes_written += exc.written
             return 0

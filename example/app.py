@@ -107,4 +107,5 @@ async def health() -> Health:
     return Health(status="ok")
 
 
-asynclog.install(app, service_name="asynclog-example")
+# Probes hit /health every few seconds: their access lines are noise.
+asynclog.install(app, service_name="asynclog-example", exclude_paths={"/health"})
