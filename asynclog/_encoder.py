@@ -20,7 +20,7 @@ from opentelemetry import trace as _trace
 from ._redact import REDACTED, Redactor
 from ._snapshot import Frozen
 
-__all__ = ["RESERVED_KEYS", "Encoder", "encode_record", "format_time", "level_name"]
+__all__ = ["RESERVED_KEYS", "Encoder", "encode_line", "format_time", "level_name"]
 
 RESERVED_KEYS = frozenset(
     {"time", "level", "logger", "message", "trace_id", "span_id", "exception"}
@@ -391,8 +391,3 @@ def _console_line(line: dict[str, Any], color: bool) -> bytes:
     if isinstance(exception, dict):
         text += str(exception.get("stacktrace", ""))
     return text.encode("utf-8", "backslashreplace")
-
-
-def encode_record(record: tuple[Any, ...], redactor: Redactor | None = None) -> bytes:
-    """Encode one captured record as a JSON line (a convenience for tests and tools)."""
-    return Encoder(redactor or Redactor(frozenset())).encode(record)

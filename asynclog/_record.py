@@ -1,12 +1,12 @@
 """What the caller captures: one flat tuple per log call, built without formatting or I/O.
 
-Layout (indices are used by the writer):
+Layout (the writer unpacks it in this order):
     0 created     float, time.time() at the call
     1 levelno     int
     2 logger      str
     3 msg         the message or `%` template, as passed
     4 args        `%` arguments (tuple or mapping) or None
-    5 fields      call fields (dict) or None
+    5 fields      call fields (dict), a callable returning them (a finished span), or None
     6 bound       fields bound on the logger (mapping)
     7 context     fields bound with bind_contextvars (mapping)
     8 otel        the OpenTelemetry context at the call, or None
@@ -20,9 +20,7 @@ from typing import Any
 
 from opentelemetry import context as _otel_context
 
-__all__ = ["CREATED", "current_otel_context"]
-
-CREATED, LEVELNO, LOGGER, MSG, ARGS, FIELDS, BOUND, CONTEXT, OTEL, EXC_INFO = range(10)
+__all__ = ["current_otel_context"]
 
 
 def _otel_getter() -> Callable[[], Any]:

@@ -54,6 +54,8 @@ def test_levels_filter_before_any_work(log_path: Path) -> None:
     asynclog.flush(5)
     assert [line["level"] for line in read_lines(log_path)] == ["warning", "error", "critical"]
     assert asynclog.stats()["emitted"] == 3
+    assert log.is_enabled_for(30)
+    assert not log.is_enabled_for(20)
 
 
 def test_bind_returns_a_child_logger(log_path: Path) -> None:
