@@ -11,6 +11,7 @@ For each case the harness boots one worker pinned to CPU 0, runs the load genera
 pinned to CPU 1 (warm-up, then ``rounds`` measured rounds), samples the worker's RSS,
 stops the server with SIGTERM (so lifespan shutdown drains what it can within
 gunicorn's graceful timeout), and then counts and parses every line the app wrote.
+File-sink cases run side by side, loaded in turn round by round (``run_group``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ GRACEFUL_TIMEOUT = 10
 LINES_PER_REQUEST = 3
 # The example app's benchmark route (GET /items/{item_id}), mirrored in benchmarks/apps.py.
 LOAD_PATH = "/items/42"
-SINKS = ("file", "slow-pipe", "stalled-pipe")
 
 
 @dataclass(frozen=True)
@@ -419,10 +419,3 @@ def run_group(
         else s.result()
         for i, s in enumerate(servers)
     ]
-
-
-def run_case(
-    case: Case, profile: E2EProfile, gen: loadgen.LoadGen, workdir: Path
-) -> dict[str, Any]:
-    """Boot, load and stop one server; return its figures (medians over rounds)."""
-    return run_group([case], profile, gen, workdir)[0]

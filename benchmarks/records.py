@@ -20,7 +20,6 @@ USER = "alice"
 DURATION_MS = 12.5
 CACHED = True
 AT = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.timezone.utc)
-FIELD_NAMES = ("user", "seq", "duration_ms", "cached", "at")
 _SAMPLES = 3
 
 
