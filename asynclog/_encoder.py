@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import decimal
 import enum
 import logging
-import pathlib
 import time
 import traceback
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,7 +14,7 @@ import orjson
 from opentelemetry import trace as _trace
 
 from ._redact import REDACTED, Redactor
-from ._snapshot import Frozen
+from ._snapshot import Frozen, json_default
 
 __all__ = ["RESERVED_KEYS", "Encoder", "encode_line", "format_time", "level_name"]
 
@@ -29,11 +25,6 @@ RENAME_PREFIX = "field."
 SUBSTITUTED_KEY = "asynclog.substituted"
 _JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
 _MAX_DEPTH = 64
-# Values that need neither redaction nor decoding: they go into the line as they are.
-_SCALARS = frozenset(
-    {str, int, float, bool, type(None), datetime.datetime, datetime.date, uuid.UUID}
-)
-_all_scalars = _SCALARS.issuperset
 _LEVEL_NAMES = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
 
 
@@ -108,22 +99,10 @@ def format_exception(exc_info: Any) -> dict[str, str]:
 
 
 def _default(obj: Any) -> Any:
-    """orjson's hook for types it does not know."""
+    """orjson's hook for the writer's own lines: a frozen value goes in as the JSON it is."""
     if isinstance(obj, Frozen):
         return orjson.Fragment(obj.data)
-    dump = getattr(obj, "model_dump", None)
-    if dump is not None and callable(dump):
-        return dump(mode="json")
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    if isinstance(obj, (bytes, bytearray, memoryview)):
-        return bytes(obj).decode("utf-8", "backslashreplace")
-    if isinstance(obj, (decimal.Decimal, pathlib.PurePath)):
-        return str(obj)
-    if isinstance(obj, BaseException):
-        return f"{type(obj).__name__}: {_safe_str(obj)}"
-    # Any other object is shown as its repr; a repr that raises is a substitution (see _sanitize).
-    return repr(obj)
+    return json_default(obj)
 
 
 def span_ids(otel: Any) -> tuple[str, str] | None:
@@ -166,10 +145,15 @@ class Encoder:
 
     def _merge(self, line: dict[str, Any], fields: Mapping[str, Any]) -> None:
         # Fast path: field names repeat call after call, so names already known to need neither
-        # renaming nor masking go in with one update() when their values are plain scalars.
-        if self._plain_keys.issuperset(fields) and _all_scalars(map(type, fields.values())):
+        # renaming nor masking go in with one update(). The values need no look: whatever the
+        # caller captured is immutable or frozen (see _snapshot), and frozen values are decoded
+        # and redacted by the default hook while orjson encodes the line.
+        if self._plain_keys.issuperset(fields):
             line.update(fields)
             return
+        self._merge_slowly(line, fields)
+
+    def _merge_slowly(self, line: dict[str, Any], fields: Mapping[str, Any]) -> None:
         if len(self._plain_keys) < 10_000:
             self._plain_keys.update(
                 k
@@ -186,10 +170,7 @@ class Encoder:
             else:
                 kind = type(value)
                 if kind is Frozen:
-                    try:
-                        value = nested(orjson.loads(value.data))
-                    except orjson.JSONDecodeError:
-                        value = value.data.decode("utf-8", "replace")
+                    value = self._decode(value)
                 elif kind is dict or kind is list or kind is tuple:
                     value = nested(value)
             line[name] = value
@@ -226,9 +207,10 @@ class Encoder:
         if bound:
             self._merge(line, bound)
         if fields:
-            if type(fields) is not dict:  # a deferred builder, e.g. a finished span's fields
-                fields = fields()
-            self._merge(line, fields)
+            if type(fields) is dict:
+                self._merge(line, fields)
+            else:  # a deferred builder (a finished span): its values get the full look
+                self._merge_slowly(line, fields())
         if exc_info is not None:
             line["exception"] = format_exception(exc_info)
         if problem is not None:
@@ -244,11 +226,35 @@ class Encoder:
         except Exception as exc:
             line = _minimal(record, f"building the line failed: {type(exc).__name__}")
         if self.console:
-            return _console_line(line, self.color)
+            return _console_line(self._thaw(line), self.color)
         try:
-            return orjson.dumps(line, default=_default, option=_JSON_OPTIONS)
+            return orjson.dumps(line, default=self._default, option=_JSON_OPTIONS)
         except Exception:
-            return encode_line(line)
+            return encode_line(self._thaw(line))
+
+    def _default(self, obj: Any) -> Any:
+        # A value frozen on the caller is decoded here, so redaction sees inside it.
+        if type(obj) is Frozen:
+            return self._decode(obj)
+        return _default(obj)
+
+    def _decode(self, frozen: Frozen) -> Any:
+        try:
+            return self.redactor.nested(orjson.loads(frozen.data))
+        except orjson.JSONDecodeError:
+            return frozen.data.decode("utf-8", "replace")
+
+    def _thaw(self, line: dict[str, Any]) -> dict[str, Any]:
+        """The line with frozen values decoded and containers redacted, for the paths that do
+        not go through orjson with this encoder's default hook (console, the fallback)."""
+        return {
+            k: self._decode(v)
+            if type(v) is Frozen
+            else self.redactor.nested(v)
+            if type(v) in (dict, list, tuple)
+            else v
+            for k, v in line.items()
+        }
 
 
 def encode_line(line: dict[str, Any]) -> bytes:

@@ -63,14 +63,15 @@ class Logger:
 
     def __init__(self, name: str, bound: Mapping[str, Any] = _EMPTY) -> None:
         self.name = name
-        self._bound = bound
+        # Like call fields, bound values are immutable or frozen: the writer relies on it.
+        self._bound = snapshot_fields(dict(bound)) if bound else _EMPTY
 
     def __repr__(self) -> str:
         return f"<asynclog.Logger {self.name!r} bound={dict(self._bound)!r}>"
 
     def bind(self, /, **fields: Any) -> Logger:
         """Return a child logger whose lines all carry `fields`."""
-        return Logger(self.name, {**self._bound, **snapshot_fields(fields)})
+        return Logger(self.name, {**self._bound, **fields})
 
     def is_enabled_for(self, level: int) -> bool:
         """Whether a call at `level` would be written."""

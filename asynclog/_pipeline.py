@@ -118,6 +118,9 @@ class Pipeline:
         QUEUE.wake.set()
         self.writer.join(wait + 0.5)
         self.writer.abandoned = True  # a writer stuck past this point takes nothing more
+        if not self.writer.is_alive() and QUEUE.items:
+            # Nothing will take these now (later records are written through): count them.
+            self.counters.dropped_write += len(QUEUE.take(len(QUEUE.items)))
         drained = (
             not self.writer.is_alive()
             and not QUEUE.items

@@ -12,7 +12,17 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Frozen", "snapshot_args", "snapshot_fields", "snapshot_value"]
+__all__ = ["Frozen", "json_default", "snapshot_args", "snapshot_fields", "snapshot_value"]
+
+
+class Frozen:
+    """JSON bytes of a mutable value, taken on the caller; the writer decodes it again."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
 
 # Values of these exact types cannot change after the call: they are passed through untouched.
 IMMUTABLE_TYPES = frozenset(
@@ -34,6 +44,7 @@ IMMUTABLE_TYPES = frozenset(
         pathlib.PurePosixPath,
         pathlib.PosixPath,
         frozenset,
+        Frozen,
     }
 )
 _is_immutable = IMMUTABLE_TYPES.__contains__
@@ -41,35 +52,37 @@ all_immutable = IMMUTABLE_TYPES.issuperset
 _FREEZE_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
-class Frozen:
-    """JSON bytes of a mutable value, taken on the caller; the writer decodes it again."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-
-def _freeze_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """orjson's hook for types it does not know, the same when freezing on the caller and when
+    encoding on the writer: a value that freezes fine also encodes fine, and the other way
+    round, so nothing unfrozen (and so unredacted) can reach a line by a different route."""
     dump = getattr(obj, "model_dump", None)  # pydantic v2 models
-    if dump is not None:
+    if dump is not None and callable(dump):
         return dump(mode="json")
     if isinstance(obj, (set, frozenset, tuple)):
         return list(obj)
-    raise TypeError
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj).decode("utf-8", "backslashreplace")
+    if isinstance(obj, (decimal.Decimal, pathlib.PurePath)):
+        return str(obj)
+    if isinstance(obj, BaseException):
+        return f"{type(obj).__name__}: {obj}"
+    # Any other object is shown as its repr; a repr that raises fails the encoding, and the
+    # writer's fallback substitutes it.
+    return repr(obj)
 
 
 def snapshot_value(value: Any) -> Any:
     """Return a value that later mutation of `value` cannot change.
 
     JSON-encoding with orjson is the cheapest deep copy for the usual dict/list/dataclass field.
-    Values orjson refuses (huge ints, cycles, surrogates, arbitrary objects) are passed by
-    reference, and the writer's fallback encodes them.
+    Values orjson refuses (huge ints, cycles, surrogates, a repr that raises) are passed by
+    reference; the writer refuses them too and its fallback encodes them.
     """
     if type(value) is tuple and all(map(_is_immutable, map(type, value))):
         return value
     try:
-        return Frozen(orjson.dumps(value, default=_freeze_default, option=_FREEZE_OPTIONS))
+        return Frozen(orjson.dumps(value, default=json_default, option=_FREEZE_OPTIONS))
     except Exception:
         return value
 

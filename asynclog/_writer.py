@@ -19,7 +19,7 @@ _MAX_WRITE = 1 << 20  # bytes joined into one write(); whole lines only
 _IDLE_WAIT = 1.0  # seconds between housekeeping rounds when nothing is logged
 _REPORT_EVERY = 1.0  # seconds between reports of write errors and drops
 _ENCODE_SLICE = 128  # records encoded between two chances for other threads to take the GIL
-_FINISH_LINE_WAIT = 1.0  # seconds a half-written line may take to complete after a failure
+_FINISH_LINE_WAIT = 0.25  # seconds a half-written line may take to complete after a failure
 
 
 @dataclass
@@ -140,7 +140,7 @@ class Writer(threading.Thread):
             sent = exc.written
             ends = list(itertools.accumulate(map(len, lines)))
             done = bisect.bisect_right(ends, sent)
-            if self.sink.torn and done < len(lines):
+            if sent and self.sink.torn and done < len(lines):  # this write cut a line
                 done += self._finish_line(data, sent, ends[done], self.sink.cuts)
             counters.written += done
             counters.bytes_written += sent
@@ -154,9 +154,9 @@ class Writer(threading.Thread):
     def _finish_line(self, data: bytes, sent: int, line_end: int, cut: int) -> int:
         """Part of a line went out before the write failed: try briefly to send the rest of that
         line. Returns 1 if it worked (else the sink ends the line before its next write)."""
+        # Even past the shutdown deadline: one line's bytes are worth a short wait, a cut line
+        # is a corrupt one.
         deadline = time.monotonic() + _FINISH_LINE_WAIT
-        if self.sink.deadline is not None:  # stopping: the shutdown deadline still rules
-            deadline = min(deadline, self.sink.deadline)
         try:
             self.sink.write(data[sent:line_end], deadline=deadline, resume=cut)
         except SinkError as exc:

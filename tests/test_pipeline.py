@@ -332,3 +332,23 @@ def _run_into_unread_pipe(code: str, timeout: float = 120) -> bytes:
         os.close(read_fd)
     assert proc.returncode == 0, err
     return err
+
+
+def test_redaction_holds_whatever_route_a_value_takes(log_path: Path) -> None:
+    class Opaque:
+        def __repr__(self) -> str:
+            return "<opaque>"
+
+    asynclog.configure(sink=str(log_path), format="json")
+    log = asynclog.get_logger("r")
+    log.info("object inside", data={"password": "p1", "obj": Opaque()})
+    log.info("unencodable inside", data={"password": "p2", (1, 2): 3, "big": 2**70})
+    log.bind(ctx={"token": "t1", "n": [1]}).info("bound")
+    asynclog.flush(5)
+    text = log_path.read_text()
+    for secret in ("p1", "p2", "t1"):
+        assert f'"{secret}"' not in text
+    first, second, third = read_lines(log_path)
+    assert first["data"] == {"password": "[REDACTED]", "obj": "<opaque>"}
+    assert second["data"]["password"] == "[REDACTED]"
+    assert third["ctx"] == {"token": "[REDACTED]", "n": [1]}
