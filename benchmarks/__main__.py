@@ -2,7 +2,7 @@
 
     python -m benchmarks            # ~5 minutes
     python -m benchmarks --quick    # < 1 minute, the CI smoke test
-    python -m benchmarks --full     # longer runs, more repeats
+    python -m benchmarks --full     # ~30 minutes: longer runs, more repeats
     python -m benchmarks --out DIR  # somewhere other than benchmarks/results
 
 Only one benchmark should run on a machine at a time; wrap it in
