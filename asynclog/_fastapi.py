@@ -16,7 +16,7 @@ from ._middleware import AccessLogMiddleware, RequestLogConfig
 from ._pipeline import Pipeline, current, start_pipeline
 from ._redact import Redactor
 from ._settings import AppSettings, Settings, resolve_settings
-from ._tracing import setup_tracing
+from ._tracing import flush_spans, setup_tracing
 from ._watchdog import LoopWatchdog
 
 __all__ = ["install"]
@@ -132,6 +132,7 @@ def _wrap_lifespan(app: Any, installation: _Installation) -> None:
         finally:
             if watchdog is not None:
                 watchdog.stop()
+            flush_spans(installation.core.shutdown_timeout)
             # atexit never runs in a gunicorn worker killed by its re-raised SIGTERM: drain now.
             # Lines logged after this (the server's last words) are written synchronously.
             running = current()

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from ._settings import AppSettings
 
-__all__ = ["LogSpanProcessor", "setup_tracing", "span_fields", "tracing_disabled"]
+__all__ = ["LogSpanProcessor", "flush_spans", "setup_tracing", "span_fields", "tracing_disabled"]
 
 _EMPTY: dict[str, Any] = {}
 
@@ -243,3 +243,13 @@ def _provider(settings: AppSettings) -> trace.TracerProvider:
     trace.set_tracer_provider(sdk_provider)
     _ours = (sdk_provider, processor, sampler)
     return sdk_provider
+
+
+def flush_spans(timeout: float) -> None:
+    """Export what asynclog's provider still holds (spans="otlp" batches): called at lifespan
+    shutdown, since a gunicorn worker never reaches the provider's exit hook."""
+    if _ours is not None:
+        try:
+            _ours[0].force_flush(int(timeout * 1000))
+        except Exception:
+            pass

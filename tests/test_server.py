@@ -128,3 +128,47 @@ def test_unhandled_exception_is_logged_once_under_the_server(tmp_path: Path) -> 
     ]
     assert with_exception[0]["trace_id"] == access["trace_id"]
     assert access["request_id"] == headers["x-request-id"]
+
+
+def test_spans_exported_over_otlp_before_the_worker_exits(tmp_path: Path) -> None:
+    # A local OTLP/HTTP receiver stands in for the Fluent Bit sidecar on 127.0.0.1:4318.
+    import http.server
+    import threading
+
+    received: list[bytes] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            assert self.path == "/v1/traces"
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    log = tmp_path / "app.log"
+    env = {
+        **SERVER_ENV,
+        "ASYNCLOG_SINK": str(log),
+        "ASYNCLOG_SPANS": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
+        "OTEL_BSP_SCHEDULE_DELAY": "60000",  # nothing leaves before the shutdown flush
+    }
+    try:
+        with gunicorn(env=env, log_path=tmp_path / "server.out") as (port, proc):
+            results = asyncio.run(_fire(port, [f"/items/{n}" for n in range(5)], concurrency=5))
+            assert all(status == 200 for status, _ in results)
+            stop(proc)
+    finally:
+        server.shutdown()
+        server.server_close()
+    access = [line for line in _lines(log) if line["logger"] == "asynclog.access"]
+    payload = b"".join(received)
+    for line in access:
+        if line["url.path"].startswith("/items/"):
+            assert bytes.fromhex(line["trace_id"]) in payload  # protobuf carries raw id bytes
