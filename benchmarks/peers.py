@@ -79,10 +79,8 @@ def _stdlib_logger(handler: logging.Handler) -> logging.Logger:
     return logger
 
 
-def _open_stdlib_sync(path: Path) -> Sink:
-    handler = logging.FileHandler(path)
-    handler.setFormatter(JsonFormatter())
-    logger = _stdlib_logger(handler)
+def _stdlib_call(logger: logging.Logger) -> Callable[[int], None]:
+    """The measured call for every stdlib-based setup: the five fields as `extra=`."""
 
     def log(seq: int) -> None:
         logger.info(
@@ -95,6 +93,16 @@ def _open_stdlib_sync(path: Path) -> Sink:
                 "at": AT,
             },
         )
+
+    return log
+
+
+def _open_stdlib_sync(path: Path) -> Sink:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(JsonFormatter())
+    logger = _stdlib_logger(handler)
+
+    log = _stdlib_call(logger)
 
     def close() -> None:
         logger.removeHandler(handler)
@@ -112,17 +120,7 @@ def _open_stdlib_queue(path: Path) -> Sink:
     logger = _stdlib_logger(queue_handler)
     listener.start()
 
-    def log(seq: int) -> None:
-        logger.info(
-            MESSAGE,
-            extra={
-                "user": USER,
-                "seq": seq,
-                "duration_ms": DURATION_MS,
-                "cached": CACHED,
-                "at": AT,
-            },
-        )
+    log = _stdlib_call(logger)
 
     def close() -> None:
         logger.removeHandler(queue_handler)
@@ -283,17 +281,7 @@ def _open_asynclog_stdlib(path: Path) -> Sink:
     logger.setLevel(logging.INFO)
     logger.propagate = True
 
-    def log(seq: int) -> None:
-        logger.info(
-            MESSAGE,
-            extra={
-                "user": USER,
-                "seq": seq,
-                "duration_ms": DURATION_MS,
-                "cached": CACHED,
-                "at": AT,
-            },
-        )
+    log = _stdlib_call(logger)
 
     return Sink(log, close, dropped)
 
