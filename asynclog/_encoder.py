@@ -126,22 +126,12 @@ class Encoder:
         self.redactor = redactor
         self.console = console
         self.color = color
-        # field name -> (output name, is secret), cached because field names repeat
-        self._keys: dict[str, tuple[str, bool]] = {}
+        # Field names seen to need neither renaming nor masking: the fast path of _merge.
         self._plain_keys: set[str] = set()
         self._last_otel: Any = None
         self._last_ids: tuple[str, str] | None = None
         self._second = -1
         self._prefix = ""
-
-    def _key(self, key: str) -> tuple[str, bool]:
-        entry = self._keys.get(key)
-        if entry is None:
-            name = RENAME_PREFIX + key if key in RESERVED_KEYS else key
-            entry = (name, self.redactor.is_secret(key))
-            if len(self._keys) < 10_000:
-                self._keys[key] = entry
-        return entry
 
     def _merge(self, line: dict[str, Any], fields: Mapping[str, Any]) -> None:
         # Fast path: field names repeat call after call, so names already known to need neither
@@ -154,17 +144,16 @@ class Encoder:
         self._merge_slowly(line, fields)
 
     def _merge_slowly(self, line: dict[str, Any], fields: Mapping[str, Any]) -> None:
-        if len(self._plain_keys) < 10_000:
-            self._plain_keys.update(
-                k
-                for k in fields
-                if type(k) is str and k not in RESERVED_KEYS and not self.redactor.is_secret(k)
-            )
+        plain = self._plain_keys
         nested = self.redactor.nested
         for key, value in fields.items():
             if type(key) is not str:
                 key = _safe_str(key)
-            name, secret = self._key(key)
+            reserved = key in RESERVED_KEYS
+            name = RENAME_PREFIX + key if reserved else key
+            secret = self.redactor.is_secret(key)
+            if not (reserved or secret) and len(plain) < 10_000:
+                plain.add(key)
             if secret:
                 value = REDACTED
             else:
