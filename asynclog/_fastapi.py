@@ -112,7 +112,7 @@ def capture_server_loggers(settings: AppSettings) -> None:
 def _ensure_pipeline(installation: _Installation) -> Pipeline:
     pipeline = current()
     if pipeline is None or pipeline.stopped:
-        pipeline = start_pipeline(installation.core, installation.app)
+        pipeline = start_pipeline(installation.core)
     return pipeline
 
 
@@ -165,7 +165,7 @@ def install(app: Any, **settings: Any) -> Pipeline:
     core = replace(
         core, capture_loggers=tuple(dict.fromkeys(core.capture_loggers + SERVER_LOGGERS))
     )
-    pipeline = start_pipeline(core, app_settings)
+    pipeline = start_pipeline(core)
     capture_server_loggers(app_settings)
     installation: _Installation | None = getattr(app.state, "asynclog", None)
     if installation is None:

@@ -13,7 +13,7 @@ from ._encoder import Encoder, encode_line, format_time
 from ._logger import Logger
 from ._queue import QUEUE, read_count
 from ._redact import Redactor
-from ._settings import AppSettings, Settings, resolve_settings
+from ._settings import Settings, resolve_settings
 from ._sinks import SinkError, open_sink, report
 from ._stdlib import AsyncLogHandler
 from ._writer import Counters, Writer
@@ -24,9 +24,8 @@ __all__ = ["Pipeline", "configure", "current", "flush", "get_logger", "reopen", 
 class Pipeline:
     """One configured pipeline: the handle `configure()` and `install()` return."""
 
-    def __init__(self, settings: Settings, app_settings: AppSettings, counters: Counters) -> None:
+    def __init__(self, settings: Settings, counters: Counters) -> None:
         self.settings = settings
-        self.app_settings = app_settings
         self.counters = counters
         self.sink = open_sink(settings.sink)
         console = settings.format == "console" or (settings.format == "auto" and self.sink.isatty)
@@ -232,11 +231,11 @@ def configure(**settings: Any) -> Pipeline:
     Idempotent: a second call drains and replaces the first pipeline, handlers never duplicate.
     Settings not given come from ASYNCLOG_* variables, then defaults. Returns the handle.
     """
-    core, app = resolve_settings(settings)
-    return start_pipeline(core, app)
+    core, _ = resolve_settings(settings, core_only=True)
+    return start_pipeline(core)
 
 
-def start_pipeline(core: Settings, app: AppSettings) -> Pipeline:
+def start_pipeline(core: Settings) -> Pipeline:
     global _current, _last_counters, _stopped
     with _lock:
         previous = _current
@@ -244,9 +243,7 @@ def start_pipeline(core: Settings, app: AppSettings) -> Pipeline:
             # A fresh start after shutdown (or the first one) counts from zero.
             _last_counters = Counters()
             QUEUE.reset_counters()
-        pipeline = Pipeline(
-            core, app, _last_counters
-        )  # opens the sink: fails before touching anything
+        pipeline = Pipeline(core, _last_counters)  # opens the sink: fails before changing anything
         if previous is not None:
             previous.stop(restore=False)
             pipeline._previous_root = previous._previous_root

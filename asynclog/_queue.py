@@ -78,13 +78,6 @@ class RecordQueue:
                 self.space.notify_all()
         return batch
 
-    def stats(self) -> dict[str, int]:
-        return {
-            "emitted": read_count(self.emitted),
-            "dropped_overflow": read_count(self.dropped),
-            "queue_depth": len(self.items),
-        }
-
     def reset_counters(self) -> None:
         """Count from zero; records still queued count as emitted."""
         self.emitted = itertools.count(len(self.items))

@@ -227,11 +227,15 @@ def _bool(name: str, value: Any) -> bool:
 
 
 def resolve_settings(
-    overrides: Mapping[str, Any], environ: Mapping[str, str] | None = None
+    overrides: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    *,
+    core_only: bool = False,
 ) -> tuple[Settings, AppSettings]:
     """Build both settings objects from keyword overrides and ASYNCLOG_* variables.
 
-    Raises `ValueError` naming the setting (or variable) and the allowed values.
+    Raises `ValueError` naming the setting (or variable) and the allowed values, and
+    `TypeError` for a name it does not know (with `core_only`, also for an install() setting).
     """
     env = os.environ if environ is None else environ
     core_names = {f.name for f in fields(Settings)}
@@ -239,6 +243,9 @@ def resolve_settings(
     unknown = set(overrides) - core_names - app_names
     if unknown:
         raise TypeError(f"asynclog: unknown setting(s): {', '.join(sorted(unknown))}")
+    if core_only and set(overrides) & app_names:
+        names = ", ".join(sorted(set(overrides) & app_names))
+        raise TypeError(f"asynclog: {names}: install(app) setting(s), not configure() ones")
     core: dict[str, Any] = {}
     for name, variable in _ENV.items():
         if name not in overrides and env.get(variable, "").strip():

@@ -61,6 +61,11 @@ def test_unknown_setting_is_refused() -> None:
         asynclog.configure(sinc="stdout")
 
 
+def test_install_settings_are_refused_by_configure() -> None:
+    with pytest.raises(TypeError, match="tracing: install"):
+        asynclog.configure(tracing=False)
+
+
 def test_unopenable_sink_fails_fast(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="sink="):
         asynclog.configure(sink=str(tmp_path / "missing-dir" / "app.log"))
