@@ -8,12 +8,12 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import fields, replace
+from dataclasses import fields
 from typing import Any
 
 from ._checks import run_startup_checks
 from ._middleware import AccessLogMiddleware, RequestLogConfig
-from ._pipeline import Pipeline, current, start_pipeline
+from ._pipeline import Pipeline, capture_logger, current, start_pipeline
 from ._redact import Redactor
 from ._settings import AppSettings, Settings, resolve_settings
 from ._tracing import flush_spans, setup_tracing
@@ -98,9 +98,7 @@ def capture_server_loggers(settings: AppSettings) -> None:
     """Send uvicorn's and gunicorn's loggers through asynclog; switch uvicorn's access line off
     (uvicorn skips it entirely when its logger has no handlers)."""
     for name in SERVER_LOGGERS:
-        logger = logging.getLogger(name)
-        logger.handlers.clear()
-        logger.propagate = True
+        capture_logger(name)
     error = logging.getLogger("uvicorn.error")
     if _skip_logged_exceptions not in error.filters:
         error.addFilter(_skip_logged_exceptions)
@@ -162,9 +160,6 @@ def install(app: Any, **settings: Any) -> Pipeline:
     a second call updates the settings. Returns the pipeline handle.
     """
     core, app_settings = resolve_settings(settings)
-    core = replace(
-        core, capture_loggers=tuple(dict.fromkeys(core.capture_loggers + SERVER_LOGGERS))
-    )
     pipeline = start_pipeline(core)
     capture_server_loggers(app_settings)
     installation: _Installation | None = getattr(app.state, "asynclog", None)

@@ -67,10 +67,7 @@ class Pipeline:
         root.addHandler(self.handler)
         root.setLevel(self.settings.level)
         for name in self.settings.capture_loggers:
-            logger = logging.getLogger(name)
-            for handler in list(logger.handlers):
-                logger.removeHandler(handler)
-            logger.propagate = True
+            capture_logger(name)
 
     def _unroute_stdlib(self) -> None:
         root = logging.getLogger()
@@ -203,6 +200,14 @@ _LEAN_RECORDS = {
     "logProcesses": False,
     "logMultiprocessing": False,
 }
+
+
+def capture_logger(name: str) -> None:
+    """Remove a named logger's own handlers so it propagates to asynclog (on the root)."""
+    logger = logging.getLogger(name)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.propagate = True
 
 
 def _set_record_options(options: dict[str, Any]) -> None:
