@@ -16,7 +16,7 @@ from opentelemetry import trace as _trace
 from ._redact import REDACTED, Redactor
 from ._snapshot import Frozen, json_default
 
-__all__ = ["RESERVED_KEYS", "Encoder", "encode_line", "format_time", "level_name"]
+__all__ = ["RESERVED_KEYS", "Encoder", "encode_line", "format_time", "level_name", "notice_line"]
 
 RESERVED_KEYS = frozenset(
     {"time", "level", "logger", "message", "trace_id", "span_id", "exception"}
@@ -244,6 +244,18 @@ class Encoder:
             else v
             for k, v in line.items()
         }
+
+
+def notice_line(level: str, message: str, **fields: Any) -> bytes:
+    """One of asynclog's own lines (logger `asynclog`): drop counts, write errors, losses."""
+    line = {
+        "time": format_time(time.time()),
+        "level": level,
+        "logger": "asynclog",
+        "message": message,
+        **fields,
+    }
+    return encode_line(line)
 
 
 def encode_line(line: dict[str, Any]) -> bytes:

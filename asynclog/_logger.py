@@ -85,7 +85,7 @@ class Logger:
                 self.name,
                 msg,
                 None,
-                fields if all_immutable(map(type, fields.values())) else snapshot_fields(fields),
+                snapshot_fields(fields),
                 self._bound,
                 _context_get(),
                 current_otel_context(),

@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any
 
-from ._encoder import Encoder, encode_line, format_time
+from ._encoder import Encoder, notice_line
 from ._logger import Logger
 from ._queue import QUEUE, read_count
 from ._redact import Redactor
@@ -135,20 +135,15 @@ class Pipeline:
         unwritten = len(QUEUE.items)
         if not stats["dropped"] and not unwritten:
             return
-        line = {
-            "time": format_time(time.time()),
-            "level": "error" if stats["dropped_write"] or unwritten else "warning",
-            "logger": "asynclog",
-            "message": "records lost before shutdown",
-            "sink": self.settings.sink,
-            "dropped": stats["dropped"],
-            "dropped_overflow": stats["dropped_overflow"],
-            "dropped_write": stats["dropped_write"],
-            "unwritten": unwritten,
-            "emitted": stats["emitted"],
-            "written": stats["written"],
-        }
-        report(encode_line(line))
+        keys = ("dropped", "dropped_overflow", "dropped_write", "emitted", "written")
+        line = notice_line(
+            "error" if stats["dropped_write"] or unwritten else "warning",
+            "records lost before shutdown",
+            sink=self.settings.sink,
+            unwritten=unwritten,
+            **{key: stats[key] for key in keys},
+        )
+        report(line)
 
     def _write_through(self) -> None:
         """After the writer stops, records are written on the caller's thread: the process is

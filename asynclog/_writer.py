@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ._encoder import Encoder, encode_line, format_time
+from ._encoder import Encoder, notice_line
 from ._queue import RecordQueue, read_count
 from ._sinks import FdSink, SinkError, report
 
@@ -133,7 +133,7 @@ class Writer(threading.Thread):
             counters.bytes_written += sent
             counters.dropped_write += len(lines) - done
             counters.errors += 1
-            self._report_error(exc, len(lines) - done)
+            self._report_error(exc)
             return
         counters.written += len(lines)
         counters.bytes_written += len(data)
@@ -154,16 +154,6 @@ class Writer(threading.Thread):
 
     # --- notices ----------------------------------------------------------------------------
 
-    def _notice(self, level: str, message: str, **fields: Any) -> bytes:
-        line = {
-            "time": format_time(time.time()),
-            "level": level,
-            "logger": "asynclog",
-            "message": message,
-            **fields,
-        }
-        return encode_line(line)
-
     def _notify_drops(self, force: bool) -> None:
         """When writing resumes, one line says how many records the full queue cost (at most
         once a second, unless a flush or shutdown is waiting)."""
@@ -177,22 +167,19 @@ class Writer(threading.Thread):
         self.reported_drops = dropped
         self._last_drop_notice = now
         self.counters.notices += 1
-        self._write_lines(
-            [
-                self._notice(
-                    "warning", "records dropped: queue full", dropped=lost, dropped_total=dropped
-                )
-            ]
+        notice = notice_line(
+            "warning", "records dropped: queue full", dropped=lost, dropped_total=dropped
         )
+        self._write_lines([notice])
 
-    def _report_error(self, exc: BaseException, lost: int) -> None:
+    def _report_error(self, exc: BaseException) -> None:
         """Write errors go to stderr (not the failing sink), at most once a second."""
         self._unreported_errors += 1
         now = time.monotonic()
         if now - self._last_error_report < _REPORT_EVERY:
             return
         self._last_error_report = now
-        line = self._notice(
+        line = notice_line(
             "error",
             "write to sink failed",
             sink=self.sink.target,
@@ -212,4 +199,4 @@ class Writer(threading.Thread):
                 self.sink.check_rotation(time.monotonic())
         except OSError as exc:
             self.counters.errors += 1
-            self._report_error(exc, 0)
+            self._report_error(exc)
