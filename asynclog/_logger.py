@@ -77,14 +77,16 @@ class Logger:
         """Whether a call at `level` would be written."""
         return QUEUE.level <= level
 
-    def _log(self, level: int, msg: object, fields: dict[str, Any], exc_info: Any) -> None:
+    def _log(
+        self, level: int, msg: object, fields: dict[str, Any], exc_info: Any, args: Any = None
+    ) -> None:
         QUEUE.put(
             (
                 time(),
                 level,
                 self.name,
                 msg,
-                None,
+                args,
                 snapshot_fields(fields),
                 self._bound,
                 _context_get(),

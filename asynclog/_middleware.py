@@ -251,7 +251,8 @@ class AccessLogMiddleware:
         if query:
             fields["url.query"] = mask_query(query, self.config.redactor)
         level = 40 if status >= 500 else 30 if status >= 400 else 20
-        _access._log(level, f"{method} {path} {status}", fields, None)
+        # The message is rendered on the writer thread, like a stdlib `%` template.
+        _access._log(level, "%s %s %s", fields, None, (method, path, status))
 
 
 def _ids_only_span(parent: otel_context.Context | None) -> trace.Span:
