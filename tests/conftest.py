@@ -18,6 +18,7 @@ import asynclog
 from asynclog import _pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
+_FIGURES: list[tuple[str, dict[str, Any]]] = []
 
 
 @pytest.fixture(autouse=True)
@@ -60,3 +61,22 @@ def run_python(
         check=False,
         **kwargs,
     )
+
+
+@pytest.fixture(name="figures")
+def _figures(request: pytest.FixtureRequest) -> Any:
+    """Record a test's measured figures; they are printed together at the end of the run."""
+
+    def record(**values: Any) -> None:
+        _FIGURES.append((request.node.name, values))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _FIGURES:
+        return
+    terminalreporter.section("reliability figures")
+    for name, values in _FIGURES:
+        shown = ", ".join(f"{key}={value}" for key, value in values.items())
+        terminalreporter.write_line(f"{name}: {shown}")
