@@ -82,20 +82,29 @@ def _safe_repr(value: object) -> str:
         return f"<unrepresentable {type(value).__name__}>"
 
 
-def format_exception(exc_info: Any) -> dict[str, str]:
-    """`{"type", "message", "stacktrace"}` for an `(type, value, traceback)` triple."""
+def format_exception(exc_info: Any) -> tuple[dict[str, str], str | None]:
+    """`{"type", "message", "stacktrace"}` for an `(type, value, traceback)` triple, and what
+    could not be written as given, if anything."""
     etype, value, tb = exc_info
+    problem = None
     try:
         stack = "".join(traceback.format_exception(etype, value, tb))
     except Exception as exc:
         stack = f"<traceback unavailable: {type(exc).__name__}>"
+        problem = f"exception.stacktrace: formatting raised {type(exc).__name__}"
+    try:
+        message = str(value)
+    except Exception as exc:
+        message = f"<unprintable {type(value).__name__}>"
+        problem = f"exception.message: str() raised {type(exc).__name__}"
     name = getattr(etype, "__qualname__", None) or _safe_str(etype)
     module = getattr(etype, "__module__", "builtins")
-    return {
+    exception = {
         "type": name if module in ("builtins", None) else f"{module}.{name}",
-        "message": _safe_str(value),
+        "message": message,
         "stacktrace": stack,
     }
+    return exception, problem
 
 
 def _default(obj: Any) -> Any:
@@ -145,7 +154,6 @@ class Encoder:
 
     def _merge_slowly(self, line: dict[str, Any], fields: Mapping[str, Any]) -> None:
         plain = self._plain_keys
-        nested = self.redactor.nested
         for key, value in fields.items():
             if type(key) is not str:
                 key = _safe_str(key)
@@ -156,12 +164,10 @@ class Encoder:
                 plain.add(key)
             if secret:
                 value = REDACTED
-            else:
-                kind = type(value)
-                if kind is Frozen:
-                    value = self._decode(value)
-                elif kind is dict or kind is list or kind is tuple:
-                    value = nested(value)
+            elif type(value) is Frozen:
+                value = self._decode(value)
+            # A dict or list here is one orjson refused on the caller (a cycle, a huge int...):
+            # orjson refuses it here too, and the fallback (_thaw) makes it safe, then masks it.
             line[name] = value
 
     def build(self, record: tuple[Any, ...]) -> dict[str, Any]:
@@ -199,13 +205,18 @@ class Encoder:
             if type(fields) is dict:
                 self._merge(line, fields)
             else:  # a deferred builder (a finished span): its values get the full look
-                self._merge_slowly(line, fields())
+                self._merge_slowly(line, self.redactor.nested(fields(self.redactor)))
+        notes = None
         if exc_info is not None:
-            line["exception"] = format_exception(exc_info)
+            line["exception"], exc_problem = format_exception(exc_info)
+            if exc_problem is not None:
+                notes = [exc_problem]
         if problem is not None:
-            line[SUBSTITUTED_KEY] = [f"message: {problem}"]
+            notes = [f"message: {problem}", *(notes or ())]
             if args:
                 line["message.args"] = _safe_repr(args)
+        if notes is not None:
+            line[SUBSTITUTED_KEY] = notes
         return line
 
     def encode(self, record: tuple[Any, ...]) -> bytes:
@@ -214,12 +225,16 @@ class Encoder:
             line = self.build(record)
         except Exception as exc:
             line = _minimal(record, f"building the line failed: {type(exc).__name__}")
-        if self.console:
-            return _console_line(self._thaw(line), self.color)
         try:
-            return orjson.dumps(line, default=self._default, option=_JSON_OPTIONS)
-        except Exception:
-            return encode_line(self._thaw(line))
+            if self.console:
+                return _console_line(self._thaw(line), self.color)
+            try:
+                return orjson.dumps(line, default=self._default, option=_JSON_OPTIONS)
+            except Exception:
+                return encode_line(self._thaw(line))
+        except Exception as exc:  # a gap in the fallback itself: still one line, never a raise
+            line = _minimal(record, f"encoding the line failed: {type(exc).__name__}")
+            return _console_line(line, self.color) if self.console else encode_line(line)
 
     def _default(self, obj: Any) -> Any:
         # A value frozen on the caller is decoded here, so redaction sees inside it.
@@ -234,16 +249,21 @@ class Encoder:
             return frozen.data.decode("utf-8", "replace")
 
     def _thaw(self, line: dict[str, Any]) -> dict[str, Any]:
-        """The line with frozen values decoded and containers redacted, for the paths that do
-        not go through orjson with this encoder's default hook (console, the fallback)."""
-        return {
-            k: self._decode(v)
-            if type(v) is Frozen
-            else self.redactor.nested(v)
-            if type(v) in (dict, list, tuple)
-            else v
-            for k, v in line.items()
-        }
+        """The line with frozen values decoded and the containers orjson refused made JSON-safe
+        (cycles cut, with notes) and then masked, for the paths that do not go through orjson
+        with this encoder's default hook (console, the fallback)."""
+        notes: list[str] = list(line.get(SUBSTITUTED_KEY, ()))
+        out: dict[str, Any] = {}
+        for key, value in line.items():
+            kind = type(value)
+            if kind is Frozen:
+                value = self._decode(value)
+            elif (kind is dict or kind is list or kind is tuple) and key != SUBSTITUTED_KEY:
+                value = self.redactor.nested(_sanitize(value, notes, key, 0, set()))
+            out[key] = value
+        if notes:
+            out[SUBSTITUTED_KEY] = notes
+        return out
 
 
 def notice_line(level: str, message: str, **fields: Any) -> bytes:
@@ -266,6 +286,8 @@ def encode_line(line: dict[str, Any]) -> bytes:
         pass
     notes: list[str] = list(line.get(SUBSTITUTED_KEY, ()))
     safe = _sanitize(line, notes, "", 0, set())
+    # A note names its field, and a field name may hold lone surrogates too.
+    notes = [note.encode("utf-8", "backslashreplace").decode("utf-8") for note in notes]
     safe[SUBSTITUTED_KEY] = notes or ["value refused by orjson"]
     try:
         return orjson.dumps(safe, default=_default, option=_JSON_OPTIONS)
@@ -291,8 +313,12 @@ def _sanitize(value: Any, notes: list[str], path: str, depth: int, seen: set[int
     if kind is int or (isinstance(value, int) and not isinstance(value, enum.Enum)):
         if -(2**63) <= value < 2**64:
             return int(value)
+        try:
+            text = str(value)
+        except ValueError:  # beyond sys.get_int_max_str_digits()
+            text = f"<int of {value.bit_length()} bits>"
         notes.append(f"{path}: int beyond 64 bits written as a string")
-        return str(value)
+        return text
     if kind is Frozen:
         return _sanitize(orjson.loads(value.data), notes, path, depth, seen)
     if depth >= _MAX_DEPTH:
@@ -353,7 +379,8 @@ def _minimal(record: tuple[Any, ...], problem: str) -> dict[str, Any]:
 
 def _minimal_from_line(line: dict[str, Any], problem: str) -> dict[str, Any]:
     keep = {k: line.get(k) for k in ("time", "level", "logger")}
-    keep["message"] = _safe_repr(line.get("message"))
+    message = line.get("message")
+    keep["message"] = message if isinstance(message, str) else _safe_repr(message)
     safe = _sanitize(keep, [], "", 0, set())
     safe[SUBSTITUTED_KEY] = [problem]
     return safe  # type: ignore[no-any-return]
@@ -373,6 +400,17 @@ _DIM = "\x1b[2m"
 _CONSOLE_SKIP = frozenset({"time", "level", "logger", "message", "exception"})
 
 
+def _printable(text: str, keep: str = "") -> str:
+    """`text` with control characters (newlines, ANSI escapes, NUL...) escaped, so input can
+    neither forge a console line nor drive the terminal; characters in `keep` stay as they are."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() or c in keep else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )
+
+
 def _console_value(value: Any) -> str:
     if isinstance(value, str):
         return value if value and " " not in value and "=" not in value else _safe_repr(value)
@@ -383,18 +421,22 @@ def _console_value(value: Any) -> str:
 
 
 def _console_line(line: dict[str, Any], color: bool) -> bytes:
-    level = str(line["level"])
+    level = _printable(str(line["level"]))
     stamp = str(line["time"])[11:23]
-    pairs = " ".join(f"{k}={_console_value(v)}" for k, v in line.items() if k not in _CONSOLE_SKIP)
+    logger, message = _printable(_safe_str(line["logger"])), _printable(_safe_str(line["message"]))
+    pairs = " ".join(
+        _printable(f"{k}={_console_value(v)}") for k, v in line.items() if k not in _CONSOLE_SKIP
+    )
     if color:
         head = f"{_DIM}{stamp}{_RESET} {_COLORS.get(level, '')}{level.upper():<8}{_RESET} "
-        head += f"{_DIM}{line['logger']}{_RESET} {line['message']}"
+        head += f"{_DIM}{logger}{_RESET} {message}"
         tail = f"  {_DIM}{pairs}{_RESET}" if pairs else ""
     else:
-        head = f"{stamp} {level.upper():<8} {line['logger']} {line['message']}"
+        head = f"{stamp} {level.upper():<8} {logger} {message}"
         tail = f"  {pairs}" if pairs else ""
     text = head + tail + "\n"
     exception = line.get("exception")
     if isinstance(exception, dict):
-        text += str(exception.get("stacktrace", ""))
+        # A traceback is several lines on purpose; other control characters are escaped.
+        text += _printable(str(exception.get("stacktrace", "")), keep="\n")
     return text.encode("utf-8", "backslashreplace")

@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import Token
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -19,7 +18,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ._context import bound_fields
 from ._logger import Logger
-from ._redact import REDACTED, Redactor
+from ._redact import Redactor
 from ._settings import AppSettings
 
 __all__ = ["AccessLogMiddleware", "RequestLogConfig", "mask_query"]
@@ -67,11 +66,7 @@ class RequestLogConfig:
 
 def mask_query(query: bytes, redactor: Redactor) -> str:
     """The query string with the values of secret-named parameters masked."""
-    text = query.decode("latin-1")
-    pairs = parse_qsl(text, keep_blank_values=True)
-    if not any(redactor.is_secret(k) for k, _ in pairs):
-        return text
-    return urlencode([(k, REDACTED if redactor.is_secret(k) else v) for k, v in pairs])
+    return redactor.mask_query(query.decode("latin-1"))
 
 
 class _Request:

@@ -6,7 +6,8 @@ Layout (the writer unpacks it in this order):
     2 logger      str
     3 msg         the message or `%` template, as passed
     4 args        `%` arguments (tuple or mapping) or None
-    5 fields      call fields (dict), a callable returning them (a finished span), or None
+    5 fields      call fields (dict), a callable returning them given the writer's Redactor
+                  (a finished span), or None
     6 bound       fields bound on the logger (mapping)
     7 context     fields bound with bind_contextvars (mapping)
     8 otel        the OpenTelemetry context at the call, or None

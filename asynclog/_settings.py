@@ -62,7 +62,8 @@ class Settings:
     flush_interval: float = 0.005
     shutdown_timeout: float = 5.0
     redact_keys: frozenset[str] = DEFAULT_REDACT_KEYS
-    redact_depth: int = 8
+    # Covers anything orjson can write (254 levels): a deeper dict or list is masked whole.
+    redact_depth: int = 256
     capture_stdlib: bool = True
     # False skips what asynclog never writes from a stdlib LogRecord: the stack walk for the
     # caller's file and line, and thread and process names (a third of the record's cost).

@@ -67,6 +67,10 @@ def json_default(obj: Any) -> Any:
         return str(obj)
     if isinstance(obj, BaseException):
         return f"{type(obj).__name__}: {obj}"
+    if isinstance(obj, Mapping):
+        # Starlette's Headers and QueryParams, mappingproxy, UserDict...: as a dict, so the
+        # writer masks secret keys inside (their repr would show every value).
+        return dict(obj)
     # Any other object is shown as its repr; a repr that raises fails the encoding, and the
     # writer's fallback substitutes it.
     return repr(obj)
@@ -95,9 +99,12 @@ def snapshot_fields(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def snapshot_args(args: Any) -> Any:
-    """The same for a stdlib record's `%` arguments (a tuple or a mapping)."""
+    """The same for a stdlib record's `%` arguments (a tuple or a mapping), keeping each value's
+    type so `%` renders it as the stdlib would."""
     if isinstance(args, Mapping):
-        return snapshot_fields(dict(args))
+        if type(args) is dict and all_immutable(map(type, args.values())):
+            return dict(args)
+        return _arg_snapshot(args)
     if type(args) is tuple and not all(map(_is_immutable, map(type, args))):
         return tuple(a if type(a) in IMMUTABLE_TYPES else _arg_snapshot(a) for a in args)
     return args

@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerPro
 from opentelemetry.sdk.trace.sampling import Sampler, SamplingResult
 
 from ._queue import QUEUE
+from ._redact import Redactor
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Link, SpanKind
@@ -30,7 +31,12 @@ def tracing_disabled() -> bool:
     return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
 
 
-def span_fields(span: ReadableSpan) -> dict[str, Any]:
+# Attributes (OpenTelemetry semantic conventions, old and new) that hold a URL or a query string:
+# their secret-named query parameters are masked like the access line's `url.query`.
+_URL_ATTRIBUTES = frozenset({"url.full", "url.query", "http.url", "http.target"})
+
+
+def span_fields(span: ReadableSpan, redactor: Redactor) -> dict[str, Any]:
     """The fields of a finished span's line (built on the writer thread)."""
     ctx = span.get_span_context()
     parent = span.parent
@@ -47,7 +53,12 @@ def span_fields(span: ReadableSpan) -> dict[str, Any]:
     if span.status.description:
         fields["status.description"] = span.status.description
     if span.attributes:
-        fields["attributes"] = dict(span.attributes)
+        attributes = fields["attributes"] = dict(span.attributes)
+        for key in _URL_ATTRIBUTES.intersection(attributes):
+            value = attributes[key]
+            if isinstance(value, str):
+                mask = redactor.mask_query if key == "url.query" else redactor.mask_url
+                attributes[key] = mask(value)
     if span.events:
         fields["events"] = [
             {"name": e.name, "time_unix_nano": e.timestamp, "attributes": dict(e.attributes or {})}
