@@ -73,6 +73,12 @@ def _figures(request: pytest.FixtureRequest) -> Any:
     return record
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "soak: a minute of load at saturation; runs by default (-m 'not soak' skips it)"
+    )
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not _FIGURES:
         return
