@@ -13,8 +13,9 @@ import time
 
 __all__ = ["FdSink", "SinkError", "SinkTimeout", "open_sink", "report"]
 
-# Pipes accept writes of up to PIPE_BUF bytes atomically; bigger chunks may interleave with other
-# writers anyway, and small chunks keep each wait short.
+# A pipe takes a write of up to PIPE_BUF bytes whole or not at all, so pipes and sockets are
+# written in chunks of whole lines that fit: other processes' lines (gunicorn's workers share one
+# stdout) never land inside one of ours. A longer line goes alone, in pieces of up to _PIPE_CHUNK.
 _PIPE_CHUNK = 64 * 1024
 _POLL_STEP = 0.1
 
@@ -38,10 +39,12 @@ class SinkTimeout(SinkError):
 class FdSink:
     """Writes byte batches to one descriptor.
 
-    Files are opened with O_APPEND (so several processes can share one) and reopened when the
-    path's inode changes. A pipe is written through its own non-blocking open file description
-    (opened via /proc), so the process's stdout description is never switched to O_NONBLOCK; a
-    socket is written with MSG_DONTWAIT. Waits on a full pipe are bounded by a deadline.
+    Files are opened with O_APPEND (so several processes can share one), reopened when the
+    path's inode changes, and created again at the next write when deleted. A pipe is written
+    through its own non-blocking open file description (opened via /proc), so the process's
+    stdout description is never switched to O_NONBLOCK; a socket is written with MSG_DONTWAIT.
+    Both get whole lines per write, at most PIPE_BUF bytes when they fit. Waits on a full pipe
+    are bounded by a deadline.
     """
 
     def __init__(self, target: str) -> None:
@@ -70,6 +73,7 @@ class FdSink:
             self._replace(fd, nonblocking=False, sock=None)
             self._identity = (info.st_dev, info.st_ino)
             self.isatty = False
+            self.torn = False  # a line cut in the previous file cannot be ended in this one
             return
         source = 1 if self.target == "stdout" else 2
         stream = sys.stdout if source == 1 else sys.stderr
@@ -135,21 +139,21 @@ class FdSink:
         if not self._lock.acquire(timeout=wait):
             raise SinkTimeout(0)
         try:
-            if self.torn and self.path is not None and os.fstat(self.fd).st_size == 0:
-                self.torn = False  # the file was truncated: nothing is left to end
+            if self.path is not None:
+                self._check_file()
             if resume:
                 if not self.torn or resume != self.cuts:
                     raise SinkError(0, RuntimeError("the cut line was ended by another write"))
                 prefix = 0
             else:
                 prefix = 1 if self.torn else 0
-            view = memoryview(b"\n" + bytes(data) if prefix else data)
+            payload = b"\n" + bytes(data) if prefix else bytes(data)
             self._call_deadline = deadline
             try:
-                self._write_all(view)
+                self._write_all(payload)
             except SinkError as exc:
                 if exc.written:
-                    self.torn = view[exc.written - 1] != 0x0A
+                    self.torn = payload[exc.written - 1] != 0x0A
                     self.cuts += self.torn
                 exc.written = max(0, exc.written - prefix)
                 raise
@@ -157,15 +161,31 @@ class FdSink:
         finally:
             self._lock.release()
 
-    def _write_all(self, view: memoryview) -> None:
+    def _check_file(self) -> None:
+        """Before a write to a file: one deleted while open (no links left) would swallow every
+        later line unseen, so the path is opened again, creating a new file; a truncated file
+        has no cut line left to end."""
+        try:
+            info = os.fstat(self.fd)
+            if info.st_nlink == 0:
+                self.open()
+                return
+        except OSError as exc:
+            raise SinkError(0, exc) from exc
+        if self.torn and info.st_size == 0:
+            self.torn = False
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
         total = len(view)
         done = 0
         while done < total:
             try:
                 if self._sock is not None:
-                    n = self._sock.send(view[done : done + _PIPE_CHUNK], socket.MSG_DONTWAIT)
+                    end = _chunk_end(data, done)
+                    n = self._sock.send(view[done:end], socket.MSG_DONTWAIT)
                 elif self._nonblocking:
-                    n = os.write(self.fd, view[done : done + _PIPE_CHUNK])
+                    n = os.write(self.fd, view[done : _chunk_end(data, done)])
                 else:
                     n = os.write(self.fd, view[done:])
             except BlockingIOError:
@@ -198,6 +218,19 @@ class FdSink:
 
     def close(self) -> None:
         self._replace(-1, nonblocking=False, sock=None)
+
+
+def _chunk_end(data: bytes, start: int) -> int:
+    """Where the next write to a pipe or socket ends: after the last whole line that fits in
+    PIPE_BUF bytes, or, for a longer line, at its end (at most _PIPE_CHUNK bytes on)."""
+    end = start + select.PIPE_BUF
+    if end >= len(data):
+        return len(data)
+    cut = data.rfind(b"\n", start, end)
+    if cut >= 0:
+        return cut + 1
+    line_end = data.find(b"\n", end, start + _PIPE_CHUNK)
+    return start + _PIPE_CHUNK if line_end < 0 else line_end + 1
 
 
 def open_sink(target: str) -> FdSink:
