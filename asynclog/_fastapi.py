@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 import sys
@@ -16,7 +17,7 @@ from ._middleware import AccessLogMiddleware, RequestLogConfig
 from ._pipeline import Pipeline, capture_logger, current, start_pipeline
 from ._redact import Redactor
 from ._settings import AppSettings, Settings, resolve_settings
-from ._tracing import flush_spans, setup_tracing
+from ._tracing import flush_spans, setup_tracing, skip_unused_native_telemetry
 from ._watchdog import LoopWatchdog
 
 __all__ = ["install"]
@@ -126,8 +127,11 @@ def _wrap_lifespan(app: Any, installation: _Installation) -> None:
         run_startup_checks(installation.core, installation.app, pipeline.format, sys._getframe())
         try:
             async with original(app_) as state:
+                _after_startup(app, installation.app)
                 yield state
         finally:
+            if installation.app.gc_freeze:
+                gc.unfreeze()
             if watchdog is not None:
                 watchdog.stop()
             flush_spans(installation.core.shutdown_timeout)
@@ -138,6 +142,18 @@ def _wrap_lifespan(app: Any, installation: _Installation) -> None:
                 running.stop(restore=False)
 
     app.router.lifespan_context = lifespan
+
+
+def _after_startup(app: Any, settings: AppSettings) -> None:
+    """Once the app's own startup has run: drop per-request work nothing will use (undone by
+    `gc.unfreeze()` at shutdown)."""
+    skip_unused_native_telemetry(app)
+    if settings.gc_freeze:
+        # What exists now (modules, routes, models, clients) lives as long as the worker. Frozen,
+        # it leaves the collector's full passes, which otherwise scan all of it: tens of ms
+        # each, the p99 of every request they pause. Collected first, so no garbage is kept.
+        gc.collect()
+        gc.freeze()
 
 
 def _start_watchdog(installation: _Installation) -> LoopWatchdog | None:

@@ -95,6 +95,7 @@ class AppSettings:
     warn_memory_limit: bool = True
     warn_debug_json: bool = True
     uvicorn_access_log: bool = False
+    gc_freeze: bool = True
 
 
 def _choice(name: str, value: Any, allowed: Iterable[str]) -> str:
@@ -212,6 +213,7 @@ _BOOLS = frozenset(
         "warn_memory_limit",
         "warn_debug_json",
         "uvicorn_access_log",
+        "gc_freeze",
     }
 )
 

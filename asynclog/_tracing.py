@@ -230,6 +230,34 @@ def setup_tracing(app: Any, settings: AppSettings) -> tuple[trace.Tracer | None,
     return provider.get_tracer("asynclog"), ours and settings.spans == "none"
 
 
+# The OpenTelemetry API's stand-ins for a provider nobody has set (the same test FastAPI makes).
+_UNSET_PROVIDERS = frozenset(
+    {
+        ("opentelemetry.metrics._internal", "_ProxyMeterProvider"),
+        ("opentelemetry._logs._internal", "ProxyLoggerProvider"),
+    }
+)
+
+
+def _unset(provider: object) -> bool:
+    return (type(provider).__module__, type(provider).__name__) in _UNSET_PROVIDERS
+
+
+def skip_unused_native_telemetry(app: Any) -> None:
+    """FastAPI's built-in telemetry asks on every request whether a meter or logger provider
+    has been set (~10 us here: it reads the environment each time). Called once the app has
+    started: a provider still unset then means nothing would receive those metrics or logs."""
+    native = _native_config(app)
+    if native is None:
+        return
+    from opentelemetry import _logs, metrics
+
+    if native.get("meter_provider") is None and _unset(metrics.get_meter_provider()):
+        native["metrics"] = False
+    if native.get("logger_provider") is None and _unset(_logs.get_logger_provider()):
+        native["logs"] = False
+
+
 def _provider(settings: AppSettings) -> trace.TracerProvider:
     global _ours
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource

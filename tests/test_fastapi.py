@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -308,6 +309,37 @@ def test_lifespan_shutdown_code_lines_are_saved(log_path: Path) -> None:
     assert messages == ["starting", "stopped cleanly", "Finished server process"]
     stats = asynclog.stats()
     assert stats["emitted"] == stats["written"] == 3
+
+
+def test_startup_objects_are_frozen_while_serving(log_path: Path) -> None:
+    app = FastAPI()
+    asynclog.install(app, sink=str(log_path), **QUIET)
+    with TestClient(app):
+        assert gc.get_freeze_count() > 0  # full collections skip what startup made
+    assert gc.get_freeze_count() == 0
+
+    app = FastAPI()
+    asynclog.install(app, sink=str(log_path), gc_freeze=False, **QUIET)
+    with TestClient(app):
+        assert gc.get_freeze_count() == 0
+
+
+def test_fastapi_stops_asking_for_providers_nobody_set(log_path: Path) -> None:
+    app = FastAPI()
+    asynclog.install(app, sink=str(log_path), **QUIET)
+    assert app._telemetry["metrics"] and app._telemetry["logs"]
+    with TestClient(app):
+        assert not app._native_telemetry.enabled()
+        assert not app._telemetry["metrics"] and not app._telemetry["logs"]
+
+
+def test_fastapi_metrics_stay_on_with_a_meter_provider(log_path: Path) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    app = FastAPI(telemetry={"meter_provider": MeterProvider()})
+    asynclog.install(app, sink=str(log_path), **QUIET)
+    with TestClient(app):
+        assert app._telemetry["metrics"] and app._native_telemetry.enabled()
 
 
 def test_uvicorn_access_logger_is_switched_off(log_path: Path) -> None:
