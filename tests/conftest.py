@@ -44,7 +44,8 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
     """Every line of a JSON-lines file, parsed; fails on a torn or invalid line."""
     data = path.read_bytes()
     assert data == b"" or data.endswith(b"\n"), "last line is not terminated"
-    return [json.loads(line) for line in data.decode("utf-8").splitlines()]
+    # Split on b"\n" only: orjson writes U+2028 and NEL raw, and str.splitlines() splits on them.
+    return [json.loads(line) for line in data.split(b"\n")[:-1]]
 
 
 def run_python(
