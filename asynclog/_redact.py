@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -9,16 +10,26 @@ __all__ = ["REDACTED", "Redactor"]
 
 REDACTED = "[REDACTED]"
 _CACHE_LIMIT = 10_000
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_SEPARATORS = str.maketrans({"-": "_", ".": "_", " ": "_"})
+
+
+def _normalize(name: str) -> str:
+    """`X-Api-Key`, `x.api_key` and `xApiKey` all become `x_api_key`."""
+    return _CAMEL_BOUNDARY.sub("_", name).lower().translate(_SEPARATORS)
 
 
 class Redactor:
-    """Replaces the values of fields whose name is in `keys` (case-insensitive), at any depth up
-    to `depth` inside dicts and lists; a dict or list deeper than that is masked as a whole, so
+    """Replaces the values of fields named like a secret, at any depth up to `depth` inside dicts
+    and lists. A name matches a key when, with case, camelCase and `-`/`.` separators evened
+    out, it is the key or ends with `_` + the key: `token` masks `csrf_token`, `X-Auth-Token`
+    and `accessToken`, not `token_count`; a dict or list deeper than that is masked as a whole, so
     what was not looked at is never written. The default depth covers anything orjson can
     write (254 levels); only values the writer cannot encode anyway (cycles) go deeper."""
 
     def __init__(self, keys: frozenset[str], depth: int = 256) -> None:
-        self.keys = frozenset(k.lower() for k in keys)
+        self.keys = frozenset(_normalize(k) for k in keys)
+        self._suffixes = tuple("_" + k for k in self.keys)
         self.depth = depth
         self._hits: dict[str, bool] = {}
 
@@ -28,7 +39,8 @@ class Redactor:
             return False
         hit = self._hits.get(key)
         if hit is None:
-            hit = key.lower() in self.keys
+            name = _normalize(key)
+            hit = name in self.keys or name.endswith(self._suffixes)
             if len(self._hits) >= _CACHE_LIMIT:
                 self._hits.clear()
             self._hits[key] = hit

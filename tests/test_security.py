@@ -26,6 +26,8 @@ from pydantic import BaseModel
 
 import asynclog
 
+from conftest import read_lines
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 QUIET = {"watchdog": False, "startup_checks": False, "format": "json"}
@@ -224,6 +226,24 @@ def test_secret_named_fields_are_masked_at_any_depth(
         assert data.count(b"\n") == calls
     assert data.count(REDACTED.encode()) >= len(secrets)
     figures(calls=calls, lines=data.count(b"\n"), secrets=len(secrets), leaked=0)
+
+
+def test_names_that_end_in_a_secret_key_are_masked_too(log_path: Path) -> None:
+    asynclog.configure(sink=str(log_path), format="json")
+    variants = {
+        "X-Api-Key": "k1",
+        "client_secret": "k2",
+        "proxy-authorization": "k3",
+        "accessToken": "k4",
+        "http.request.header.x-auth-token": "k5",
+        "csrf_token": "k6",
+    }
+    kept = {"token_count": 3, "passwordHint": "pet's name", "tokens": 7}
+    asynclog.get_logger("app").info("request", headers=variants, **kept)
+    asynclog.flush()
+    (line,) = read_lines(log_path)
+    assert line["headers"] == dict.fromkeys(variants, REDACTED)
+    assert {key: line[key] for key in kept} == kept
 
 
 def test_beyond_redact_depth_a_container_is_masked_whole(log_path: Path) -> None:
