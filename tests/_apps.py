@@ -1,4 +1,10 @@
-"""The example app plus `GET /stats`, for tests that read each gunicorn worker's counters."""
+"""The example app plus two routes for tests that look at each gunicorn worker:
+
+- `GET /stats` flushes the worker's pipeline and returns its counters and pid; it writes no
+  access line, so counters read from it match the lines in the sink exactly.
+- `GET /pid/{n}` logs one line and returns the pid; it writes an access line like any route, so
+  the crash test knows which worker served (and logged) each request.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import os
 from typing import Any
 
 import asynclog
-from example.app import app
+from example.app import app, log
 
 
 @app.get("/stats")
@@ -17,5 +23,11 @@ def stats() -> dict[str, Any]:
     return {"pid": os.getpid(), "flushed": flushed, **asynclog.stats()}
 
 
-# /stats writes no access line: counters read from it then match the lines in the sink exactly.
+@app.get("/pid/{n}")
+async def pid(n: int) -> dict[str, int]:
+    log.info("pid", n=n)
+    return {"pid": os.getpid()}
+
+
+# Like the example app's install(), with /stats excluded from the access lines too.
 asynclog.install(app, service_name="asynclog-example", exclude_paths={"/health", "/stats"})

@@ -26,7 +26,7 @@ import psutil
 import pytest
 from _server import gunicorn, http_get
 
-from conftest import ROOT, read_lines
+from conftest import read_lines
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -35,7 +35,6 @@ ENV = {
     "ASYNCLOG_FORMAT": "json",
     "GUNICORN_WORKERS": "2",
     "LOG_ROTATE_BYTES": "0",  # one file to count in
-    "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",  # for _pid_app
 }
 QUEUE_SIZE = 20_000  # asynclog's default
 # A request the server never answered: refused, reset, or closed without a response.
@@ -269,7 +268,7 @@ def test_sigkill_loses_at_most_the_killed_workers_last_records(
     def served_by(load: Load, pid: int) -> int:
         return sum(json.loads(body)["pid"] == pid for _, _, body in list(load.answered.values()))
 
-    with gunicorn(env=env, args=ARGS, app="_pid_app:app", log_path=out) as (port, proc):
+    with gunicorn(env=env, args=ARGS, app="tests._apps:app", log_path=out) as (port, proc):
 
         async def kill_mid_load(load: Load) -> None:
             await until(both_workers_started(log))
