@@ -221,9 +221,12 @@ class AccessLogMiddleware:
         path = scope.get("path", "")
         if not settings.access_log or path in settings.exclude_paths:
             return
+        status = request.status or 0
+        level = 40 if status >= 500 else 30 if status >= 400 else 20
+        if not _access.is_enabled_for(level):
+            return  # nothing to build for a line the level turns away
         end = request.finished or time.perf_counter()
         duration_ms = round((end - request.start) * 1000, 3)
-        status = request.status or 0
         if (
             settings.sample_rate < 1.0
             and status < 400
@@ -245,7 +248,6 @@ class AccessLogMiddleware:
         query = scope.get("query_string")
         if query:
             fields["url.query"] = mask_query(query, self.config.redactor)
-        level = 40 if status >= 500 else 30 if status >= 400 else 20
         # The message is rendered on the writer thread, like a stdlib `%` template.
         _access._log(level, "%s %s %s", fields, None, (method, path, status))
 

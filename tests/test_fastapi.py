@@ -122,6 +122,15 @@ def test_level_follows_status(client: TestClient, log_path: Path) -> None:
     assert levels == {200: "info", 404: "warning", 500: "error"}
 
 
+def test_level_setting_applies_to_access_lines(log_path: Path) -> None:
+    app = make_app(log_path, level="WARNING")
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for path in ("/items/1", "/missing", "/boom"):
+            client.get(path)
+    statuses = [line["http.response.status_code"] for line in lines_of(log_path, "asynclog.access")]
+    assert statuses == [404, 500]
+
+
 def test_secret_query_parameters_are_masked(client: TestClient, log_path: Path) -> None:
     client.get("/items/1?token=abc&page=2&API_KEY=k")
     [access] = lines_of(log_path, "asynclog.access")
