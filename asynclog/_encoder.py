@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import os
 import time
 import traceback
 from collections.abc import Mapping
@@ -267,12 +268,16 @@ class Encoder:
 
 
 def notice_line(level: str, message: str, **fields: Any) -> bytes:
-    """One of asynclog's own lines (logger `asynclog`): drop counts, write errors, losses."""
+    """One of asynclog's own lines (logger `asynclog`): drop counts, write errors, losses.
+
+    `pid` is read when the line is built (a forked child names itself): gunicorn's workers share
+    stderr, and it says which one reported."""
     line = {
         "time": format_time(time.time()),
         "level": level,
         "logger": "asynclog",
         "message": message,
+        "pid": os.getpid(),
         **fields,
     }
     return encode_line(line)

@@ -70,6 +70,7 @@ def test_drop_notice_counts_what_was_lost(log_path: Path) -> None:
     [notice] = [line for line in lines if line["logger"] == "asynclog"]
     assert notice["dropped"] == asynclog.stats()["dropped_overflow"] >= 80
     assert notice["level"] == "warning"
+    assert notice["pid"] == os.getpid()
 
 
 def test_no_line_written_that_nobody_logged(log_path: Path) -> None:
@@ -229,6 +230,29 @@ def test_fork_child_writes_its_own_records_once(log_path: Path) -> None:
     asynclog.flush(5)
     messages = [line["message"] for line in read_lines(log_path)]
     assert sorted(messages) == ["child", "parent-after-fork", "parent-before-fork"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_fork_child_notices_carry_the_childs_pid(log_path: Path) -> None:
+    # Workers forked from one master share stderr and often one file: `pid` tells their
+    # notices apart. A full queue in each process makes each write a drop notice.
+    asynclog.configure(sink=str(log_path), format="json", queue_size=10, flush_interval=0.5)
+    log = asynclog.get_logger("fork")
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            for i in range(100):
+                log.info("child", i=i)
+            os._exit(0 if asynclog.flush(5) else 3)
+        except BaseException:
+            os._exit(4)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    for i in range(100):
+        log.info("parent", i=i)
+    assert asynclog.flush(5)
+    notices = [line for line in read_lines(log_path) if line["logger"] == "asynclog"]
+    assert [n["pid"] for n in notices] == [child, os.getpid()]
 
 
 def test_redaction_at_any_depth(log_path: Path) -> None:
