@@ -15,7 +15,7 @@ import orjson
 from opentelemetry import trace as _trace
 
 from ._redact import REDACTED, Redactor
-from ._snapshot import Frozen, json_default
+from ._snapshot import Frozen, json_default, numpy_option
 
 __all__ = ["RESERVED_KEYS", "Encoder", "encode_line", "format_time", "level_name", "notice_line"]
 
@@ -24,7 +24,7 @@ RESERVED_KEYS = frozenset(
 )
 RENAME_PREFIX = "field."
 SUBSTITUTED_KEY = "asynclog.substituted"
-_JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
+_JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE
 _MAX_DEPTH = 64
 _LEVEL_NAMES = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
 
@@ -230,7 +230,8 @@ class Encoder:
             if self.console:
                 return _console_line(self._thaw(line), self.color)
             try:
-                return orjson.dumps(line, default=self._default, option=_JSON_OPTIONS)
+                options = _JSON_OPTIONS | numpy_option()
+                return orjson.dumps(line, default=self._default, option=options)
             except Exception:
                 return encode_line(self._thaw(line))
         except Exception as exc:  # a gap in the fallback itself: still one line, never a raise
@@ -286,7 +287,7 @@ def notice_line(level: str, message: str, **fields: Any) -> bytes:
 def encode_line(line: dict[str, Any]) -> bytes:
     """JSON-encode a line dict; values orjson refuses are substituted and listed, never raised."""
     try:
-        return orjson.dumps(line, default=_default, option=_JSON_OPTIONS)
+        return orjson.dumps(line, default=_default, option=_JSON_OPTIONS | numpy_option())
     except Exception:
         pass
     notes: list[str] = list(line.get(SUBSTITUTED_KEY, ()))
@@ -295,11 +296,11 @@ def encode_line(line: dict[str, Any]) -> bytes:
     notes = [note.encode("utf-8", "backslashreplace").decode("utf-8") for note in notes]
     safe[SUBSTITUTED_KEY] = notes or ["value refused by orjson"]
     try:
-        return orjson.dumps(safe, default=_default, option=_JSON_OPTIONS)
+        return orjson.dumps(safe, default=_default, option=_JSON_OPTIONS | numpy_option())
     except Exception as exc:  # only if _sanitize itself has a gap
         return orjson.dumps(
             _minimal_from_line(line, f"encoding failed: {type(exc).__name__}"),
-            option=_JSON_OPTIONS,
+            option=_JSON_OPTIONS | numpy_option(),
         )
 
 

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as _dt
 import decimal
 import pathlib
+import sys
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
-__all__ = ["Frozen", "json_default", "snapshot_args", "snapshot_fields", "snapshot_value"]
+__all__ = [
+    "Frozen",
+    "json_default",
+    "numpy_option",
+    "snapshot_args",
+    "snapshot_fields",
+    "snapshot_value",
+]
 
 
 class Frozen:
@@ -49,7 +58,16 @@ IMMUTABLE_TYPES = frozenset(
 )
 _is_immutable = IMMUTABLE_TYPES.__contains__
 all_immutable = IMMUTABLE_TYPES.issuperset
-_FREEZE_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+_FREEZE_OPTIONS = orjson.OPT_NON_STR_KEYS
+_FREEZE_NUMPY = _FREEZE_OPTIONS | orjson.OPT_SERIALIZE_NUMPY
+_modules = sys.modules
+
+
+def numpy_option() -> int:
+    """`OPT_SERIALIZE_NUMPY` once the app has imported numpy. Set before that, orjson imports
+    numpy itself at the first value it does not know: ~120 ms, on whichever thread logs it (the
+    event loop, or the writer holding the GIL)."""
+    return orjson.OPT_SERIALIZE_NUMPY if "numpy" in _modules else 0
 
 
 def json_default(obj: Any) -> Any:
@@ -80,15 +98,66 @@ def snapshot_value(value: Any) -> Any:
     """Return a value that later mutation of `value` cannot change.
 
     JSON-encoding with orjson is the cheapest deep copy for the usual dict/list/dataclass field.
-    Values orjson refuses (huge ints, cycles, surrogates, a repr that raises) are passed by
-    reference; the writer refuses them too and its fallback encodes them.
+    Values orjson refuses (huge ints, cycles, surrogates, a repr that raises) are passed as a
+    private copy; the writer refuses them too and its fallback encodes them.
     """
     if type(value) is tuple and all(map(_is_immutable, map(type, value))):
         return value
     try:
-        return Frozen(orjson.dumps(value, default=json_default, option=_FREEZE_OPTIONS))
+        # Without a default hook orjson runs no Python code: it holds the GIL from start to end,
+        # so no other thread can change the value while it is walked.
+        options = _FREEZE_NUMPY if "numpy" in _modules else _FREEZE_OPTIONS
+        return Frozen(orjson.dumps(value, option=options))
+    except orjson.JSONEncodeError:
+        pass
+    # The hook runs Python code, and another thread may then change a dict or list orjson is in
+    # the middle of: orjson can crash the process (seen with orjson 3.13 on CPython 3.11). So it
+    # walks a private copy, whose containers nobody else holds.
+    private = _private_copy(value, {}, 0)
+    try:
+        return Frozen(
+            orjson.dumps(private, default=json_default, option=_FREEZE_OPTIONS | numpy_option())
+        )
     except Exception:
+        return private
+
+
+# Deeper than orjson goes (254): below this the copy keeps the original, which orjson refuses
+# anyway, so the writer's fallback (pure Python, safe under mutation) handles it.
+_COPY_DEPTH = 300
+
+
+def _private_copy(value: Any, memo: dict[int, Any], depth: int) -> Any:
+    """Containers copied (each in one C call, so another thread cannot tear it), dataclasses and
+    other mappings turned into dicts, pydantic models dumped; other objects kept as they are.
+    A container met twice is copied once, so cycles stay cycles (the writer cuts them)."""
+    kind = type(value)
+    if kind in IMMUTABLE_TYPES or depth > _COPY_DEPTH:
         return value
+    known = memo.get(id(value))
+    if known is not None:
+        return known
+    if isinstance(value, Mapping):
+        out: dict[Any, Any] = {}
+        memo[id(value)] = out
+        for key, item in list(value.items()):
+            out[key] = _private_copy(item, memo, depth + 1)
+        return out
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items: list[Any] = []
+        memo[id(value)] = items
+        items.extend([_private_copy(item, memo, depth + 1) for item in list(value)])
+        return items
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
+        return _private_copy(fields, memo, depth)
+    dump = getattr(value, "model_dump", None)
+    if dump is not None and callable(dump):
+        try:
+            return dump(mode="json")  # a fresh structure
+        except Exception:
+            return value
+    return value
 
 
 def snapshot_fields(fields: dict[str, Any]) -> dict[str, Any]:

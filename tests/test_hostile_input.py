@@ -23,6 +23,8 @@ import asynclog
 from asynclog._encoder import Encoder
 from asynclog._redact import Redactor
 
+from conftest import run_python
+
 SUBSTITUTED = "asynclog.substituted"
 SAME = object()  # the value is written as it was passed
 ANY = object()  # a written value the test does not pin down
@@ -453,3 +455,72 @@ def test_encoder_mismatched_percent_templates_give_one_valid_line(
     data = ENCODER.encode(_record(template, args or None))
     assert data.count(b"\n") == 1
     json.loads(data)
+
+
+def test_a_value_another_thread_is_changing_never_crashes_the_app(
+    tmp_path: Path, figures: Any
+) -> None:
+    """A shared dict logged while another thread changes it, with values orjson needs its
+    default hook for. orjson walking a dict that changes under it crashed the process (SIGSEGV)."""
+    log_path = tmp_path / "app.log"
+    result = run_python(
+        """
+        import sys, threading, time
+        import asynclog
+
+        asynclog.configure(sink=sys.argv[1] if len(sys.argv) > 1 else LOG, format="json")
+        log = asynclog.get_logger("race")
+
+        class Opaque:
+            def __repr__(self):
+                return "opaque"
+
+        shared = {f"k{i}": [Opaque(), i] for i in range(50)}
+        done = threading.Event()
+
+        def mutate():
+            n = 0
+            while not done.is_set():
+                n += 1
+                shared[f"x{n % 97}"] = [Opaque(), {"n": n}]
+                shared.pop(f"x{(n + 50) % 97}", None)
+
+        thread = threading.Thread(target=mutate)
+        thread.start()
+        calls, deadline = 0, time.monotonic() + 3
+        while time.monotonic() < deadline and calls < 100_000:
+            log.info("snapshot", data=shared, tags={1, 2})
+            calls += 1
+        done.set()
+        thread.join()
+        asynclog.shutdown()
+        stats = asynclog.stats()
+        print(calls, stats["emitted"], stats["written"])
+        """.replace("LOG", repr(str(log_path))),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    calls, emitted, written = map(int, result.stdout.split())
+    lines = [json.loads(line) for line in log_path.read_bytes().split(b"\n")[:-1]]
+    assert calls == emitted == written == len(lines)
+    assert all(line["tags"] == [1, 2] and "k0" in line["data"] for line in lines)
+    figures(calls=calls, lines=len(lines))
+
+
+def test_logging_an_unknown_object_does_not_import_numpy(tmp_path: Path) -> None:
+    """orjson imports numpy at its first unknown value when asked to encode numpy types: a
+    ~120 ms stall on the logging thread. asynclog asks only once the app has imported numpy."""
+    result = run_python(
+        f"""
+        import sys
+        import asynclog
+
+        asynclog.configure(sink={str(tmp_path / "app.log")!r}, format="json")
+        asynclog.get_logger("x").info("odd", value={{"o": object()}}, tags={{1}})
+        asynclog.shutdown()
+        print("numpy" in sys.modules)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False"]
+    assert b'"tags":[1]' in (tmp_path / "app.log").read_bytes()
