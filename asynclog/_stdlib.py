@@ -17,7 +17,8 @@ _EMPTY: Mapping[str, Any] = {}
 _context_get = bound_fields.get
 _PLAIN = logging.LogRecord("", 0, "", 0, "", (), None).__dict__
 # Everything a LogRecord carries by itself; anything else in its __dict__ came from `extra=`.
-_STANDARD = frozenset(_PLAIN) | {"message", "asctime"}
+# uvicorn adds `color_message`, the message again with terminal colour codes: noise in a line.
+_STANDARD = frozenset(_PLAIN) | {"message", "asctime", "color_message"}
 _STANDARD_LEN = len(_PLAIN)
 
 

@@ -41,7 +41,7 @@ def test_every_line_carries_its_own_requests_trace_id(tmp_path: Path) -> None:
     with gunicorn(env=env, log_path=tmp_path / "server.out") as (port, proc):
         # gunicorn() returns once one worker answers; both must have started before the stop.
         deadline = time.monotonic() + 30
-        while log.read_bytes().count(b"Started server process") < 2:
+        while log.read_bytes().count(b'"message":"Started server process') < 2:
             assert time.monotonic() < deadline, "the second worker did not start"
             time.sleep(0.1)
         results = asyncio.run(_fire(port, [f"/marker/{m}" for m in markers], concurrency=200))
@@ -64,6 +64,7 @@ def test_every_line_carries_its_own_requests_trace_id(tmp_path: Path) -> None:
     assert not [line for line in lines if line["logger"] == "uvicorn.access"]
     started = {line["message"] for line in lines if line["message"].startswith("Started server")}
     assert len(started) == 2  # both workers (one pid each) wrote into the one file
+    assert not [line for line in lines if "color_message" in line]  # uvicorn's ANSI copy
     # The server's own loggers came through asynclog as JSON too.
     assert any(line["logger"].startswith(("uvicorn", "gunicorn")) for line in lines)
 
