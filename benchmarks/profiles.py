@@ -56,7 +56,7 @@ PROFILES = {
             rss_drain_seconds=15.0,
             timeout=180,
         ),
-        E2EProfile(connections=32, warmup=1, duration=3, rounds=4, stall=2.0, boot_timeout=60),
+        E2EProfile(connections=32, warmup=1, duration=3, rounds=5, stall=2.0, boot_timeout=60),
         micro_passes=3,
         micro_seconds=16,
         e2e_seconds=16,
