@@ -113,7 +113,10 @@ def snapshot_value(value: Any) -> Any:
     # The hook runs Python code, and another thread may then change a dict or list orjson is in
     # the middle of: orjson can crash the process (seen with orjson 3.13 on CPython 3.11). So it
     # walks a private copy, whose containers nobody else holds.
-    private = _private_copy(value, {}, 0)
+    try:
+        private = _private_copy(value, {}, 0)
+    except Exception:  # a mapping that raises, a stack too deep...: the writer's fallback copes
+        return value
     try:
         return Frozen(
             orjson.dumps(private, default=json_default, option=_FREEZE_OPTIONS | numpy_option())
@@ -127,37 +130,40 @@ def snapshot_value(value: Any) -> Any:
 _COPY_DEPTH = 300
 
 
-def _private_copy(value: Any, memo: dict[int, Any], depth: int) -> Any:
+def _private_copy(value: Any, memo: dict[int, tuple[Any, Any]], depth: int) -> Any:
     """Containers copied (each in one C call, so another thread cannot tear it), dataclasses and
     other mappings turned into dicts, pydantic models dumped; other objects kept as they are.
-    A container met twice is copied once, so cycles stay cycles (the writer cuts them)."""
-    kind = type(value)
-    if kind in IMMUTABLE_TYPES or depth > _COPY_DEPTH:
+    A container or dataclass met twice is copied once, so cycles stay cycles (the writer cuts
+    them). `memo` maps an id to (the original, its copy): holding the original keeps it alive
+    for the whole walk, so its id cannot be reused by another object (a temporary from a
+    mapping's `items()`, say) and answered with the wrong copy."""
+    if type(value) in IMMUTABLE_TYPES or depth > _COPY_DEPTH:
         return value
     known = memo.get(id(value))
     if known is not None:
-        return known
-    if isinstance(value, Mapping):
-        out: dict[Any, Any] = {}
-        memo[id(value)] = out
-        for key, item in list(value.items()):
-            out[key] = _private_copy(item, memo, depth + 1)
-        return out
+        return known[1]
     if isinstance(value, (list, tuple, set, frozenset)):
         items: list[Any] = []
-        memo[id(value)] = items
+        memo[id(value)] = (value, items)
         items.extend([_private_copy(item, memo, depth + 1) for item in list(value)])
         return items
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
-        return _private_copy(fields, memo, depth)
-    dump = getattr(value, "model_dump", None)
-    if dump is not None and callable(dump):
-        try:
-            return dump(mode="json")  # a fresh structure
-        except Exception:
-            return value
-    return value
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        pairs = [(f.name, getattr(value, f.name, None)) for f in dataclasses.fields(value)]
+    else:
+        dump = getattr(value, "model_dump", None)
+        if dump is not None and callable(dump):
+            try:
+                return dump(mode="json")  # a fresh structure
+            except Exception:
+                return value
+        return value
+    out: dict[Any, Any] = {}
+    memo[id(value)] = (value, out)
+    for key, item in pairs:
+        out[key] = _private_copy(item, memo, depth + 1)
+    return out
 
 
 def snapshot_fields(fields: dict[str, Any]) -> dict[str, Any]:

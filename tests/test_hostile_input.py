@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,43 @@ def self_list() -> list[Any]:
 
 
 @dataclass
+class Holder:
+    """A dataclass: the snapshot turns it into a dict of its fields."""
+
+    name: str
+    item: Any = None
+
+
+class Opaque:
+    """Known to orjson only through the default hook (as its repr)."""
+
+    def __repr__(self) -> str:
+        return "opaque"
+
+
+def self_holder() -> Holder:
+    value = Holder("me")
+    value.item = value
+    return value
+
+
+class BadMapping(Mapping[str, Any]):
+    """A mapping whose iteration raises."""
+
+    def __getitem__(self, key: str) -> Any:
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        raise RuntimeError("no iteration")
+
+    def __len__(self) -> int:
+        return 1
+
+    def __repr__(self) -> str:
+        return "BadMapping()"
+
+
+@dataclass
 class Case:
     name: str
     value: Any
@@ -155,6 +193,14 @@ CORPUS = [
     Case("tuple keys", {(1, 2): "t"}, {"(1, 2)": "t"}, True),
     Case("self-referencing dict", self_dict(), {"k": 1, "self": "<cycle>"}, True),
     Case("self-referencing list", self_list(), [1, "<cycle>"], True),
+    Case(
+        "dataclasses each holding an unknown object",
+        [Holder("a", Opaque()), Holder("b", Opaque()), Holder("c", Opaque())],
+        [{"name": n, "item": "opaque"} for n in "abc"],
+        False,
+    ),
+    Case("self-referencing dataclass", self_holder(), {"name": "me", "item": "<cycle>"}, True),
+    Case("mapping whose iteration raises", {"m": BadMapping()}, ANY, None),
     Case("__str__ and __repr__ raise", BadStr(), "<unrepresentable BadStr>", True),
     Case("repr with a newline", ForgingRepr(), repr(ForgingRepr()), False),
     Case("1,000-deep dicts", nested_dicts(1000), ANY, True),
