@@ -99,6 +99,16 @@ def gunicorn(
         output.close()
 
 
+def wait_for_startup(log: Path, workers: int = 2, timeout: float = 30.0) -> None:
+    """Wait until `workers` workers have written "Application startup complete." to the JSON
+    log `log`: gunicorn() returns as soon as one worker answers."""
+    deadline = time.monotonic() + timeout
+    while log.read_bytes().count(b'"message":"Application startup complete."') < workers:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {workers} workers started within {timeout} s")
+        time.sleep(0.1)
+
+
 def stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
     """SIGTERM (gunicorn's graceful stop), then SIGKILL after `timeout`; returns the exit code."""
     if proc.poll() is None:

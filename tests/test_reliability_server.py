@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 import pytest
-from _server import gunicorn, http_get
+from _server import gunicorn, http_get, wait_for_startup
 
 from conftest import read_lines
 
@@ -131,10 +131,6 @@ def access_ids(lines: list[dict[str, Any]]) -> Counter[str]:
     return Counter(line["request_id"] for line in lines if line["logger"] == "asynclog.access")
 
 
-def both_workers_started(log: Path) -> Callable[[], bool]:
-    return lambda: log.read_text().count("Application startup complete.") >= 2
-
-
 def messages(lines: list[dict[str, Any]], prefix: str) -> list[str]:
     return [line["message"] for line in lines if line["message"].startswith(prefix)]
 
@@ -165,6 +161,7 @@ def test_sigterm_during_load_logs_every_answered_request(tmp_path: Path, figures
     log, out = tmp_path / "app.log", tmp_path / "server.out"
     env = {**ENV, "ASYNCLOG_SINK": str(log)}
     with gunicorn(env=env, args=ARGS, log_path=out) as (port, proc):
+        wait_for_startup(log)
 
         async def stop_mid_load(load: Load) -> None:
             await load.reached(400)
@@ -192,6 +189,7 @@ def test_max_requests_recycling_under_load_loses_no_line(tmp_path: Path, figures
     env = {**ENV, "ASYNCLOG_SINK": str(log)}
     args = (*ARGS, "--max-requests", "50", "--max-requests-jitter", "20")
     with gunicorn(env=env, args=args, log_path=out) as (port, proc):
+        wait_for_startup(log)
 
         def recycles() -> int:
             return log.read_text().count('"message":"Maximum request limit of')
@@ -223,10 +221,10 @@ def test_sighup_reload_during_load_loses_no_line(tmp_path: Path, figures: Any) -
     log, out = tmp_path / "app.log", tmp_path / "server.out"
     env = {**ENV, "ASYNCLOG_SINK": str(log)}
     with gunicorn(env=env, args=ARGS, log_path=out) as (port, proc):
+        wait_for_startup(log)
         reloaded_at: list[int] = []
 
         async def reload_mid_load(load: Load) -> None:
-            await until(both_workers_started(log))
             await load.reached(300)
             old = workers(proc.pid)
             proc.send_signal(signal.SIGHUP)
@@ -269,9 +267,9 @@ def test_sigkill_loses_at_most_the_killed_workers_last_records(
         return sum(json.loads(body)["pid"] == pid for _, _, body in list(load.answered.values()))
 
     with gunicorn(env=env, args=ARGS, app="tests._apps:app", log_path=out) as (port, proc):
+        wait_for_startup(log)
 
         async def kill_mid_load(load: Load) -> None:
-            await until(both_workers_started(log))
             await load.reached(500)
             old = workers(proc.pid)
             # The worker that answered last is busy: records are in flight in its queue.
@@ -349,9 +347,9 @@ def test_soak_worker_rss_does_not_grow_after_warmup(tmp_path: Path, figures: Any
     samples: dict[int, list[tuple[float, float]]] = {}
     cpu: dict[int, float] = {}
     with gunicorn(env=env, args=args, log_path=out) as (port, proc):
+        wait_for_startup(log)
 
         async def soak(load: Load) -> None:
-            await until(both_workers_started(log))
             pids = workers(proc.pid)
             busy = {pid: cpu_s(pid) for pid in pids}
             start = time.monotonic()

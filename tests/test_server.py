@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _server import gunicorn, http_get, stop
+from _server import gunicorn, http_get, stop, wait_for_startup
 
 from conftest import read_lines
 
@@ -39,11 +38,7 @@ def test_every_line_carries_its_own_requests_trace_id(tmp_path: Path) -> None:
     env = {**SERVER_ENV, "ASYNCLOG_SINK": str(log)}
     markers = [f"m{n:03d}" for n in range(200)]
     with gunicorn(env=env, log_path=tmp_path / "server.out") as (port, proc):
-        # gunicorn() returns once one worker answers; both must have started before the stop.
-        deadline = time.monotonic() + 30
-        while log.read_bytes().count(b'"message":"Started server process') < 2:
-            assert time.monotonic() < deadline, "the second worker did not start"
-            time.sleep(0.1)
+        wait_for_startup(log)  # both workers must have started before the stop
         results = asyncio.run(_fire(port, [f"/marker/{m}" for m in markers], concurrency=200))
         assert all(status == 200 for status, _ in results)
         assert stop(proc) == 0
