@@ -10,12 +10,14 @@ __all__ = ["REDACTED", "Redactor"]
 
 REDACTED = "[REDACTED]"
 _CACHE_LIMIT = 10_000
-_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+# Before an upper-case letter that follows a lower-case one or a digit (`accessToken`), or that
+# starts a word after an acronym (`JWTToken`, `HTTPAuthorization`).
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _SEPARATORS = str.maketrans({"-": "_", ".": "_", " ": "_"})
 
 
 def _normalize(name: str) -> str:
-    """`X-Api-Key`, `x.api_key` and `xApiKey` all become `x_api_key`."""
+    """`X-Api-Key`, `x.api_key` and `xApiKey` all become `x_api_key`; `JWTToken` `jwt_token`."""
     return _CAMEL_BOUNDARY.sub("_", name).lower().translate(_SEPARATORS)
 
 

@@ -237,6 +237,8 @@ def test_names_that_end_in_a_secret_key_are_masked_too(log_path: Path) -> None:
         "accessToken": "k4",
         "http.request.header.x-auth-token": "k5",
         "csrf_token": "k6",
+        "JWTToken": "k7",
+        "HTTPAuthorization": "k8",
     }
     kept = {"token_count": 3, "passwordHint": "pet's name", "tokens": 7}
     asynclog.get_logger("app").info("request", headers=variants, **kept)
