@@ -81,22 +81,27 @@ def gunicorn(
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {proc.returncode} during start-up")
-            try:
-                if get(port, "/health", timeout=2)[0] == 200:
-                    break
-            except (OSError, asyncio.TimeoutError, IndexError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("gunicorn did not answer /health in time")
-            time.sleep(0.2)
+        wait_until_healthy(port, proc, startup_timeout)
         yield port, proc
     finally:
         stop(proc)
         output.close()
+
+
+def wait_until_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Wait until GET /health answers 200 (one worker is up); fails if gunicorn exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {proc.returncode} during start-up")
+        try:
+            if get(port, "/health", timeout=2)[0] == 200:
+                return
+        except (OSError, asyncio.TimeoutError, IndexError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError("gunicorn did not answer /health in time")
+        time.sleep(0.2)
 
 
 def wait_for_startup(log: Path, workers: int = 2, timeout: float = 30.0) -> None:
@@ -119,3 +124,11 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
             proc.kill()
             proc.wait(10)
     return proc.returncode
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident set size (VmRSS), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")

@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 import pytest
-from _server import gunicorn, http_get, wait_for_startup
+from _server import gunicorn, http_get, rss_mb, wait_for_startup
 
 from conftest import read_lines
 
@@ -324,12 +324,6 @@ WARMUP_S = 15
 # left of start-up growth), and 0.02 MB/min (+0.07 MB in all) over a 5-minute run.
 MAX_SLOPE_MB_PER_MIN = 1.0
 MAX_GROWTH_MB = 2.0
-
-
-def rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    [kb] = [line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")]
-    return int(kb) / 1024
 
 
 def cpu_s(pid: int) -> float:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _server import free_port, get, stop
+from _server import free_port, get, rss_mb, stop, wait_until_healthy
 
 import asynclog
 
@@ -101,22 +101,11 @@ def gunicorn_on_pipe(
         )
     os.close(write_fd)
     try:
-        deadline = time.monotonic() + 60
-        while not _answers(port):
-            assert proc.poll() is None, f"gunicorn exited with {proc.returncode}"
-            assert time.monotonic() < deadline, "gunicorn did not answer /health in time"
-            time.sleep(0.2)
+        wait_until_healthy(port, proc)
         yield port, proc, reader
     finally:
         stop(proc)
         reader.close()
-
-
-def _answers(port: int) -> bool:
-    try:
-        return get(port, "/health", timeout=2)[0] == 200
-    except (OSError, TimeoutError, IndexError, ValueError):
-        return False
 
 
 def worker_stats(port: int, tries: int = 200) -> dict[int, dict[str, Any]]:
@@ -131,13 +120,6 @@ def worker_stats(port: int, tries: int = 200) -> dict[int, dict[str, Any]]:
         if len(seen) == WORKERS:
             return seen
     raise AssertionError(f"only {len(seen)} of {WORKERS} workers answered /stats")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def health_ms(port: int) -> float:
