@@ -482,7 +482,7 @@ def _record(msg: Any, args: Any = None, fields: Any = None) -> tuple[Any, ...]:
 ENCODER = Encoder(Redactor(frozenset({"password"})))
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     msg=hostile_text | st.integers() | st.none(),
     fields=st.dictionaries(hostile_text, odd_values),
@@ -493,7 +493,7 @@ def test_encoder_any_fields_give_one_valid_line(msg: Any, fields: dict[str, Any]
     assert json.loads(data)["logger"] == "t"
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(template=hostile_text, args=st.lists(odd_values, max_size=3).map(tuple))
 def test_encoder_mismatched_percent_templates_give_one_valid_line(
     template: str, args: tuple[Any, ...]
