@@ -24,7 +24,7 @@ import asynclog
 from asynclog._encoder import Encoder
 from asynclog._redact import Redactor
 
-from conftest import run_python
+from conftest import read_lines, run_python
 
 SUBSTITUTED = "asynclog.substituted"
 SAME = object()  # the value is written as it was passed
@@ -511,10 +511,10 @@ def test_a_value_another_thread_is_changing_never_crashes_the_app(
     log_path = tmp_path / "app.log"
     result = run_python(
         """
-        import sys, threading, time
+        import threading, time
         import asynclog
 
-        asynclog.configure(sink=sys.argv[1] if len(sys.argv) > 1 else LOG, format="json")
+        asynclog.configure(format="json")  # the sink comes from ASYNCLOG_SINK
         log = asynclog.get_logger("race")
 
         class Opaque:
@@ -542,12 +542,13 @@ def test_a_value_another_thread_is_changing_never_crashes_the_app(
         asynclog.shutdown()
         stats = asynclog.stats()
         print(calls, stats["emitted"], stats["written"])
-        """.replace("LOG", repr(str(log_path))),
+        """,
         timeout=60,
+        env={"ASYNCLOG_SINK": str(log_path)},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     calls, emitted, written = map(int, result.stdout.split())
-    lines = [json.loads(line) for line in log_path.read_bytes().split(b"\n")[:-1]]
+    lines = read_lines(log_path)
     assert calls == emitted == written == len(lines)
     assert all(line["tags"] == [1, 2] and "k0" in line["data"] for line in lines)
     figures(calls=calls, lines=len(lines))
