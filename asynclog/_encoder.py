@@ -167,8 +167,9 @@ class Encoder:
                 value = REDACTED
             elif type(value) is Frozen:
                 value = self._decode(value)
-            # A dict or list here is one orjson refused on the caller (a cycle, a huge int...):
-            # orjson refuses it here too, and the fallback (_thaw) makes it safe, then masks it.
+            # A dict or list here is a finished span's (masked when its fields were built) or one
+            # orjson refused on the caller (a cycle, a huge int...): orjson refuses that here too,
+            # and the fallback (_thaw) makes it safe, then masks it.
             line[name] = value
 
     def build(self, record: tuple[Any, ...]) -> dict[str, Any]:
