@@ -16,19 +16,18 @@ import glob
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import yaml
+from _server import free_port, wait_for
 
 __all__ = [
     "ConfigError",
@@ -278,13 +277,6 @@ def _yaml_section(kind: str, mapping: object, path: str | os.PathLike[str]) -> S
 # Real processes for the sidecar tests: gunicorn serving the example app, and Fluent Bit.
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def http_get(url: str, headers: Mapping[str, str] | None = None, timeout: float = 10) -> int:
     """GET `url` on a new connection and return the status code (4xx and 5xx included)."""
     request = urllib.request.Request(url, headers=dict(headers or {}))
@@ -295,15 +287,6 @@ def http_get(url: str, headers: Mapping[str, str] | None = None, timeout: float 
     except urllib.error.HTTPError as error:
         error.read()
         return int(error.code)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `condition` until it holds; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 60) -> int:

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -104,14 +104,22 @@ def wait_until_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float 
         time.sleep(0.2)
 
 
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` until it holds; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
 def wait_for_startup(log: Path, workers: int = 2, timeout: float = 30.0) -> None:
     """Wait until `workers` workers have written "Application startup complete." to the JSON
     log `log`: gunicorn() returns as soon as one worker answers."""
-    deadline = time.monotonic() + timeout
-    while log.read_bytes().count(b'"message":"Application startup complete."') < workers:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"fewer than {workers} workers started within {timeout} s")
-        time.sleep(0.1)
+    started = b'"message":"Application startup complete."'
+    wait_for(
+        lambda: log.read_bytes().count(started) >= workers, timeout, f"{workers} workers to start"
+    )
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _server import free_port, get, rss_mb, stop, wait_until_healthy
+from _server import free_port, get, rss_mb, stop, wait_for, wait_until_healthy
 
 import asynclog
 
@@ -396,10 +396,7 @@ def _numbers(data: bytes) -> list[int]:
 
 
 def _wait_for(path: Path, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not (path.exists() and path.stat().st_size):
-        assert time.monotonic() < deadline, f"{path} never got a line"
-        time.sleep(0.01)
+    wait_for(lambda: path.exists() and path.stat().st_size > 0, timeout, f"a line in {path}")
 
 
 def test_file_deleted_under_a_busy_writer_loses_no_line_to_the_void(
