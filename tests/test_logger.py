@@ -135,6 +135,27 @@ def test_mutable_fields_show_their_value_at_call_time(log_path: Path) -> None:
     assert second["b"] == [1]
 
 
+def test_percent_arguments_are_rendered_on_the_writer_as_in_logging(log_path: Path) -> None:
+    asynclog.configure(sink=str(log_path), format="json")
+    log = asynclog.get_logger("args")
+    basket = ["apple"]
+    log.info("user %s paid %.2f", "ann", 9.5, order_id=7)
+    log.warning("basket %s", basket)
+    basket.append("pear")  # the line shows the argument as it was at the call
+    log.log(30, "%d%% done", 50)
+    log.info("%d items", "three")  # a mismatch keeps the template and says so
+    log.info("100% sure")  # no arguments: the message is written as it is
+    asynclog.flush(5)
+    paid, seen, done, mismatch, sure = read_lines(log_path)
+    assert (paid["message"], paid["order_id"]) == ("user ann paid 9.50", 7)
+    assert seen["message"] == "basket ['apple']"
+    assert done["message"] == "50% done"
+    assert mismatch["message"] == "%d items"
+    assert mismatch["message.args"] == "('three',)"
+    assert "asynclog.substituted" in mismatch
+    assert sure["message"] == "100% sure" and "asynclog.substituted" not in sure
+
+
 def test_exception_is_structured(log_path: Path) -> None:
     asynclog.configure(sink=str(log_path), format="json")
     try:
