@@ -21,7 +21,7 @@ from ._logger import Logger
 from ._redact import Redactor
 from ._settings import AppSettings
 
-__all__ = ["AccessLogMiddleware", "RequestLogConfig", "mask_query"]
+__all__ = ["AccessLogMiddleware", "RequestLogConfig"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -62,11 +62,6 @@ class RequestLogConfig:
         self.propagation_headers = frozenset(
             name.encode("latin-1") for name in propagate.get_global_textmap().fields
         )
-
-
-def mask_query(query: bytes, redactor: Redactor) -> str:
-    """The query string with the values of secret-named parameters masked."""
-    return redactor.mask_query(query.decode("latin-1"))
 
 
 class _Request:
@@ -247,7 +242,7 @@ class AccessLogMiddleware:
         }
         query = scope.get("query_string")
         if query:
-            fields["url.query"] = mask_query(query, self.config.redactor)
+            fields["url.query"] = self.config.redactor.mask_query(query.decode("latin-1"))
         # The message is rendered on the writer thread, like a stdlib `%` template.
         _access._log(level, "%s %s %s", fields, None, (method, path, status))
 

@@ -103,10 +103,10 @@ def snapshot_value(value: Any) -> Any:
     """
     if type(value) is tuple and all(map(_is_immutable, map(type, value))):
         return value
+    options = _FREEZE_NUMPY if "numpy" in _modules else _FREEZE_OPTIONS
     try:
         # Without a default hook orjson runs no Python code: it holds the GIL from start to end,
         # so no other thread can change the value while it is walked.
-        options = _FREEZE_NUMPY if "numpy" in _modules else _FREEZE_OPTIONS
         return Frozen(orjson.dumps(value, option=options))
     except orjson.JSONEncodeError:
         pass
@@ -118,9 +118,7 @@ def snapshot_value(value: Any) -> Any:
     except Exception:  # a mapping that raises, a stack too deep...: the writer's fallback copes
         return value
     try:
-        return Frozen(
-            orjson.dumps(private, default=json_default, option=_FREEZE_OPTIONS | numpy_option())
-        )
+        return Frozen(orjson.dumps(private, default=json_default, option=options))
     except Exception:
         return private
 
