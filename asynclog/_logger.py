@@ -43,6 +43,7 @@ def _level_method(level: int, name: str) -> Callable[..., None]:
         if len(items) < queue.maxsize:
             items.append(record)
             if queue.idle:
+                queue.idle = False  # one wake per sleep; see RecordQueue.put
                 queue.wake.set()
         else:
             queue.overflow(record)

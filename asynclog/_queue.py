@@ -45,6 +45,9 @@ class RecordQueue:
         if len(items) < self.maxsize:
             items.append(record)
             if self.idle:
+                # Only the first caller wakes the writer: Event.set takes a lock and notifies,
+                # and until the writer gets the GIL every later caller would pay for it again.
+                self.idle = False
                 self.wake.set()
         else:
             self.overflow(record)
