@@ -27,6 +27,7 @@ SUBSTITUTED_KEY = "asynclog.substituted"
 _JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE
 _MAX_DEPTH = 64
 _LEVEL_NAMES = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
+_DIGITS = [f"{n:03d}" for n in range(1000)]  # a table beats "%06d" by ~70 ns a line
 
 
 def level_name(levelno: int) -> str:
@@ -138,6 +139,9 @@ class Encoder:
         self.color = color
         # Field names seen to need neither renaming nor masking: the fast path of _merge.
         self._plain_keys: set[str] = set()
+        # The last context mapping whose names were all plain (contexts are shared by the
+        # lines of a request and never mutated: binding makes a new one).
+        self._checked_context: Any = None
         self._last_otel: Any = None
         self._last_ids: tuple[str, str] | None = None
         self._second = -1
@@ -220,6 +224,87 @@ class Encoder:
         if notes is not None:
             line[SUBSTITUTED_KEY] = notes
         return line
+
+    def encode_into(self, records: list[tuple[Any, ...]], buffer: bytearray) -> list[int]:
+        """Append the lines of `records` to `buffer`, as `encode` would write them; returns
+        where each line ends in it. Never raises.
+
+        The writer's hot loop. Most records have a `str` message and field names already seen
+        to need neither renaming nor masking: their line is one dict display and one orjson
+        call, with the request's context checked once rather than per line. Anything else
+        (an exception, `%` args that do not match, a new or secret name, a span) goes through
+        `encode`. Lines are copied into one buffer at once: keeping orjson's results alive
+        until a join cost ~1.2 us more per line here (each is a fresh >512-byte malloc).
+        """
+        ends: list[int] = []
+        end = ends.append
+        if self.console:
+            for record in records:
+                buffer += self.encode(record)
+                end(len(buffer))
+            return ends
+        dumps = orjson.dumps
+        default = self._default
+        options = _JSON_OPTIONS | numpy_option()
+        known = self._plain_keys.issuperset
+        names = _LEVEL_NAMES
+        checked = self._checked_context
+        for record in records:
+            created, levelno, logger, msg, args, fields, bound, context, otel, exc_info = record
+            level = names.get(levelno) if type(levelno) is int else None
+            if (
+                level is None
+                or exc_info is not None
+                or type(msg) is not str
+                or type(fields) is not dict
+                or type(created) is not float
+                or not (context is checked or known(context))
+                or (bound and not known(bound))
+                or not known(fields)
+            ):
+                buffer += self.encode(record)
+                end(len(buffer))
+                continue
+            if args:  # as in `logging`: empty args leave the message as it is ("100%")
+                try:
+                    msg = msg % args
+                except Exception:  # the template and the reason, as `encode` writes them
+                    buffer += self.encode(record)
+                    end(len(buffer))
+                    continue
+            checked = context
+            second = int(created)
+            if second != self._second:
+                self._second = second
+                self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+            micros = int((created - second) * 1_000_000)
+            stamp = f"{self._prefix}{_DIGITS[micros // 1000]}{_DIGITS[micros % 1000]}Z"
+            ids = None
+            if otel:
+                if otel is self._last_otel:
+                    ids = self._last_ids
+                else:
+                    ids = self._last_ids = span_ids(otel)
+                    self._last_otel = otel
+            if ids is None:
+                line = {
+                    "time": stamp, "level": level, "logger": logger, "message": msg,
+                    **context, **bound, **fields,
+                }  # fmt: skip
+            else:
+                line = {
+                    "time": stamp, "level": level, "logger": logger, "message": msg,
+                    "trace_id": ids[0], "span_id": ids[1],
+                    **context, **bound, **fields,
+                }  # fmt: skip
+            try:
+                buffer += dumps(line, default, options)
+            except Exception:
+                buffer += self.encode(record)
+            end(len(buffer))
+        # Kept (not just its id) so the dict cannot be freed and its id reused by another.
+        self._checked_context = checked
+        return ends
 
     def encode(self, record: tuple[Any, ...]) -> bytes:
         """One complete line (with `\\n`) for a record; never raises."""

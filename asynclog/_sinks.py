@@ -123,7 +123,7 @@ class FdSink:
         return True
 
     def write(
-        self, data: bytes | memoryview, deadline: float | None = None, resume: int = 0
+        self, data: bytes | bytearray | memoryview, deadline: float | None = None, resume: int = 0
     ) -> None:
         """Write all of `data` (waiting at most until `deadline`, else `self.deadline`).
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bisect
-import itertools
 import threading
 import time
 from dataclasses import dataclass
@@ -104,7 +103,7 @@ class Writer(threading.Thread):
     # --- writing ----------------------------------------------------------------------------
 
     def _write_batch(self, batch: list[tuple[Any, ...]]) -> None:
-        encode = self.encoder.encode
+        encode_into = self.encoder.encode_into
         for start in range(0, len(batch), _SLICE):
             if start:
                 # Hand the GIL to the event loop between slices: encoding a whole batch in one
@@ -115,30 +114,31 @@ class Writer(threading.Thread):
                 # Shutting down and out of time: count the rest as lost without encoding it.
                 self.counters.dropped_write += len(batch) - start
                 return
-            # One write per slice (~30 KB of whole lines): buffers stay small and are reused.
-            self._write_lines([encode(record) for record in batch[start : start + _SLICE]])
+            # One write per slice (~30 KB of whole lines).
+            data = bytearray()
+            ends = encode_into(batch[start : start + _SLICE], data)
+            self._write_lines(data, ends)
 
-    def _write_lines(self, lines: list[bytes]) -> None:
-        data = b"".join(lines)
+    def _write_lines(self, data: bytes | bytearray, ends: list[int]) -> None:
+        """Write whole lines; `ends` says where each line of `data` ends."""
         counters = self.counters
         try:
             self.sink.write(data)
         except SinkError as exc:
             sent = exc.written
-            ends = list(itertools.accumulate(map(len, lines)))
             done = bisect.bisect_right(ends, sent)
-            if sent and self.sink.torn and done < len(lines):  # this write cut a line
+            if sent and self.sink.torn and done < len(ends):  # this write cut a line
                 done += self._finish_line(data, sent, ends[done], self.sink.cuts)
             counters.written += done
             counters.bytes_written += sent
-            counters.dropped_write += len(lines) - done
+            counters.dropped_write += len(ends) - done
             counters.errors += 1
             self._report_error(exc)
             return
-        counters.written += len(lines)
+        counters.written += len(ends)
         counters.bytes_written += len(data)
 
-    def _finish_line(self, data: bytes, sent: int, line_end: int, cut: int) -> int:
+    def _finish_line(self, data: bytes | bytearray, sent: int, line_end: int, cut: int) -> int:
         """Part of a line went out before the write failed: try briefly to send the rest of that
         line. Returns 1 if it worked (else the sink ends the line before its next write)."""
         # Even past the shutdown deadline: one line's bytes are worth a short wait, a cut line
@@ -170,7 +170,7 @@ class Writer(threading.Thread):
         notice = notice_line(
             "warning", "records dropped: queue full", dropped=lost, dropped_total=dropped
         )
-        self._write_lines([notice])
+        self._write_lines(notice, [len(notice)])
 
     def _report_error(self, exc: BaseException) -> None:
         """Write errors go to stderr (not the failing sink), at most once a second."""

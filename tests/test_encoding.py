@@ -1,4 +1,5 @@
-"""Rich values are encoded natively. Hostile input (what orjson refuses, `%` mismatches,
+"""Rich values are encoded natively; the writer's batch encoder writes what `encode` writes.
+Hostile input (what orjson refuses, `%` mismatches,
 generated values): tests/test_hostile_input.py."""
 
 from __future__ import annotations
@@ -8,10 +9,19 @@ import datetime as dt
 import enum
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 import asynclog
+from asynclog._encoder import Encoder
+from asynclog._logger import Logger
+from asynclog._queue import QUEUE
+from asynclog._redact import Redactor
 
 from conftest import read_lines
 
@@ -52,3 +62,77 @@ def test_rich_types_are_encoded_natively(log_path: Path) -> None:
     assert line["arr"] == [0, 1, 2]
     assert line["user"] == {"name": "ann"}
     assert "asynclog.substituted" not in line
+
+
+# The writer's batch encoder --------------------------------------------------------------------
+
+_NAMES = st.sampled_from(
+    ["item_id", "user", "message", "time", "password", "X-Api-Key", "token_count", "n", "é"]
+)
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=12),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(_NAMES, st.integers(), max_size=3),
+)
+_CALLS = st.lists(
+    st.tuples(
+        st.sampled_from([10, 20, 25, 30, 40, 50]),
+        st.sampled_from(["plain", "user %s", "%d%%", "100%", "%s and %s", "%(a)s"]),
+        st.lists(_VALUES, max_size=2).map(tuple),
+        st.dictionaries(_NAMES, _VALUES, max_size=4),
+        st.dictionaries(_NAMES, st.text(max_size=6), max_size=2),
+        st.booleans(),  # inside a span
+        st.booleans(),  # with an exception
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+def _captured(calls: list[Any]) -> list[tuple[Any, ...]]:
+    """The records these calls put on the queue, through the real logger (no pipeline runs to
+    take them)."""
+    log = Logger("batch")
+    span = trace.NonRecordingSpan(trace.SpanContext(0x1F, 0x2F, False, trace.TraceFlags(1)))
+    for level, template, args, fields, context, traced, failing in calls:
+        token = otel_context.attach(trace.set_span_in_context(span)) if traced else None
+        asynclog.clear_contextvars()
+        asynclog.bind_contextvars(**context)
+        try:
+            if failing:
+                try:
+                    raise ValueError("bad")
+                except ValueError:
+                    log.exception(template, *args, **fields)
+            else:
+                log.log(level, template, *args, **fields)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+    records = list(QUEUE.items)
+    QUEUE.items.clear()
+    return records
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(calls=_CALLS)
+def test_the_writers_batch_encoder_writes_what_encode_writes(calls: list[Any]) -> None:
+    """`encode_into` (the writer's fast path) and `encode` write the same bytes for every record:
+    the first batch meets new names, the second finds them known."""
+    QUEUE.level = 10
+    try:
+        records = _captured(calls)
+    finally:
+        QUEUE.level = 20
+    assert len(records) == len(calls)
+    redactor = Redactor(frozenset({"password", "api_key"}), 8)
+    expected = [Encoder(redactor).encode(record) for record in records]
+    encoder = Encoder(redactor)
+    for _ in range(2):
+        buffer = bytearray()
+        ends = encoder.encode_into(records, buffer)
+        assert [bytes(buffer[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)] == expected
