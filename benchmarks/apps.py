@@ -171,20 +171,30 @@ def _stdlib_queue() -> Any:
 
 
 def _asynclog(tracing: bool) -> Any:
+    """Knobs for `benchmarks.ablate`: ``BENCH_LINES=0`` drops the route's two lines,
+    ``BENCH_ACCESS=0`` the access line, ``BENCH_QUEUE_SIZE`` sets the queue's capacity (1 drops
+    every record at the queue, leaving the writer nothing to do)."""
     import asynclog
 
     app = FastAPI()
     log = asynclog.get_logger("example")
 
-    @app.get(ROUTE)
-    async def get_item(item_id: int) -> Item:
-        item = _item(item_id)
-        log.info("item fetched", item_id=item_id, source="catalog")
-        log.info("price computed", item_id=item_id, price=item.price, currency="EUR")
-        return item
+    if os.environ.get("BENCH_LINES", "2") == "0":
+        _route_plain(app)
+    else:
+
+        @app.get(ROUTE)
+        async def get_item(item_id: int) -> Item:
+            item = _item(item_id)
+            log.info("item fetched", item_id=item_id, source="catalog")
+            log.info("price computed", item_id=item_id, price=item.price, currency="EUR")
+            return item
 
     _health(app)
-    asynclog.install(app, tracing=tracing)
+    settings: dict[str, Any] = {"access_log": os.environ.get("BENCH_ACCESS", "1") != "0"}
+    if os.environ.get("BENCH_QUEUE_SIZE"):
+        settings["queue_size"] = int(os.environ["BENCH_QUEUE_SIZE"])
+    asynclog.install(app, tracing=tracing, **settings)
     return app
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from benchmarks.ablate import parse_variant
 from benchmarks.e2e import CASES
 from benchmarks.peers import PEERS
 from benchmarks.records import MESSAGE, check_json_lines, check_records, fields
@@ -121,3 +122,44 @@ def test_line_check_counts_asynclog_drop_notices_and_a_torn_last_line(tmp_path: 
     check = check_json_lines(path)
     assert (check.valid, check.dropped_reported, check.corrupt) == (1, 7, 1)
     assert check.torn_tail
+
+
+def test_ablate_reads_variants_and_rejects_bad_ones() -> None:
+    variant = parse_variant("asynclog:BENCH_ASYNCLOG_APP=bench,BENCH_QUEUE_SIZE=1")
+    assert (variant.mode, variant.env) == (
+        "asynclog",
+        {"BENCH_ASYNCLOG_APP": "bench", "BENCH_QUEUE_SIZE": "1"},
+    )
+    with pytest.raises(ValueError, match="'nosuch' is not one of"):
+        parse_variant("nosuch")
+    with pytest.raises(ValueError, match="'BENCH_LINES' is not NAME=value"):
+        parse_variant("asynclog:BENCH_LINES")
+
+
+@pytest.mark.timeout(120)
+def test_ablate_compares_variants_with_cpu_per_thread() -> None:
+    """One short round of two variants: a row each, the worker's CPU split by thread."""
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "benchmarks.ablate",
+            "none", "asynclog:BENCH_ASYNCLOG_APP=bench,BENCH_LINES=0",
+            "--rounds=1", "--duration=1", "--warmup=0",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| none",
+        "| asynclog:BENCH_ASYNCLOG_APP=bench,BENCH_LINES=0",
+    ]
+    none, asynclog = (row.strip("| ").split(" | ") for row in rows)
+    assert none[2] == "1.000x"
+    # The event-loop thread, then asynclog's writer and watchdog threads.
+    assert len(asynclog[6].split(" / ")) >= 3
+    assert float(asynclog[5]) > 0
