@@ -8,7 +8,7 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -27,7 +27,7 @@ SUBSTITUTED_KEY = "asynclog.substituted"
 _JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE
 _MAX_DEPTH = 64
 _LEVEL_NAMES = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
-_DIGITS = [f"{n:03d}" for n in range(1000)]  # a table beats "%06d" by ~70 ns a line
+_DIGITS = [f"{n:03d}" for n in range(1000)]
 
 
 def level_name(levelno: int) -> str:
@@ -38,22 +38,27 @@ def level_name(levelno: int) -> str:
     return name
 
 
-class _TimeFormatter:
-    """RFC 3339 UTC with microseconds and `Z`; the date part is cached per second."""
+def _time_formatter() -> Callable[[float], str]:
+    """A formatter of `time.time()` values as RFC 3339 UTC with microseconds and `Z`, caching
+    the date part per second."""
+    # One tuple, replaced whole: a thread never sees one second's date with another's.
+    cached = (-1, "")
 
-    def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
+    def format_time(created: float) -> str:
+        nonlocal cached
+        whole = int(created)
+        second, prefix = cached
+        if whole != second:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole))
+            cached = (whole, prefix)
+        micros = int((created - whole) * 1_000_000)
+        # A table beats "%06d" by ~70 ns a line.
+        return f"{prefix}{_DIGITS[micros // 1000]}{_DIGITS[micros % 1000]}Z"
 
-    def __call__(self, created: float) -> str:
-        second = int(created)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
-        return f"{self._prefix}{int((created - second) * 1_000_000):06d}Z"
+    return format_time
 
 
-format_time = _TimeFormatter()
+format_time = _time_formatter()
 
 
 def render_message(msg: object, args: Any) -> tuple[str, str | None]:
@@ -144,8 +149,13 @@ class Encoder:
         self._checked_context: Any = None
         self._last_otel: Any = None
         self._last_ids: tuple[str, str] | None = None
-        self._second = -1
-        self._prefix = ""
+
+    def _span_ids(self, otel: Any) -> tuple[str, str] | None:
+        # Lines of one request share its context object: resolve its ids once.
+        if otel is not self._last_otel:
+            self._last_ids = span_ids(otel)
+            self._last_otel = otel
+        return self._last_ids
 
     def _merge(self, line: dict[str, Any], fields: Mapping[str, Any]) -> None:
         # Fast path: field names repeat call after call, so names already known to need neither
@@ -183,26 +193,15 @@ class Encoder:
             message, problem = msg, None
         else:
             message, problem = render_message(msg, args)
-        # format_time inlined: this runs once per record on the writer thread.
-        second = int(created)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
         line: dict[str, Any] = {
-            "time": "%s%06dZ" % (self._prefix, (created - second) * 1_000_000),  # noqa: UP031
+            "time": format_time(created),
             "level": _LEVEL_NAMES.get(levelno) or level_name(levelno),
             "logger": logger,
             "message": message,
         }
-        if otel:
-            # Lines of one request share its context object: resolve its ids once.
-            if otel is self._last_otel:
-                ids = self._last_ids
-            else:
-                ids = self._last_ids = span_ids(otel)
-                self._last_otel = otel
-            if ids is not None:
-                line["trace_id"], line["span_id"] = ids
+        ids = self._span_ids(otel) if otel else None
+        if ids is not None:
+            line["trace_id"], line["span_id"] = ids
         if context:
             self._merge(line, context)
         if bound:
@@ -248,6 +247,7 @@ class Encoder:
         options = _JSON_OPTIONS | numpy_option()
         known = self._plain_keys.issuperset
         names = _LEVEL_NAMES
+        stamp_of = format_time
         checked = self._checked_context
         for record in records:
             created, levelno, logger, msg, args, fields, bound, context, otel, exc_info = record
@@ -273,19 +273,8 @@ class Encoder:
                     end(len(buffer))
                     continue
             checked = context
-            second = int(created)
-            if second != self._second:
-                self._second = second
-                self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
-            micros = int((created - second) * 1_000_000)
-            stamp = f"{self._prefix}{_DIGITS[micros // 1000]}{_DIGITS[micros % 1000]}Z"
-            ids = None
-            if otel:
-                if otel is self._last_otel:
-                    ids = self._last_ids
-                else:
-                    ids = self._last_ids = span_ids(otel)
-                    self._last_otel = otel
+            stamp = stamp_of(created)
+            ids = self._span_ids(otel) if otel else None
             if ids is None:
                 line = {
                     "time": stamp, "level": level, "logger": logger, "message": msg,
