@@ -87,25 +87,27 @@ def run(variants: list[Variant], profile: e2e.E2EProfile, seed: int = 7) -> None
     affinity = os.sched_getaffinity(0)
     if e2e.LOAD_CPU in affinity:
         os.sched_setaffinity(0, {e2e.LOAD_CPU})
-    servers: list[tuple[Variant, e2e.Server, psutil.Process]] = []
+    servers: list[e2e.Server] = []  # every server started, so each one is stopped
+    workers: list[psutil.Process] = []
     try:
         for n, variant in enumerate(variants):
             server = e2e.Server(e2e.Case(variant.mode, "file"), profile, workdir)
             server.capture = workdir / f"variant-{n}.jsonl"
             server.target = _target(variant, str(server.capture))
             server.cmd[-1] = server.target.spec
+            servers.append(server)
             server.boot()
             if profile.warmup > 0:
                 server.load(gen, profile.warmup, warmup=True)
             assert server.proc is not None
-            servers.append((variant, server, psutil.Process(server.proc.pid).children()[0]))
+            workers.append(psutil.Process(server.proc.pid).children()[0])
         order = list(range(len(servers)))
         shuffle = random.Random(seed).shuffle
         for n in range(profile.rounds):
             print(f"round {n + 1}/{profile.rounds}", file=sys.stderr, flush=True)
             shuffle(order)
             for i in order:
-                variant, server, worker = servers[i]
+                variant, server, worker = variants[i], servers[i], workers[i]
                 before = _thread_cpu(worker)
                 server.load(gen, profile.duration)
                 after = _thread_cpu(worker)
@@ -115,7 +117,7 @@ def run(variants: list[Variant], profile: e2e.E2EProfile, seed: int = 7) -> None
                 variant.p99_ms.append(result["p99_ms"])
                 variant.thread_us.append(_per_request(before, after, worker.pid, requests))
     finally:
-        for _, server, _ in servers:
+        for server in servers:
             server.stop()
             server.capture.unlink(missing_ok=True)
         os.sched_setaffinity(0, affinity)
@@ -160,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         stall=0.0,
         boot_timeout=60,
     )
-    run(variants, profile)
+    try:
+        run(variants, profile)
+    except RuntimeError as exc:  # a server that would not boot, or a load run that failed
+        print(f"python -m benchmarks.ablate: {exc}", file=sys.stderr)
+        return 1
     print(table(variants))
     return 0
 

@@ -163,3 +163,23 @@ def test_ablate_compares_variants_with_cpu_per_thread() -> None:
     # The event-loop thread, then asynclog's writer and watchdog threads.
     assert len(asynclog[6].split(" / ")) >= 3
     assert float(asynclog[5]) > 0
+
+
+@pytest.mark.timeout(120)
+def test_ablate_reports_a_server_that_will_not_boot() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "benchmarks.ablate",
+            "none", "asynclog:BENCH_ASYNCLOG_APP=bench,BENCH_QUEUE_SIZE=0",
+            "--rounds=1", "--duration=1", "--warmup=0",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "server exited with 3 while booting" in proc.stderr
+    assert "| variant |" not in proc.stdout
