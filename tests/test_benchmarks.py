@@ -136,13 +136,11 @@ def test_ablate_reads_variants_and_rejects_bad_ones() -> None:
         parse_variant("asynclog:BENCH_LINES")
 
 
-@pytest.mark.timeout(120)
-def test_ablate_compares_variants_with_cpu_per_thread() -> None:
-    """One short round of two variants: a row each, the worker's CPU split by thread."""
-    proc = subprocess.run(
+def _ablate(*variants: str) -> subprocess.CompletedProcess[str]:
+    """One short round of `python -m benchmarks.ablate` over `variants`."""
+    return subprocess.run(
         [
-            sys.executable, "-m", "benchmarks.ablate",
-            "none", "asynclog:BENCH_ASYNCLOG_APP=bench,BENCH_LINES=0",
+            sys.executable, "-m", "benchmarks.ablate", *variants,
             "--rounds=1", "--duration=1", "--warmup=0",
         ],
         cwd=REPO,
@@ -152,6 +150,12 @@ def test_ablate_compares_variants_with_cpu_per_thread() -> None:
         timeout=110,
         check=False,
     )  # fmt: skip
+
+
+@pytest.mark.timeout(120)
+def test_ablate_compares_variants_with_cpu_per_thread() -> None:
+    """One short round of two variants: a row each, the worker's CPU split by thread."""
+    proc = _ablate("none", "asynclog:BENCH_ASYNCLOG_APP=bench,BENCH_LINES=0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
     assert [row.split(" | ")[0] for row in rows] == [
@@ -167,19 +171,7 @@ def test_ablate_compares_variants_with_cpu_per_thread() -> None:
 
 @pytest.mark.timeout(120)
 def test_ablate_reports_a_server_that_will_not_boot() -> None:
-    proc = subprocess.run(
-        [
-            sys.executable, "-m", "benchmarks.ablate",
-            "none", "asynclog:BENCH_ASYNCLOG_APP=bench,BENCH_QUEUE_SIZE=0",
-            "--rounds=1", "--duration=1", "--warmup=0",
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )  # fmt: skip
+    proc = _ablate("none", "asynclog:BENCH_ASYNCLOG_APP=bench,BENCH_QUEUE_SIZE=0")
     assert proc.returncode == 1
     assert "server exited with 3 while booting" in proc.stderr
     assert "| variant |" not in proc.stdout
