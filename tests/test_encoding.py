@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -136,3 +137,17 @@ def test_the_writers_batch_encoder_writes_what_encode_writes(calls: list[Any]) -
         buffer = bytearray()
         ends = encoder.encode_into(records, buffer)
         assert [bytes(buffer[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)] == expected
+
+
+def test_the_writers_batch_encoder_writes_one_line_for_a_malformed_record() -> None:
+    """A record whose context is no mapping (no asynclog producer makes one) takes the safe
+    path: one line, marked, and the lines around it intact."""
+    good = (1.5, 20, "batch", "ok", None, {}, {}, {}, None, None)
+    odd_context = (1.5, 20, "batch", "odd", None, {}, {}, 5, None, None)
+    encoder = Encoder(Redactor(frozenset({"password"})))
+    buffer = bytearray()
+    ends = encoder.encode_into([good, odd_context, good], buffer)
+    lines = [json.loads(line) for line in bytes(buffer).split(b"\n")[:-1]]
+    assert len(ends) == len(lines) == 3
+    assert [line["message"] for line in lines] == ["ok", "odd", "ok"]
+    assert "asynclog.substituted" in lines[1]
