@@ -1,16 +1,17 @@
 """``python -m benchmarks.ablate``: variants of the end-to-end file-sink case, side by side.
 
-    python -m benchmarks.ablate none asynclog asynclog:BENCH_QUEUE_SIZE=1
+    python -m benchmarks.ablate none asynclog asynclog:ASYNCLOG_QUEUE_SIZE=1
 
 A variant is a mode of ``e2e.MODES`` with, after a colon, extra environment for its server
-(``NAME=value,NAME=value``). ``BENCH_ASYNCLOG_APP=bench`` serves the asynclog modes from
-``benchmarks/apps.py``, whose knobs take a request apart: ``BENCH_LINES`` (route lines, 2 or
-0), ``BENCH_ACCESS`` (1 or 0: the access line) and ``BENCH_QUEUE_SIZE`` (1 drops every record at
-the queue, so the writer has nothing to do). Every server boots first; then each round loads
-them in a shuffled order (fixed seed), so neither drift on the machine nor a server's place or
-neighbour in the round favours one variant. Printed per variant: median requests/s and its
-ratio to the first variant, median p99, and the worker's CPU per request, in total and per
-thread (read from ``/proc``: the event-loop thread first, then the others, busiest first).
+(``NAME=value,NAME=value``): any ``ASYNCLOG_*`` setting (``ASYNCLOG_QUEUE_SIZE=1`` drops every
+record at the queue, so the writer has nothing to do). ``BENCH_ASYNCLOG_APP=bench`` serves the
+asynclog modes from ``benchmarks/apps.py``, whose knobs take a request apart further:
+``BENCH_LINES`` (route lines, 2 or 0) and ``BENCH_ACCESS`` (1 or 0: the access line). Every
+server boots first; then each round loads them in a shuffled order (fixed seed), so neither
+drift on the machine nor a server's place or neighbour in the round favours one variant.
+Printed per variant: median requests/s and its ratio to the first variant, median p99, and
+the worker's CPU per request, in total and per thread (read from ``/proc``: the event-loop
+thread first, then the others, busiest first).
 
 Two copies of one variant show the noise floor: on the 2-vCPU VM here they differed by up to
 0.11x. Run one benchmark at a time (``flock /tmp/asynclog-bench.lock``).
@@ -19,7 +20,6 @@ Two copies of one variant show the noise floor: on the 2-vCPU VM here they diffe
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
@@ -59,15 +59,6 @@ def parse_variant(text: str) -> Variant:
     return Variant(text, mode, env)
 
 
-def _target(variant: Variant, sink: str) -> e2e.Target:
-    """What gunicorn serves for the variant, writing to `sink`, with its extra environment."""
-    base = e2e.target(variant.mode, sink)
-    if variant.mode.startswith("asynclog") and variant.env.get("BENCH_ASYNCLOG_APP") == "bench":
-        env = base.env | {"BENCH_MODE": variant.mode, "BENCH_SINK": sink} | variant.env
-        return e2e.Target("benchmarks.apps:app", env, e2e.LOAD_PATH, "benchmarks/apps.py")
-    return e2e.Target(base.spec, base.env | variant.env, base.path, base.source)
-
-
 def _thread_cpu(worker: psutil.Process) -> dict[int, float]:
     return {t.id: t.user_time + t.system_time for t in worker.threads()}
 
@@ -84,43 +75,38 @@ def run(variants: list[Variant], profile: e2e.E2EProfile, seed: int = 7) -> None
     """Boot every variant's server, load them round by round in shuffled order, stop them."""
     workdir = Path(tempfile.mkdtemp(prefix="asynclog-ablate-"))
     gen = loadgen.choose("wrk", workdir)
-    affinity = os.sched_getaffinity(0)
-    if e2e.LOAD_CPU in affinity:
-        os.sched_setaffinity(0, {e2e.LOAD_CPU})
     servers: list[e2e.Server] = []  # every server started, so each one is stopped
     workers: list[psutil.Process] = []
-    try:
-        for n, variant in enumerate(variants):
-            server = e2e.Server(e2e.Case(variant.mode, "file"), profile, workdir)
-            server.capture = workdir / f"variant-{n}.jsonl"
-            server.target = _target(variant, str(server.capture))
-            server.cmd[-1] = server.target.spec
-            servers.append(server)
-            server.boot()
-            if profile.warmup > 0:
-                server.load(gen, profile.warmup, warmup=True)
-            assert server.proc is not None
-            workers.append(psutil.Process(server.proc.pid).children()[0])
-        order = list(range(len(servers)))
-        shuffle = random.Random(seed).shuffle
-        for n in range(profile.rounds):
-            print(f"round {n + 1}/{profile.rounds}", file=sys.stderr, flush=True)
-            shuffle(order)
-            for i in order:
-                variant, server, worker = variants[i], servers[i], workers[i]
-                before = _thread_cpu(worker)
-                server.load(gen, profile.duration)
-                after = _thread_cpu(worker)
-                result = server.rounds[-1]
-                requests = max(1, int(result["requests"]))
-                variant.requests_per_s.append(result["requests"] / result["seconds"])
-                variant.p99_ms.append(result["p99_ms"])
-                variant.thread_us.append(_per_request(before, after, worker.pid, requests))
-    finally:
-        for server in servers:
-            server.stop()
-            server.capture.unlink(missing_ok=True)
-        os.sched_setaffinity(0, affinity)
+    with e2e.load_cpu_only():
+        try:
+            for n, variant in enumerate(variants):
+                case = e2e.Case(variant.mode, "file")
+                server = e2e.Server(case, profile, workdir, f"variant-{n}", variant.env)
+                servers.append(server)
+                server.boot()
+                if profile.warmup > 0:
+                    server.load(gen, profile.warmup, warmup=True)
+                assert server.proc is not None
+                workers.append(psutil.Process(server.proc.pid).children()[0])
+            order = list(range(len(servers)))
+            shuffle = random.Random(seed).shuffle
+            for n in range(profile.rounds):
+                print(f"round {n + 1}/{profile.rounds}", file=sys.stderr, flush=True)
+                shuffle(order)
+                for i in order:
+                    variant, server, worker = variants[i], servers[i], workers[i]
+                    before = _thread_cpu(worker)
+                    server.load(gen, profile.duration)
+                    after = _thread_cpu(worker)
+                    result = server.rounds[-1]
+                    requests = max(1, int(result["requests"]))
+                    variant.requests_per_s.append(result["requests"] / result["seconds"])
+                    variant.p99_ms.append(result["p99_ms"])
+                    variant.thread_us.append(_per_request(before, after, worker.pid, requests))
+        finally:
+            for server in servers:
+                server.stop()
+                server.capture.unlink(missing_ok=True)
 
 
 def table(variants: list[Variant]) -> str:

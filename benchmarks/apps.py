@@ -172,8 +172,7 @@ def _stdlib_queue() -> Any:
 
 def _asynclog(tracing: bool) -> Any:
     """Knobs for `benchmarks.ablate`: ``BENCH_LINES=0`` drops the route's two lines,
-    ``BENCH_ACCESS=0`` the access line, ``BENCH_QUEUE_SIZE`` sets the queue's capacity (1 drops
-    every record at the queue, leaving the writer nothing to do)."""
+    ``BENCH_ACCESS=0`` the access line (other settings: the ``ASYNCLOG_*`` variables)."""
     import asynclog
 
     app = FastAPI()
@@ -191,10 +190,8 @@ def _asynclog(tracing: bool) -> Any:
             return item
 
     _health(app)
-    settings: dict[str, Any] = {"access_log": os.environ.get("BENCH_ACCESS", "1") != "0"}
-    if os.environ.get("BENCH_QUEUE_SIZE"):
-        settings["queue_size"] = int(os.environ["BENCH_QUEUE_SIZE"])
-    asynclog.install(app, tracing=tracing, **settings)
+    access_log = os.environ.get("BENCH_ACCESS", "1") != "0"
+    asynclog.install(app, tracing=tracing, access_log=access_log)
     return app
 
 

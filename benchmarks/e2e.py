@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -107,16 +107,19 @@ CASES = (
 GROUPS = [[c for c in CASES if c.sink == "file"]] + [[c] for c in CASES if c.sink != "file"]
 
 
-def target(mode: str, sink: str) -> Target:
-    """The app to serve for *mode*, writing to *sink* (a file path or ``stdout``).
+def target(mode: str, sink: str, extra_env: Mapping[str, str] | None = None) -> Target:
+    """The app to serve for *mode*, writing to *sink* (a file path or ``stdout``), with
+    *extra_env* added to its environment.
 
     The asynclog modes serve the bundled example app (``example.app:app``) configured by
-    its ``ASYNCLOG_*`` variables alone, unless ``BENCH_ASYNCLOG_APP=bench`` asks for the
-    same route on a bare app in ``benchmarks/apps.py``. Other modes always use that module,
-    whose route mirrors the example's.
+    its ``ASYNCLOG_*`` variables alone, unless ``BENCH_ASYNCLOG_APP=bench`` (in the
+    environment or *extra_env*) asks for the same route on a bare app in
+    ``benchmarks/apps.py``. Other modes always use that module, whose route mirrors the
+    example's.
     """
+    extra = dict(extra_env or {})
     if not mode.startswith("asynclog"):
-        env = {"BENCH_MODE": mode, "BENCH_SINK": sink}
+        env = {"BENCH_MODE": mode, "BENCH_SINK": sink} | extra
         return Target("benchmarks.apps:app", env, LOAD_PATH, "benchmarks/apps.py")
     env = {
         "ASYNCLOG_SINK": sink,
@@ -124,10 +127,22 @@ def target(mode: str, sink: str) -> Target:
         "ASYNCLOG_LEVEL": "INFO",
         "ASYNCLOG_TRACING": "1" if mode == "asynclog-tracing" else "0",
     }
-    if os.environ.get("BENCH_ASYNCLOG_APP") == "bench":
-        env |= {"BENCH_MODE": mode}
+    if (os.environ | extra).get("BENCH_ASYNCLOG_APP") == "bench":
+        env = env | {"BENCH_MODE": mode} | extra
         return Target("benchmarks.apps:app", env, LOAD_PATH, "benchmarks/apps.py")
-    return Target("example.app:app", env, LOAD_PATH, "example/app.py")
+    return Target("example.app:app", env | extra, LOAD_PATH, "example/app.py")
+
+
+@contextlib.contextmanager
+def load_cpu_only() -> Iterator[None]:
+    """Keep the harness (RSS sampling, stall timers) off the server's CPU while it runs."""
+    affinity = os.sched_getaffinity(0)
+    if LOAD_CPU in affinity:
+        os.sched_setaffinity(0, {LOAD_CPU})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, affinity)
 
 
 def _free_port() -> int:
@@ -252,14 +267,25 @@ def _stall_later(reader: subprocess.Popen[bytes], delay: float) -> threading.Tim
 class Server:
     """One case's server: boot it, load it round by round, stop it, count its lines."""
 
-    def __init__(self, case: Case, profile: E2EProfile, workdir: Path) -> None:
+    def __init__(
+        self,
+        case: Case,
+        profile: E2EProfile,
+        workdir: Path,
+        name: str | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        """`name` names its files in `workdir` (default: mode-sink); `extra_env` is added to
+        the server's environment (see `target`)."""
         self.case = case
         self.profile = profile
-        self.capture = workdir / f"{case.mode}-{case.sink}.jsonl"
-        self.server_log = workdir / f"{case.mode}-{case.sink}.server.log"
+        name = name or f"{case.mode}-{case.sink}"
+        self.capture = workdir / f"{name}.jsonl"
+        self.server_log = workdir / f"{name}.server.log"
         self.port = _free_port()
         self.reader = _start_reader(case, self.capture, profile.stall)
-        self.target = target(case.mode, "stdout" if self.reader else str(self.capture))
+        sink = "stdout" if self.reader else str(self.capture)
+        self.target = target(case.mode, sink, extra_env)
         self.cmd = loadgen.pinned([
             sys.executable, "-m", "gunicorn",
             "-k", "uvicorn_worker.UvicornWorker", "-w", "1",
@@ -391,35 +417,31 @@ def run_group(
     cases whose idle server does no background work (file sinks) should share a group.
     A case that fails gets ``error`` instead of figures; the others go on.
     """
-    # The harness (RSS sampling, stall timers) stays off the server's CPU.
-    affinity = os.sched_getaffinity(0)
-    if LOAD_CPU in affinity:
-        os.sched_setaffinity(0, {LOAD_CPU})
-    servers = [Server(case, profile, workdir) for case in cases]
     errors: dict[int, str] = {}
-    try:
-        for i, server in enumerate(servers):
-            try:
-                server.boot()
-                if profile.warmup > 0:
-                    server.load(gen, profile.warmup, warmup=True)
-            except (RuntimeError, OSError) as exc:
-                errors[i] = str(exc)
-        for n in range(profile.rounds):
-            on_round(f"round {n + 1}/{profile.rounds}")
-            # Each round starts one server later: where a server sits in the round moved its
-            # figures by up to 25% in trials here, so every case takes every place in turn.
-            for i in _rotated(len(servers), n):
-                server = servers[i]
-                if i not in errors:
-                    try:
-                        server.load(gen, profile.duration)
-                    except (RuntimeError, OSError) as exc:
-                        errors[i] = str(exc)
-    finally:
-        for server in servers:
-            server.stop()
-        os.sched_setaffinity(0, affinity)
+    with load_cpu_only():
+        servers = [Server(case, profile, workdir) for case in cases]
+        try:
+            for i, server in enumerate(servers):
+                try:
+                    server.boot()
+                    if profile.warmup > 0:
+                        server.load(gen, profile.warmup, warmup=True)
+                except (RuntimeError, OSError) as exc:
+                    errors[i] = str(exc)
+            for n in range(profile.rounds):
+                on_round(f"round {n + 1}/{profile.rounds}")
+                # Each round starts one server later: where a server sits in the round moved
+                # its figures by up to 25% in trials here, so every case takes every place.
+                for i in _rotated(len(servers), n):
+                    server = servers[i]
+                    if i not in errors:
+                        try:
+                            server.load(gen, profile.duration)
+                        except (RuntimeError, OSError) as exc:
+                            errors[i] = str(exc)
+        finally:
+            for server in servers:
+                server.stop()
     return [
         {"mode": s.case.mode, "sink": s.case.sink, "error": errors[i]}
         if i in errors

@@ -125,10 +125,10 @@ def test_line_check_counts_asynclog_drop_notices_and_a_torn_last_line(tmp_path: 
 
 
 def test_ablate_reads_variants_and_rejects_bad_ones() -> None:
-    variant = parse_variant("asynclog:BENCH_ASYNCLOG_APP=bench,BENCH_QUEUE_SIZE=1")
+    variant = parse_variant("asynclog:BENCH_ASYNCLOG_APP=bench,ASYNCLOG_QUEUE_SIZE=1")
     assert (variant.mode, variant.env) == (
         "asynclog",
-        {"BENCH_ASYNCLOG_APP": "bench", "BENCH_QUEUE_SIZE": "1"},
+        {"BENCH_ASYNCLOG_APP": "bench", "ASYNCLOG_QUEUE_SIZE": "1"},
     )
     with pytest.raises(ValueError, match="'nosuch' is not one of"):
         parse_variant("nosuch")
@@ -171,7 +171,7 @@ def test_ablate_compares_variants_with_cpu_per_thread() -> None:
 
 @pytest.mark.timeout(120)
 def test_ablate_reports_a_server_that_will_not_boot() -> None:
-    proc = _ablate("none", "asynclog:BENCH_ASYNCLOG_APP=bench,BENCH_QUEUE_SIZE=0")
+    proc = _ablate("none", "asynclog:ASYNCLOG_QUEUE_SIZE=0")
     assert proc.returncode == 1
     assert "server exited with 3 while booting" in proc.stderr
     assert "| variant |" not in proc.stdout
