@@ -18,6 +18,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ._context import bound_fields
 from ._logger import Logger
+from ._queue import QUEUE
+from ._record import current_otel_context
 from ._redact import Redactor
 from ._settings import AppSettings
 
@@ -36,7 +38,7 @@ _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _random_bits = random.getrandbits
 # nginx's code for "client closed the connection before the response started".
 _CLIENT_CLOSED = 499
-_access = Logger("asynclog.access")
+_NO_FIELDS: dict[str, Any] = {}
 _errors = Logger("asynclog.error")
 
 
@@ -218,10 +220,12 @@ class AccessLogMiddleware:
             return
         status = request.status or 0
         level = 40 if status >= 500 else 30 if status >= 400 else 20
-        if not _access.is_enabled_for(level):
+        queue = QUEUE
+        if queue.level > level:
             return  # nothing to build for a line the level turns away
         end = request.finished or time.perf_counter()
-        duration_ms = round((end - request.start) * 1000, 3)
+        # Microseconds rounded, in ms: round(x, 3) takes ~0.25 us, through a decimal string.
+        duration_ms = round((end - request.start) * 1_000_000) / 1000
         if (
             settings.sample_rate < 1.0
             and status < 400
@@ -230,10 +234,11 @@ class AccessLogMiddleware:
         ):
             return
         method = scope.get("method")
+        route = getattr(scope.get("route"), "path", None)
         fields: dict[str, Any] = {
             "http.request.method": method,
             "url.path": path,
-            "http.route": _route(scope),
+            "http.route": route if type(route) is str else None,
             "http.response.status_code": status,
             "duration_ms": duration_ms,
             "client.address": (scope.get("client") or (None,))[0],
@@ -243,8 +248,22 @@ class AccessLogMiddleware:
         query = scope.get("query_string")
         if query:
             fields["url.query"] = self.config.redactor.mask_query(query.decode("latin-1"))
-        # The message is rendered on the writer thread, like a stdlib `%` template.
-        _access._log(level, "%s %s %s", fields, None, (method, path, status))
+        # The record is put as a level method puts one, without the snapshot step: every value
+        # here is a str, a number or None. The message is rendered on the writer thread.
+        queue.put(
+            (
+                time.time(),
+                level,
+                "asynclog.access",
+                "%s %s %s",
+                (method, path, status),
+                fields,
+                _NO_FIELDS,
+                bound_fields.get(),
+                current_otel_context(),
+                None,
+            )
+        )
 
 
 def _ids_only_span(parent: otel_context.Context | None) -> trace.Span:
