@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from opentelemetry import trace as _trace
 
+from ._accel import speedups as _speedups
 from ._redact import REDACTED, Redactor
 from ._snapshot import Frozen, json_default, numpy_option
 
@@ -138,10 +139,18 @@ class Encoder:
     One instance lives on the writer thread; it is not thread-safe.
     """
 
-    def __init__(self, redactor: Redactor, console: bool = False, color: bool = False) -> None:
+    def __init__(
+        self,
+        redactor: Redactor,
+        console: bool = False,
+        color: bool = False,
+        speedups: bool = True,
+    ) -> None:
         self.redactor = redactor
         self.console = console
         self.color = color
+        # The C fast path of encode_into, when built (see _speedups.c).
+        self._c_encode_into = _speedups.encode_into if speedups and _speedups else None
         # Field names seen to need neither renaming nor masking: the fast path of _merge.
         self._plain_keys: set[str] = set()
         # The last context mapping whose names were all plain (contexts are shared by the
@@ -241,9 +250,15 @@ class Encoder:
                 buffer += self.encode(record)
                 end(len(buffer))
             return ends
+        options = _JSON_OPTIONS | numpy_option()
+        if self._c_encode_into is not None:
+            ends, self._checked_context = self._c_encode_into(
+                records, buffer, self._checked_context, self._plain_keys, _LEVEL_NAMES,
+                self._span_ids, orjson.dumps, self._default, options, self.encode,
+            )  # fmt: skip
+            return ends
         dumps = orjson.dumps
         default = self._default
-        options = _JSON_OPTIONS | numpy_option()
         known = self._plain_keys.issuperset
         names = _LEVEL_NAMES
         stamp_of = format_time

@@ -7,10 +7,11 @@ from collections.abc import Callable, Mapping
 from time import time
 from typing import Any
 
+from ._accel import speedups
 from ._context import bound_fields
 from ._queue import QUEUE
-from ._record import current_otel_context
-from ._snapshot import all_immutable, snapshot_args, snapshot_fields
+from ._record import OTEL_CONTEXT_VAR, current_otel_context
+from ._snapshot import IMMUTABLE_TYPES, all_immutable, snapshot_args, snapshot_fields
 
 __all__ = ["Logger"]
 
@@ -19,8 +20,25 @@ _context_get = bound_fields.get
 
 
 def _level_method(level: int, name: str) -> Callable[..., None]:
-    """One level's method. The body is `Logger._log` and `RecordQueue.put` inlined: two Python
-    calls fewer on every log call (measured ~0.4 us of ~2.5 us here)."""
+    """One level's method: the C one when the extension is built, else `_python_level_method`."""
+    if speedups is None:
+        return _python_level_method(level, name)
+    return speedups.LevelMethod(  # type: ignore[no-any-return]
+        level,
+        name,
+        QUEUE,
+        bound_fields,
+        OTEL_CONTEXT_VAR,
+        current_otel_context,
+        IMMUTABLE_TYPES,
+        snapshot_fields,
+        snapshot_args,
+    )
+
+
+def _python_level_method(level: int, name: str) -> Callable[..., None]:
+    """One level's method in Python. The body is `Logger._log` and `RecordQueue.put` inlined: two
+    Python calls fewer on every log call (measured ~0.4 us of ~2.5 us here)."""
 
     def method(self: Logger, msg: object, /, *args: Any, **fields: Any) -> None:
         queue = QUEUE

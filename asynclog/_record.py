@@ -17,22 +17,23 @@ Layout (the writer unpacks it in this order):
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import context as _otel_context
 
-__all__ = ["current_otel_context"]
+__all__ = ["OTEL_CONTEXT_VAR", "current_otel_context"]
 
 
-def _otel_getter() -> Callable[[], Any]:
+def _otel_context_var() -> ContextVar[Any] | None:
     # The SDK's default runtime context is a ContextVar; reading it directly costs one C call
     # instead of two Python calls through `context.get_current()`.
     runtime = getattr(_otel_context, "_RUNTIME_CONTEXT", None)
     var = getattr(runtime, "_current_context", None)
-    get = getattr(var, "get", None)
-    if callable(get):
-        return get  # type: ignore[no-any-return]
-    return _otel_context.get_current
+    return var if isinstance(var, ContextVar) else None
 
 
-current_otel_context = _otel_getter()
+OTEL_CONTEXT_VAR = _otel_context_var()
+current_otel_context: Callable[[], Any] = (
+    _otel_context.get_current if OTEL_CONTEXT_VAR is None else OTEL_CONTEXT_VAR.get
+)

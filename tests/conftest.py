@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 import asynclog
-from asynclog import _pipeline
+from asynclog import _accel, _encoder, _pipeline
+from asynclog._logger import Logger, _python_level_method
 
 ROOT = Path(__file__).resolve().parent.parent
 _FIGURES: list[tuple[str, dict[str, Any]]] = []
@@ -33,6 +34,26 @@ def _reset_asynclog() -> Iterator[None]:
     root.setLevel(level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.error"):
         logging.getLogger(name).propagate = True
+
+
+@pytest.fixture(name="implementation", params=["c", "python"])
+def _implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test on the C extension and on the pure-Python code it stands in for: the level
+    methods and the writer's batch encoder. CI sets ASYNCLOG_REQUIRE_EXTENSIONS, so there a
+    missing extension fails instead of skipping."""
+    if request.param == "python":
+        levels = ((10, "DEBUG"), (20, "INFO"), (30, "WARNING"), (40, "ERROR"), (50, "CRITICAL"))
+        for level, name in levels:
+            method = _python_level_method(level, name)
+            monkeypatch.setattr(Logger, name.lower(), method)
+            if name == "WARNING":
+                monkeypatch.setattr(Logger, "warn", method)
+        monkeypatch.setattr(_encoder, "_speedups", None)
+    elif _accel.speedups is None:
+        if os.environ.get("ASYNCLOG_REQUIRE_EXTENSIONS"):
+            pytest.fail("the C extension is not built, and ASYNCLOG_REQUIRE_EXTENSIONS is set")
+        pytest.skip("the C extension is not built (no C compiler at install time)")
+    return str(request.param)
 
 
 @pytest.fixture(name="log_path")

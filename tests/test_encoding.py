@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry import context as otel_context
@@ -25,6 +26,9 @@ from asynclog._queue import QUEUE
 from asynclog._redact import Redactor
 
 from conftest import read_lines
+
+# Each test runs on the C extension and on the pure-Python code (see conftest).
+pytestmark = pytest.mark.usefixtures("implementation")
 
 
 class Color(enum.Enum):

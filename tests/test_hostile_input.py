@@ -26,6 +26,9 @@ from asynclog._redact import Redactor
 
 from conftest import read_lines, run_python
 
+# Each test runs on the C extension and on the pure-Python code (see conftest).
+pytestmark = pytest.mark.usefixtures("implementation")
+
 SUBSTITUTED = "asynclog.substituted"
 SAME = object()  # the value is written as it was passed
 ANY = object()  # a written value the test does not pin down

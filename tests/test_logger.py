@@ -12,6 +12,9 @@ import asynclog
 
 from conftest import read_lines
 
+# Each test runs on the C extension and on the pure-Python code (see conftest).
+pytestmark = pytest.mark.usefixtures("implementation")
+
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
 

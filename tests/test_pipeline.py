@@ -18,6 +18,9 @@ import asynclog
 
 from conftest import ROOT, read_lines, run_python
 
+# Each test runs on the C extension and on the pure-Python code (see conftest).
+pytestmark = pytest.mark.usefixtures("implementation")
+
 
 def test_exact_accounting_under_concurrent_threads(log_path: Path) -> None:
     asynclog.configure(sink=str(log_path), format="json", queue_size=500)

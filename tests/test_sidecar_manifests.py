@@ -285,6 +285,7 @@ def test_dockerfile_runs_gunicorn_as_non_root() -> None:
     cmd = next(line for line in instructions if line.startswith("CMD "))
     assert '"gunicorn", "--config", "gunicorn.conf.py", "example.app:app"' in cmd
     assert "COPY sidecar/gunicorn.conf.py ./gunicorn.conf.py" in text
+    assert 'python -c "import asynclog._speedups"' in text, "the image has the C fast path"
     ignore = (SIDECAR / "Dockerfile.dockerignore").read_text(encoding="utf-8").splitlines()
     rules = [line for line in ignore if line and not line.startswith("#")]
     assert rules[0] == "**", "the build context is an allowlist: .venv and .git stay out"

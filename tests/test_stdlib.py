@@ -5,9 +5,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pytest
+
 import asynclog
 
 from conftest import read_lines
+
+# Each test runs on the C extension and on the pure-Python code (see conftest).
+pytestmark = pytest.mark.usefixtures("implementation")
 
 
 def test_stdlib_call_with_args_and_extra(log_path: Path) -> None:

@@ -1,0 +1,979 @@
+/* The writer's fast path in C: `Encoder.encode_into` without the bytecode.
+ *
+ * It takes the records the pure-Python fast path in _encoder.py takes (same checks) and writes
+ * their line in one of two ways:
+ *   - directly, when every value is a str, an int within 64 bits, a float written without an
+ *     exponent, a bool or None: the bytes orjson would write, without building the line dict;
+ *   - else as the Python path does: the same line dict, the same `orjson.dumps` call.
+ * Any other record, and any record that raises on the way, goes to the encoder's `encode`, the
+ * reference. Tests check that all three write `encode`'s bytes.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+/* ---- output buffer ------------------------------------------------------------------------ */
+
+typedef struct {
+    char *data;
+    Py_ssize_t size;
+    Py_ssize_t capacity;
+} Buffer;
+
+static int
+reserve(Buffer *buf, Py_ssize_t extra)
+{
+    if (buf->size + extra <= buf->capacity) {
+        return 0;
+    }
+    Py_ssize_t capacity = buf->capacity ? buf->capacity : 16384;
+    while (capacity < buf->size + extra) {
+        if (capacity > PY_SSIZE_T_MAX / 2) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        capacity *= 2;
+    }
+    char *data = PyMem_Realloc(buf->data, (size_t)capacity);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    buf->data = data;
+    buf->capacity = capacity;
+    return 0;
+}
+
+static int
+put(Buffer *buf, const char *data, Py_ssize_t size)
+{
+    if (reserve(buf, size) < 0) {
+        return -1;
+    }
+    memcpy(buf->data + buf->size, data, (size_t)size);
+    buf->size += size;
+    return 0;
+}
+
+#define PUT_LITERAL(buf, text) put((buf), (text), (Py_ssize_t)(sizeof(text) - 1))
+
+/* ---- values, as orjson writes them ---------------------------------------------------------
+ * Each writer returns 1 when it wrote the value, 0 when it leaves the value to orjson (nothing
+ * written, no error set), -1 on error. */
+
+static const char HEX[] = "0123456789abcdef";
+
+/* Whether any of the 8 bytes in `word` is below 0x20, '"' or '\\' (the bytes JSON escapes). */
+static inline int
+needs_escape(uint64_t word)
+{
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    uint64_t quote = word ^ (ones * '"'), backslash = word ^ (ones * '\\');
+    uint64_t found = (word - ones * 0x20) | (quote - ones) | (backslash - ones);
+    /* A byte with its high bit set (UTF-8) never needs escaping: mask it out. */
+    return (found & ~word & highs) != 0;
+}
+
+/* The first index from which `data` may need escaping (`size` if none does). */
+static Py_ssize_t
+plain_prefix(const char *data, Py_ssize_t size)
+{
+    Py_ssize_t i = 0;
+    for (; i + 8 <= size; i += 8) {
+        uint64_t word;
+        memcpy(&word, data + i, 8);
+        if (needs_escape(word)) {
+            break;
+        }
+    }
+    for (; i < size; i++) {
+        unsigned char c = (unsigned char)data[i];
+        if (c < 0x20 || c == '"' || c == '\\') {
+            break;
+        }
+    }
+    return i;
+}
+
+static int
+put_str(Buffer *buf, PyObject *text)
+{
+    if (!PyUnicode_CheckExact(text)) {
+        return 0;
+    }
+    const char *data;
+    Py_ssize_t size;
+    if (PyUnicode_IS_ASCII(text)) {
+        data = (const char *)PyUnicode_DATA(text);
+        size = PyUnicode_GET_LENGTH(text);
+    }
+    else {
+        data = PyUnicode_AsUTF8AndSize(text, &size);
+        if (data == NULL) { /* lone surrogates: orjson refuses them, and the fallback says so */
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+                return -1;
+            }
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    Py_ssize_t plain = plain_prefix(data, size);
+    Py_ssize_t extra = 2;
+    for (Py_ssize_t i = plain; i < size; i++) {
+        unsigned char c = (unsigned char)data[i];
+        if (c < 0x20 || c == '"' || c == '\\') {
+            extra += (c == '"' || c == '\\' || c == '\b' || c == '\t' || c == '\n' || c == '\f'
+                      || c == '\r') ? 1 : 5;
+        }
+    }
+    if (reserve(buf, size + extra) < 0) {
+        return -1;
+    }
+    char *out = buf->data + buf->size;
+    *out++ = '"';
+    memcpy(out, data, (size_t)plain);
+    out += plain;
+    for (Py_ssize_t i = plain; i < size; i++) {
+        unsigned char c = (unsigned char)data[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *out++ = (char)c;
+            continue;
+        }
+        *out++ = '\\';
+        switch (c) {
+            case '"': *out++ = '"'; break;
+            case '\\': *out++ = '\\'; break;
+            case '\b': *out++ = 'b'; break;
+            case '\t': *out++ = 't'; break;
+            case '\n': *out++ = 'n'; break;
+            case '\f': *out++ = 'f'; break;
+            case '\r': *out++ = 'r'; break;
+            default:
+                *out++ = 'u';
+                *out++ = '0';
+                *out++ = '0';
+                *out++ = HEX[c >> 4];
+                *out++ = HEX[c & 0xF];
+        }
+    }
+    *out++ = '"';
+    buf->size = out - buf->data;
+    return 1;
+}
+
+static int
+put_int(Buffer *buf, PyObject *number)
+{
+    int overflow;
+    long long value = PyLong_AsLongLongAndOverflow(number, &overflow);
+    if (overflow) {
+        return 0; /* orjson writes up to 2**64 - 1 and refuses the rest */
+    }
+    if (value == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    char digits[24];
+    char *end = digits + sizeof(digits), *p = end;
+    unsigned long long magnitude = value < 0 ? 0ULL - (unsigned long long)value
+                                             : (unsigned long long)value;
+    do {
+        *--p = (char)('0' + magnitude % 10);
+        magnitude /= 10;
+    } while (magnitude);
+    if (value < 0) {
+        *--p = '-';
+    }
+    return put(buf, p, end - p) < 0 ? -1 : 1;
+}
+
+static int
+put_float(Buffer *buf, PyObject *number)
+{
+    double value = PyFloat_AS_DOUBLE(number);
+    if (!isfinite(value)) {
+        return 0;
+    }
+    /* repr()'s shortest round-trip digits; orjson writes the same unless there is an exponent
+     * (repr "1e-07", orjson "1e-7"), so those are left to orjson. */
+    char *text = PyOS_double_to_string(value, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (text == NULL) {
+        return -1;
+    }
+    int result = 0;
+    if (strchr(text, 'e') == NULL) {
+        result = put(buf, text, (Py_ssize_t)strlen(text)) < 0 ? -1 : 1;
+    }
+    PyMem_Free(text);
+    return result;
+}
+
+static int
+put_value(Buffer *buf, PyObject *value)
+{
+    if (PyUnicode_CheckExact(value)) {
+        return put_str(buf, value);
+    }
+    if (PyLong_CheckExact(value)) {
+        return put_int(buf, value);
+    }
+    if (PyFloat_CheckExact(value)) {
+        return put_float(buf, value);
+    }
+    if (value == Py_None) {
+        return PUT_LITERAL(buf, "null") < 0 ? -1 : 1;
+    }
+    if (value == Py_True) {
+        return PUT_LITERAL(buf, "true") < 0 ? -1 : 1;
+    }
+    if (value == Py_False) {
+        return PUT_LITERAL(buf, "false") < 0 ? -1 : 1;
+    }
+    return 0;
+}
+
+/* `,"key":value` for each item of `fields`. A key already written by an earlier mapping is
+ * skipped when it holds the very same value (the line dict would keep one, in the first
+ * place); any other repeat is left to the dict path. */
+static int
+put_fields(Buffer *buf, PyObject *fields, PyObject *earlier, PyObject *earliest)
+{
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(fields, &pos, &key, &value)) {
+        PyObject *before[2] = {earlier, earliest};
+        int repeat = 0;
+        for (int i = 0; i < 2 && !repeat; i++) {
+            if (before[i] == NULL) {
+                continue;
+            }
+            PyObject *seen = PyDict_GetItemWithError(before[i], key);
+            if (seen == NULL && PyErr_Occurred()) {
+                return -1;
+            }
+            if (seen != NULL) {
+                if (seen != value) {
+                    return 0;
+                }
+                repeat = 1;
+            }
+        }
+        if (repeat) {
+            continue;
+        }
+        if (PUT_LITERAL(buf, ",") < 0) {
+            return -1;
+        }
+        int done = put_str(buf, key);
+        if (done != 1) {
+            return done;
+        }
+        if (PUT_LITERAL(buf, ":") < 0) {
+            return -1;
+        }
+        if ((done = put_value(buf, value)) != 1) {
+            return done;
+        }
+    }
+    return 1;
+}
+
+/* ---- time ---------------------------------------------------------------------------------- */
+
+/* The latest second's "YYYY-MM-DDTHH:MM:SS." (20 characters). Only used with the GIL held. */
+static long long cached_second = -1;
+static char cached_prefix[32];
+
+/* time.time() values from 1970 to the end of year 9999: "%Y" is 4 digits there. */
+#define MAX_CREATED 253402300800.0
+
+/* `_encoder.format_time(created)` into `stamp` (27 characters); 0 if it cannot. */
+static int
+format_time(double created, char *stamp)
+{
+    if (!(created >= 0.0 && created < MAX_CREATED)) {
+        return 0;
+    }
+    long long whole = (long long)created; /* int(): truncates, as format_time does */
+    if (whole != cached_second) {
+        time_t t = (time_t)whole;
+        struct tm tm;
+        if (gmtime_r(&t, &tm) == NULL
+            || strftime(cached_prefix, sizeof(cached_prefix), "%Y-%m-%dT%H:%M:%S.", &tm) != 20) {
+            cached_second = -1;
+            return 0;
+        }
+        cached_second = whole;
+    }
+    long micros = (long)((created - (double)whole) * 1000000.0);
+    if (micros < 0 || micros > 999999) {
+        return 0;
+    }
+    memcpy(stamp, cached_prefix, 20);
+    for (int i = 25; i >= 20; i--) {
+        stamp[i] = (char)('0' + micros % 10);
+        micros /= 10;
+    }
+    stamp[26] = 'Z';
+    return 1;
+}
+
+/* ---- lines --------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject *known;       /* field names needing neither renaming nor masking (a set) */
+    PyObject *level_names; /* levelno -> name (a dict) */
+    PyObject *span_ids;    /* otel context -> (trace_id, span_id) or None */
+    PyObject *dumps;       /* orjson.dumps */
+    PyObject *default_;    /* its default hook */
+    PyObject *options;     /* its options (an int) */
+    PyObject *checked;     /* the last context seen to hold only known names (owned) */
+} Job;
+
+static PyObject *KEY_TIME, *KEY_LEVEL, *KEY_LOGGER, *KEY_MESSAGE, *KEY_TRACE_ID, *KEY_SPAN_ID;
+
+/* 1 if every key of the dict `mapping` is known, 0 if not, -1 on error. */
+static int
+all_known(PyObject *known, PyObject *mapping)
+{
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(mapping, &pos, &key, &value)) {
+        int found = PySet_Contains(known, key);
+        if (found != 1) {
+            return found;
+        }
+    }
+    return 1;
+}
+
+/* The line as the Python path builds it: a dict display, then orjson. */
+static PyObject *
+dumps_line(Job *job, PyObject *stamp, PyObject *level, PyObject *logger, PyObject *message,
+           PyObject *ids, PyObject *context, PyObject *bound, PyObject *fields)
+{
+    PyObject *data = NULL;
+    PyObject *line = PyDict_New();
+    if (line == NULL || PyDict_SetItem(line, KEY_TIME, stamp) < 0
+        || PyDict_SetItem(line, KEY_LEVEL, level) < 0
+        || PyDict_SetItem(line, KEY_LOGGER, logger) < 0
+        || PyDict_SetItem(line, KEY_MESSAGE, message) < 0) {
+        goto done;
+    }
+    if (ids != Py_None
+        && (PyDict_SetItem(line, KEY_TRACE_ID, PyTuple_GET_ITEM(ids, 0)) < 0
+            || PyDict_SetItem(line, KEY_SPAN_ID, PyTuple_GET_ITEM(ids, 1)) < 0)) {
+        goto done;
+    }
+    if (PyDict_Update(line, context) < 0 || PyDict_Update(line, bound) < 0
+        || PyDict_Update(line, fields) < 0) {
+        goto done;
+    }
+    PyObject *call[3] = {line, job->default_, job->options};
+    data = PyObject_Vectorcall(job->dumps, call, 3, NULL);
+    if (data != NULL && !PyBytes_Check(data)) {
+        Py_CLEAR(data);
+        PyErr_SetString(PyExc_TypeError, "dumps did not return bytes");
+    }
+done:
+    Py_XDECREF(line);
+    return data;
+}
+
+/* The line written directly: 1 written, 0 left to the dict path (nothing written), -1 error. */
+static int
+put_line(Buffer *buf, const char *stamp, PyObject *level, PyObject *logger, PyObject *message,
+         PyObject *ids, PyObject *context, PyObject *bound, PyObject *fields)
+{
+    Py_ssize_t start = buf->size;
+    int done;
+    if (PUT_LITERAL(buf, "{\"time\":\"") < 0 || put(buf, stamp, 27) < 0
+        || PUT_LITERAL(buf, "\",\"level\":") < 0) {
+        return -1;
+    }
+#define STEP(call)       \
+    if ((done = (call)) != 1) { \
+        goto stop;       \
+    }
+    STEP(put_str(buf, level));
+    STEP(PUT_LITERAL(buf, ",\"logger\":") < 0 ? -1 : 1);
+    STEP(put_str(buf, logger));
+    STEP(PUT_LITERAL(buf, ",\"message\":") < 0 ? -1 : 1);
+    STEP(put_str(buf, message));
+    if (ids != Py_None) {
+        STEP(PUT_LITERAL(buf, ",\"trace_id\":") < 0 ? -1 : 1);
+        STEP(put_str(buf, PyTuple_GET_ITEM(ids, 0)));
+        STEP(PUT_LITERAL(buf, ",\"span_id\":") < 0 ? -1 : 1);
+        STEP(put_str(buf, PyTuple_GET_ITEM(ids, 1)));
+    }
+    STEP(put_fields(buf, context, NULL, NULL));
+    STEP(put_fields(buf, bound, context, NULL));
+    STEP(put_fields(buf, fields, bound, context));
+    STEP(PUT_LITERAL(buf, "}\n") < 0 ? -1 : 1);
+#undef STEP
+    return 1;
+stop:
+    buf->size = start;
+    return done;
+}
+
+/* Write one record's line if the fast path takes it: 1 written, 0 not taken (nothing written,
+ * no error), -1 error (nothing written). */
+static int
+encode_record(Job *job, Buffer *buf, PyObject *record)
+{
+    if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != 10) {
+        return 0;
+    }
+    PyObject *created = PyTuple_GET_ITEM(record, 0);
+    PyObject *levelno = PyTuple_GET_ITEM(record, 1);
+    PyObject *logger = PyTuple_GET_ITEM(record, 2);
+    PyObject *msg = PyTuple_GET_ITEM(record, 3);
+    PyObject *args = PyTuple_GET_ITEM(record, 4);
+    PyObject *fields = PyTuple_GET_ITEM(record, 5);
+    PyObject *bound = PyTuple_GET_ITEM(record, 6);
+    PyObject *context = PyTuple_GET_ITEM(record, 7);
+    PyObject *otel = PyTuple_GET_ITEM(record, 8);
+    PyObject *exc_info = PyTuple_GET_ITEM(record, 9);
+
+    if (exc_info != Py_None || !PyUnicode_CheckExact(msg) || !PyDict_CheckExact(fields)
+        || !PyFloat_CheckExact(created) || !PyLong_CheckExact(levelno)
+        || !PyDict_CheckExact(context) || !PyDict_CheckExact(bound)) {
+        return 0;
+    }
+    char stamp[27];
+    if (!format_time(PyFloat_AS_DOUBLE(created), stamp)) {
+        return 0;
+    }
+    PyObject *level = PyDict_GetItemWithError(job->level_names, levelno); /* borrowed */
+    if (level == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    int ok;
+    if (context != job->checked && (ok = all_known(job->known, context)) != 1) {
+        return ok;
+    }
+    if (PyDict_GET_SIZE(bound) && (ok = all_known(job->known, bound)) != 1) {
+        return ok;
+    }
+    if ((ok = all_known(job->known, fields)) != 1) {
+        return ok;
+    }
+    Py_INCREF(context);
+    Py_SETREF(job->checked, context);
+
+    int result = -1;
+    PyObject *message = NULL, *ids = NULL, *stamp_text = NULL, *data = NULL;
+    int truth = PyObject_IsTrue(args);
+    if (truth < 0) {
+        goto done;
+    }
+    /* As in `logging`: empty args leave the message as it is ("100%"); a mismatch raises, and
+     * `encode` writes the reason. */
+    message = truth ? PyNumber_Remainder(msg, args) : Py_NewRef(msg);
+    if (message == NULL) {
+        goto done;
+    }
+    if ((truth = PyObject_IsTrue(otel)) < 0) {
+        goto done;
+    }
+    ids = truth ? PyObject_CallOneArg(job->span_ids, otel) : Py_NewRef(Py_None);
+    if (ids == NULL) {
+        goto done;
+    }
+    if (ids != Py_None && (!PyTuple_CheckExact(ids) || PyTuple_GET_SIZE(ids) != 2)) {
+        PyErr_SetString(PyExc_TypeError, "span ids are not a pair");
+        goto done;
+    }
+    if ((result = put_line(buf, stamp, level, logger, message, ids, context, bound, fields))) {
+        goto done; /* written, or an error */
+    }
+    result = -1;
+    stamp_text = PyUnicode_FromStringAndSize(stamp, 27);
+    if (stamp_text == NULL) {
+        goto done;
+    }
+    data = dumps_line(job, stamp_text, level, logger, message, ids, context, bound, fields);
+    if (data != NULL && put(buf, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)) == 0) {
+        result = 1;
+    }
+done:
+    Py_XDECREF(message);
+    Py_XDECREF(ids);
+    Py_XDECREF(stamp_text);
+    Py_XDECREF(data);
+    return result;
+}
+
+PyDoc_STRVAR(encode_into_doc,
+"encode_into(records, buffer, checked, known, level_names, span_ids, dumps, default, options,\n"
+"            fallback) -> (ends, checked)\n"
+"\n"
+"Append the lines of `records` to the bytearray `buffer` as Encoder.encode_into does, and\n"
+"return where each ends and the last context found to hold only known names.\n"
+"`fallback(record)` writes the records the fast path does not take.");
+
+static PyObject *
+encode_into(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
+{
+    if (argc != 10) {
+        PyErr_SetString(PyExc_TypeError, "encode_into takes 10 arguments");
+        return NULL;
+    }
+    PyObject *records = argv[0], *target = argv[1], *fallback = argv[9];
+    Job job = {argv[3], argv[4], argv[5], argv[6], argv[7], argv[8], Py_NewRef(argv[2])};
+    if (!PyList_CheckExact(records) || !PyByteArray_CheckExact(target)
+        || !PySet_CheckExact(job.known) || !PyDict_CheckExact(job.level_names)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "encode_into: records, buffer, known and level_names must be a list, a "
+                        "bytearray, a set and a dict");
+        Py_DECREF(job.checked);
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(records);
+    Py_ssize_t offset = PyByteArray_GET_SIZE(target);
+    Buffer buf = {NULL, 0, 0};
+    PyObject *result = NULL;
+    PyObject *ends = PyList_New(count);
+    if (ends == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *record = Py_NewRef(PyList_GET_ITEM(records, i));
+        int taken = encode_record(&job, &buf, record);
+        if (taken < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                Py_DECREF(record); /* KeyboardInterrupt and the like are not the record's */
+                goto done;
+            }
+            PyErr_Clear();
+        }
+        if (taken != 1) {
+            PyObject *data = PyObject_CallOneArg(fallback, record);
+            int failed = data == NULL
+                || (PyBytes_Check(data)
+                        ? put(&buf, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+                        : (PyErr_SetString(PyExc_TypeError, "fallback did not return bytes"), -1));
+            Py_XDECREF(data);
+            if (failed) {
+                Py_DECREF(record);
+                goto done;
+            }
+        }
+        Py_DECREF(record);
+        PyObject *end = PyLong_FromSsize_t(offset + buf.size);
+        if (end == NULL) {
+            goto done;
+        }
+        PyList_SET_ITEM(ends, i, end);
+    }
+    if (buf.size) {
+        if (PyByteArray_Resize(target, offset + buf.size) < 0) {
+            goto done;
+        }
+        memcpy(PyByteArray_AS_STRING(target) + offset, buf.data, (size_t)buf.size);
+    }
+    result = PyTuple_Pack(2, ends, job.checked);
+done:
+    PyMem_Free(buf.data);
+    Py_XDECREF(ends);
+    Py_DECREF(job.checked);
+    return result;
+}
+
+
+/* ---- the caller's side: the level methods of Logger -------------------------------------------
+ *
+ * `LevelMethod(level, name, ...)` is `_logger._level_method`'s method in C: the same record
+ * tuple, put on the same queue, with the same counting and the same wake-up of an idle writer.
+ * What it saves is the Python frame and bytecode of a call that runs on the event loop.
+ */
+
+typedef struct {
+    PyObject_HEAD
+    long level;
+    PyObject *levelno;     /* the level as an int */
+    PyObject *name;        /* "info" */
+    PyObject *doc;         /* "Log at INFO." */
+    PyObject *queue;       /* the process's RecordQueue */
+    PyObject *context_var; /* _context.bound_fields */
+    PyObject *otel_var;    /* OpenTelemetry's current-context ContextVar, or None */
+    PyObject *otel_get;    /* else the callable that returns that context */
+    PyObject *immutable;   /* _snapshot.IMMUTABLE_TYPES */
+    PyObject *snapshot_fields;
+    PyObject *snapshot_args;
+    vectorcallfunc vectorcall;
+} LevelMethod;
+
+static PyObject *S_LEVEL, *S_EMITTED, *S_ITEMS, *S_MAXSIZE, *S_IDLE, *S_WAKE, *S_SET, *S_APPEND,
+    *S_OVERFLOW, *S_NAME, *S_BOUND;
+
+/* time.time() */
+static PyObject *
+now(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyFloat_FromDouble((double)ts.tv_sec + (double)ts.tv_nsec * 1e-9);
+}
+
+/* Whether the queue's `level` turns `level` away: 1 yes, 0 no, -1 error. */
+static int
+turned_away(PyObject *queue, long level)
+{
+    PyObject *threshold = PyObject_GetAttr(queue, S_LEVEL);
+    if (threshold == NULL) {
+        return -1;
+    }
+    long value = PyLong_AsLong(threshold);
+    Py_DECREF(threshold);
+    if (value == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    return value > level;
+}
+
+static PyObject *
+context_value(PyObject *var, PyObject *getter)
+{
+    if (var == Py_None) {
+        return PyObject_CallNoArgs(getter);
+    }
+    PyObject *value;
+    if (PyContextVar_Get(var, NULL, &value) < 0) {
+        return NULL;
+    }
+    if (value == NULL) {
+        PyErr_SetObject(PyExc_LookupError, var);
+    }
+    return value;
+}
+
+/* RecordQueue.put(record), inlined as the Python level methods inline it. */
+static int
+put_record(PyObject *queue, PyObject *record)
+{
+    PyObject *items = PyObject_GetAttr(queue, S_ITEMS);
+    if (items == NULL) {
+        return -1;
+    }
+    PyObject *maxsize = PyObject_GetAttr(queue, S_MAXSIZE);
+    if (maxsize == NULL) {
+        Py_DECREF(items);
+        return -1;
+    }
+    Py_ssize_t size = PyObject_Size(items);
+    Py_ssize_t limit = PyLong_AsSsize_t(maxsize);
+    Py_DECREF(maxsize);
+    if (size < 0 || (limit == -1 && PyErr_Occurred())) {
+        Py_DECREF(items);
+        return -1;
+    }
+    PyObject *done;
+    if (size >= limit) {
+        Py_DECREF(items);
+        done = PyObject_CallMethodOneArg(queue, S_OVERFLOW, record);
+        Py_XDECREF(done);
+        return done == NULL ? -1 : 0;
+    }
+    done = PyObject_CallMethodOneArg(items, S_APPEND, record);
+    Py_DECREF(items);
+    if (done == NULL) {
+        return -1;
+    }
+    Py_DECREF(done);
+    PyObject *idle = PyObject_GetAttr(queue, S_IDLE);
+    if (idle == NULL) {
+        return -1;
+    }
+    int asleep = PyObject_IsTrue(idle);
+    Py_DECREF(idle);
+    if (asleep <= 0) {
+        return asleep;
+    }
+    /* Only the first caller wakes the writer; see RecordQueue.put. */
+    if (PyObject_SetAttr(queue, S_IDLE, Py_False) < 0) {
+        return -1;
+    }
+    PyObject *wake = PyObject_GetAttr(queue, S_WAKE);
+    if (wake == NULL) {
+        return -1;
+    }
+    done = PyObject_CallMethodNoArgs(wake, S_SET);
+    Py_DECREF(wake);
+    Py_XDECREF(done);
+    return done == NULL ? -1 : 0;
+}
+
+static PyObject *
+level_method_call(PyObject *callable, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
+{
+    LevelMethod *self = (LevelMethod *)callable;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 2) {
+        PyErr_Format(PyExc_TypeError, "%U() missing required argument: 'msg'", self->name);
+        return NULL;
+    }
+    int away = turned_away(self->queue, self->level);
+    if (away) {
+        return away < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    PyObject *logger = argv[0], *msg = argv[1];
+    PyObject *emitted = NULL, *count = NULL, *fields = NULL, *args = NULL, *created = NULL;
+    PyObject *name = NULL, *bound = NULL, *context = NULL, *otel = NULL, *record = NULL;
+    PyObject *result = NULL;
+
+    if ((emitted = PyObject_GetAttr(self->queue, S_EMITTED)) == NULL
+        || (count = PyIter_Next(emitted)) == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "the emitted counter ran out");
+        }
+        goto done;
+    }
+    if ((fields = PyDict_New()) == NULL) {
+        goto done;
+    }
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    int immutable = 1;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *value = argv[nargs + i];
+        if (PyDict_SetItem(fields, PyTuple_GET_ITEM(kwnames, i), value) < 0) {
+            goto done;
+        }
+        if (immutable) {
+            int found = PySet_Contains(self->immutable, (PyObject *)Py_TYPE(value));
+            if (found < 0) {
+                goto done;
+            }
+            immutable = found;
+        }
+    }
+    if (!immutable) {
+        Py_SETREF(fields, PyObject_CallOneArg(self->snapshot_fields, fields));
+        if (fields == NULL) {
+            goto done;
+        }
+    }
+    if (nargs > 2) {
+        PyObject *given = PyTuple_New(nargs - 2);
+        if (given == NULL) {
+            goto done;
+        }
+        for (Py_ssize_t i = 2; i < nargs; i++) {
+            PyTuple_SET_ITEM(given, i - 2, Py_NewRef(argv[i]));
+        }
+        args = PyObject_CallOneArg(self->snapshot_args, given);
+        Py_DECREF(given);
+        if (args == NULL) {
+            goto done;
+        }
+    }
+    else {
+        args = Py_NewRef(Py_None);
+    }
+    if ((created = now()) == NULL || (name = PyObject_GetAttr(logger, S_NAME)) == NULL
+        || (bound = PyObject_GetAttr(logger, S_BOUND)) == NULL
+        || (context = context_value(self->context_var, NULL)) == NULL
+        || (otel = context_value(self->otel_var, self->otel_get)) == NULL) {
+        goto done;
+    }
+    record = PyTuple_Pack(10, created, self->levelno, name, msg, args, fields, bound, context,
+                          otel, Py_None);
+    if (record == NULL || put_record(self->queue, record) < 0) {
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(emitted);
+    Py_XDECREF(count);
+    Py_XDECREF(fields);
+    Py_XDECREF(args);
+    Py_XDECREF(created);
+    Py_XDECREF(name);
+    Py_XDECREF(bound);
+    Py_XDECREF(context);
+    Py_XDECREF(otel);
+    Py_XDECREF(record);
+    return result;
+}
+
+static PyObject *
+level_method_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"level", "name", "queue", "context_var", "otel_var", "otel_get",
+                            "immutable", "snapshot_fields", "snapshot_args", NULL};
+    long level;
+    PyObject *name, *queue, *context_var, *otel_var, *otel_get, *immutable, *snapshot_fields,
+        *snapshot_args;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "lUOOOOOOO:LevelMethod", names, &level, &name,
+                                     &queue, &context_var, &otel_var, &otel_get, &immutable,
+                                     &snapshot_fields, &snapshot_args)) {
+        return NULL;
+    }
+    if (!PyAnySet_Check(immutable)) {
+        PyErr_SetString(PyExc_TypeError, "LevelMethod: immutable must be a set");
+        return NULL;
+    }
+    if (otel_var != Py_None && !PyContextVar_CheckExact(otel_var)) {
+        PyErr_SetString(PyExc_TypeError, "LevelMethod: otel_var must be a ContextVar or None");
+        return NULL;
+    }
+    if (!PyContextVar_CheckExact(context_var)) {
+        PyErr_SetString(PyExc_TypeError, "LevelMethod: context_var must be a ContextVar");
+        return NULL;
+    }
+    LevelMethod *self = (LevelMethod *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->level = level;
+    self->vectorcall = level_method_call;
+    if ((self->levelno = PyLong_FromLong(level)) == NULL
+        || (self->name = PyObject_CallMethod(name, "lower", NULL)) == NULL
+        || (self->doc = PyUnicode_FromFormat("Log at %U.", name)) == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->queue = Py_NewRef(queue);
+    self->context_var = Py_NewRef(context_var);
+    self->otel_var = Py_NewRef(otel_var);
+    self->otel_get = Py_NewRef(otel_get);
+    self->immutable = Py_NewRef(immutable);
+    self->snapshot_fields = Py_NewRef(snapshot_fields);
+    self->snapshot_args = Py_NewRef(snapshot_args);
+    return (PyObject *)self;
+}
+
+static int
+level_method_traverse(LevelMethod *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->queue);
+    Py_VISIT(self->context_var);
+    Py_VISIT(self->otel_var);
+    Py_VISIT(self->otel_get);
+    Py_VISIT(self->immutable);
+    Py_VISIT(self->snapshot_fields);
+    Py_VISIT(self->snapshot_args);
+    return 0;
+}
+
+static int
+level_method_clear(LevelMethod *self)
+{
+    Py_CLEAR(self->queue);
+    Py_CLEAR(self->context_var);
+    Py_CLEAR(self->otel_var);
+    Py_CLEAR(self->otel_get);
+    Py_CLEAR(self->immutable);
+    Py_CLEAR(self->snapshot_fields);
+    Py_CLEAR(self->snapshot_args);
+    return 0;
+}
+
+static void
+level_method_dealloc(LevelMethod *self)
+{
+    PyObject_GC_UnTrack(self);
+    level_method_clear(self);
+    Py_XDECREF(self->levelno);
+    Py_XDECREF(self->name);
+    Py_XDECREF(self->doc);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+level_method_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(self);
+    }
+    return PyMethod_New(self, obj);
+}
+
+static PyObject *
+level_method_repr(LevelMethod *self)
+{
+    return PyUnicode_FromFormat("<asynclog level method %U>", self->name);
+}
+
+static PyMemberDef level_method_members[] = {
+    {"__name__", T_OBJECT, offsetof(LevelMethod, name), READONLY, NULL},
+    {"__qualname__", T_OBJECT, offsetof(LevelMethod, name), READONLY, NULL},
+    {"__doc__", T_OBJECT, offsetof(LevelMethod, doc), READONLY, NULL},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(LevelMethod, vectorcall), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject LevelMethodType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "asynclog._speedups.LevelMethod",
+    .tp_doc = PyDoc_STR("LevelMethod(level, name, queue, context_var, otel_var, otel_get, "
+                        "immutable, snapshot_fields, snapshot_args): one level's method of "
+                        "Logger, in C."),
+    .tp_basicsize = sizeof(LevelMethod),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL
+        | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_new = level_method_new,
+    .tp_dealloc = (destructor)level_method_dealloc,
+    .tp_traverse = (traverseproc)level_method_traverse,
+    .tp_clear = (inquiry)level_method_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(LevelMethod, vectorcall),
+    .tp_descr_get = level_method_get,
+    .tp_repr = (reprfunc)level_method_repr,
+    .tp_members = level_method_members,
+};
+
+static PyMethodDef methods[] = {
+    {"encode_into", (PyCFunction)(void (*)(void))encode_into, METH_FASTCALL, encode_into_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    "asynclog._speedups",
+    "The writer's fast path in C (optional: asynclog writes the same bytes without it).",
+    -1,
+    methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    if ((KEY_TIME = PyUnicode_InternFromString("time")) == NULL
+        || (KEY_LEVEL = PyUnicode_InternFromString("level")) == NULL
+        || (KEY_LOGGER = PyUnicode_InternFromString("logger")) == NULL
+        || (KEY_MESSAGE = PyUnicode_InternFromString("message")) == NULL
+        || (KEY_TRACE_ID = PyUnicode_InternFromString("trace_id")) == NULL
+        || (KEY_SPAN_ID = PyUnicode_InternFromString("span_id")) == NULL
+        || (S_LEVEL = PyUnicode_InternFromString("level")) == NULL
+        || (S_EMITTED = PyUnicode_InternFromString("emitted")) == NULL
+        || (S_ITEMS = PyUnicode_InternFromString("items")) == NULL
+        || (S_MAXSIZE = PyUnicode_InternFromString("maxsize")) == NULL
+        || (S_IDLE = PyUnicode_InternFromString("idle")) == NULL
+        || (S_WAKE = PyUnicode_InternFromString("wake")) == NULL
+        || (S_SET = PyUnicode_InternFromString("set")) == NULL
+        || (S_APPEND = PyUnicode_InternFromString("append")) == NULL
+        || (S_OVERFLOW = PyUnicode_InternFromString("overflow")) == NULL
+        || (S_NAME = PyUnicode_InternFromString("name")) == NULL
+        || (S_BOUND = PyUnicode_InternFromString("_bound")) == NULL) {
+        return NULL;
+    }
+    if (PyType_Ready(&LevelMethodType) < 0) {
+        return NULL;
+    }
+    PyObject *mod = PyModule_Create(&module);
+    if (mod == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(mod, "LevelMethod", (PyObject *)&LevelMethodType) < 0) {
+        Py_DECREF(mod);
+        return NULL;
+    }
+    return mod;
+}

@@ -1,0 +1,203 @@
+"""The optional C extension does what the pure-Python code does: the same record from a level
+method, the same bytes from the writer's batch encoder, whatever the values."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import asynclog
+from asynclog import _accel
+from asynclog._encoder import Encoder
+from asynclog._logger import Logger, _python_level_method
+from asynclog._queue import QUEUE
+from asynclog._redact import Redactor
+from asynclog._snapshot import Frozen
+
+from conftest import run_python
+
+speedups = _accel.speedups
+needs_extension = pytest.mark.skipif(
+    speedups is None and not os.environ.get("ASYNCLOG_REQUIRE_EXTENSIONS"),
+    reason="the C extension is not built (no C compiler at install time)",
+)
+
+
+def test_the_extension_is_built_where_it_is_required() -> None:
+    """CI sets ASYNCLOG_REQUIRE_EXTENSIONS: there the extension must have been built."""
+    if not os.environ.get("ASYNCLOG_REQUIRE_EXTENSIONS"):
+        pytest.skip("ASYNCLOG_REQUIRE_EXTENSIONS is not set")
+    assert speedups is not None
+    assert isinstance(Logger.info, speedups.LevelMethod)
+
+
+def test_asynclog_no_extensions_runs_the_pure_python_code() -> None:
+    result = run_python(
+        """
+        from asynclog import _accel
+        from asynclog._logger import Logger
+        print(_accel.speedups, type(Logger.info).__name__)
+        """,
+        env={"ASYNCLOG_NO_EXTENSIONS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["None", "function"]
+
+
+# The level methods ---------------------------------------------------------------------------
+
+_PYTHON_INFO = _python_level_method(20, "INFO")
+_ANY_VALUE = st.one_of(
+    st.none(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=5),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.tuples(st.integers()),
+)
+
+
+@needs_extension
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    msg=st.one_of(st.text(max_size=8), st.integers()),
+    args=st.lists(_ANY_VALUE, max_size=3),
+    fields=st.dictionaries(st.text(min_size=1, max_size=6), _ANY_VALUE, max_size=4),
+    context=st.dictionaries(st.sampled_from(["request_id", "user"]), st.text(max_size=4)),
+    bound=st.dictionaries(st.sampled_from(["service", "zone"]), st.integers(), max_size=2),
+)
+def test_a_level_method_captures_the_record_the_python_one_does(
+    msg: Any, args: list[Any], fields: dict[str, Any], context: dict[str, Any], bound: Any
+) -> None:
+    log = Logger("same", bound)
+    asynclog.clear_contextvars()
+    asynclog.bind_contextvars(**context)
+    emitted = QUEUE.emitted
+    QUEUE.items.clear()
+    try:
+        log.info(msg, *args, **fields)
+        _PYTHON_INFO(log, msg, *args, **fields)
+        c_record, python_record = QUEUE.items
+    finally:
+        QUEUE.items.clear()
+    assert abs(c_record[0] - python_record[0]) < 1.0
+    assert type(c_record[0]) is float
+    assert _comparable(c_record[1:]) == _comparable(python_record[1:])
+    assert next(emitted) - next(emitted) == -1  # both calls were counted
+
+
+def _comparable(value: Any) -> Any:
+    """Frozen values as their bytes, NaN as a string: what two equal captures have in common."""
+    if isinstance(value, Frozen):
+        return ("frozen", value.data)
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    if isinstance(value, tuple):
+        return tuple(_comparable(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items()}
+    return value
+
+
+@needs_extension
+def test_a_level_method_counts_drops_and_wakes_an_idle_writer_once() -> None:
+    log = Logger("queue")
+    maxsize, emitted, dropped = QUEUE.maxsize, QUEUE.emitted, QUEUE.dropped
+    QUEUE.items.clear()
+    try:
+        QUEUE.reset_counters()
+        QUEUE.maxsize = 2
+        QUEUE.idle = True
+        QUEUE.wake.clear()
+        log.info("one")
+        assert QUEUE.wake.is_set() and not QUEUE.idle
+        QUEUE.wake.clear()
+        log.info("two")
+        log.info("three")  # the queue is full: dropped, counted
+        log.debug("below the level")  # neither queued nor counted
+        assert not QUEUE.wake.is_set()
+        assert [r[3] for r in QUEUE.items] == ["one", "two"]
+        assert (next(QUEUE.emitted), next(QUEUE.dropped)) == (3, 1)
+    finally:
+        QUEUE.items.clear()
+        QUEUE.maxsize, QUEUE.emitted, QUEUE.dropped = maxsize, emitted, dropped
+        QUEUE.idle = False
+
+
+@needs_extension
+def test_a_level_method_is_a_method() -> None:
+    log = Logger("m")
+    info = log.info  # bound, called later
+    assert (Logger.info.__name__, Logger.info.__doc__) == ("info", "Log at INFO.")
+    assert Logger.warn is Logger.warning
+    QUEUE.items.clear()
+    try:
+        info("later", n=1)
+        assert QUEUE.items[0][2:4] == ("m", "later")
+        with pytest.raises(TypeError, match="msg"):
+            log.info()
+    finally:
+        QUEUE.items.clear()
+
+
+# The batch encoder's direct JSON writer --------------------------------------------------------
+
+_TEXT = st.text(st.characters(exclude_categories=()), max_size=12) | st.sampled_from(
+    ['"quoted"', "back\\slash", "tab\there", "nul\x00", "\x1f\x7f", "é ü 日本", "\ud800", "/"]
+)
+_NUMBER = st.one_of(
+    st.integers(min_value=-(2**65), max_value=2**65),
+    st.floats(),
+    st.sampled_from([0.0, -0.0, 1e16, 1e-5, 1.5e300, 0.1, 51.99, 2**63, -(2**63), 2**64 - 1]),
+)
+_JSON_VALUE = st.one_of(st.none(), st.booleans(), _TEXT, _NUMBER)
+_NAME = st.sampled_from(["a", "request_id", "n", "é", 'q"uote', "ctl\n"])
+
+
+class _Str(str):
+    pass
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    # `implementation` only patches in what to run: the same for every example.
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    lines=st.lists(
+        st.tuples(
+            _TEXT,  # message
+            _TEXT | st.just(_Str("subclass")),  # logger
+            st.dictionaries(_NAME, _JSON_VALUE, max_size=3),  # context
+            st.dictionaries(_NAME, _JSON_VALUE, max_size=2),  # bound
+            st.dictionaries(_NAME, _JSON_VALUE | st.just(_Str("s")), max_size=4),  # fields
+            st.booleans(),  # repeat a context value in the fields, as the access line does
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_the_direct_writer_writes_what_orjson_writes(lines: list[Any], implementation: str) -> None:
+    """Strings needing escapes, non-ASCII and lone surrogates; ints past 64 bits; floats with
+    exponents, NaN and infinities; str subclasses; names repeated across context, bound and
+    call fields: the batch encoder writes `encode`'s bytes, line for line."""
+    records = []
+    for msg, logger, context, bound, fields, repeat in lines:
+        if repeat and context:
+            name = next(iter(context))
+            fields[name] = context[name]
+        records.append((1796084572.25, 20, logger, msg, None, fields, bound, context, {}, None))
+    redactor = Redactor(frozenset({"password"}))
+    expected = [Encoder(redactor).encode(record) for record in records]
+    encoder = Encoder(redactor)
+    for _ in range(2):  # the first pass meets the names, the second knows them
+        buffer = bytearray()
+        ends = encoder.encode_into(records, buffer)
+        assert [bytes(buffer[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)] == expected
