@@ -151,6 +151,11 @@ class Encoder:
         self.color = color
         # The C fast path of encode_into, when built (see _speedups.c).
         self._c_encode_into = _speedups.encode_into if speedups and _speedups else None
+        # Records per write() and per hold of the GIL: ~0.3 ms of encoding either way. Each
+        # write hands the GIL to the event loop and waits to get it back, so slices as long as
+        # the event loop's p99 allows are cheaper (in the server, 128 -> 512 records per slice
+        # with the C path took the writer from 5.5 to 4.5 us a request).
+        self.slice_size = 512 if self._c_encode_into is not None else 128
         # Field names seen to need neither renaming nor masking: the fast path of _merge.
         self._plain_keys: set[str] = set()
         # The last context mapping whose names were all plain (contexts are shared by the

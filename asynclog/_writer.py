@@ -16,7 +16,6 @@ __all__ = ["Counters", "Writer"]
 
 _IDLE_WAIT = 1.0  # seconds between housekeeping rounds when nothing is logged
 _REPORT_EVERY = 1.0  # seconds between reports of write errors and drops
-_SLICE = 128  # records per write(), and between two chances for other threads to take the GIL
 _FINISH_LINE_WAIT = 0.25  # seconds a half-written line may take to complete after a failure
 
 
@@ -104,7 +103,8 @@ class Writer(threading.Thread):
 
     def _write_batch(self, batch: list[tuple[Any, ...]]) -> None:
         encode_into = self.encoder.encode_into
-        for start in range(0, len(batch), _SLICE):
+        size = self.encoder.slice_size
+        for start in range(0, len(batch), size):
             if start:
                 # Hand the GIL to the event loop between slices: encoding a whole batch in one
                 # go would hold it for the full switch interval (5 ms) and show up in its p99.
@@ -114,9 +114,9 @@ class Writer(threading.Thread):
                 # Shutting down and out of time: count the rest as lost without encoding it.
                 self.counters.dropped_write += len(batch) - start
                 return
-            # One write per slice (~30 KB of whole lines).
+            # One write per slice (~30-150 KB of whole lines).
             data = bytearray()
-            ends = encode_into(batch[start : start + _SLICE], data)
+            ends = encode_into(batch[start : start + size], data)
             self._write_lines(data, ends)
 
     def _write_lines(self, data: bytes | bytearray, ends: list[int]) -> None:
