@@ -2,8 +2,8 @@
  *
  * It takes the records the pure-Python fast path in _encoder.py takes (same checks) and writes
  * their line in one of two ways:
- *   - directly, when every value is a str, an int within 64 bits, a float written without an
- *     exponent, a bool or None: the bytes orjson would write, without building the line dict;
+ *   - directly, when every value is a str, an int within 64 bits, a float, a bool or None: the
+ *     bytes orjson would write, without building the line dict;
  *   - else as the Python path does: the same line dict, the same `orjson.dumps` call.
  * Any other record, and any record that raises on the way, goes to the encoder's `encode`, the
  * reference. Tests check that all three write `encode`'s bytes.
@@ -11,7 +11,6 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
-#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -99,30 +98,36 @@ plain_prefix(const char *data, Py_ssize_t size)
     return i;
 }
 
+/* The UTF-8 of an exact str: 1 with `data` and `size` set, 0 for anything else (a subclass,
+ * lone surrogates: left to orjson, which refuses them, and the fallback says so), -1 on error. */
 static int
-put_str(Buffer *buf, PyObject *text)
+str_utf8(PyObject *text, const char **data, Py_ssize_t *size)
 {
     if (!PyUnicode_CheckExact(text)) {
         return 0;
     }
-    const char *data;
-    Py_ssize_t size;
     if (PyUnicode_IS_ASCII(text)) {
-        data = (const char *)PyUnicode_DATA(text);
-        size = PyUnicode_GET_LENGTH(text);
+        *data = (const char *)PyUnicode_DATA(text);
+        *size = PyUnicode_GET_LENGTH(text);
+        return 1;
     }
-    else {
-        data = PyUnicode_AsUTF8AndSize(text, &size);
-        if (data == NULL) { /* lone surrogates: orjson refuses them, and the fallback says so */
-            if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
-                return -1;
-            }
-            PyErr_Clear();
-            return 0;
-        }
+    *data = PyUnicode_AsUTF8AndSize(text, size);
+    if (*data != NULL) {
+        return 1;
     }
+    if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+        return -1;
+    }
+    PyErr_Clear();
+    return 0;
+}
+
+/* UTF-8 `data` escaped as in a JSON string, without the quotes. */
+static int
+put_escaped(Buffer *buf, const char *data, Py_ssize_t size)
+{
     Py_ssize_t plain = plain_prefix(data, size);
-    Py_ssize_t extra = 2;
+    Py_ssize_t extra = 0;
     for (Py_ssize_t i = plain; i < size; i++) {
         unsigned char c = (unsigned char)data[i];
         if (c < 0x20 || c == '"' || c == '\\') {
@@ -134,7 +139,6 @@ put_str(Buffer *buf, PyObject *text)
         return -1;
     }
     char *out = buf->data + buf->size;
-    *out++ = '"';
     memcpy(out, data, (size_t)plain);
     out += plain;
     for (Py_ssize_t i = plain; i < size; i++) {
@@ -160,18 +164,35 @@ put_str(Buffer *buf, PyObject *text)
                 *out++ = HEX[c & 0xF];
         }
     }
-    *out++ = '"';
     buf->size = out - buf->data;
+    return 0;
+}
+
+static int
+put_str(Buffer *buf, PyObject *text)
+{
+    const char *data;
+    Py_ssize_t size;
+    int ok = str_utf8(text, &data, &size);
+    if (ok != 1) {
+        return ok;
+    }
+    if (PUT_LITERAL(buf, "\"") < 0 || put_escaped(buf, data, size) < 0
+        || PUT_LITERAL(buf, "\"") < 0) {
+        return -1;
+    }
     return 1;
 }
 
+/* An exact int within 64 bits in decimal (as orjson and str() write it); 0 for larger ones
+ * (orjson writes up to 2**64 - 1 and refuses the rest). */
 static int
 put_int(Buffer *buf, PyObject *number)
 {
     int overflow;
     long long value = PyLong_AsLongLongAndOverflow(number, &overflow);
     if (overflow) {
-        return 0; /* orjson writes up to 2**64 - 1 and refuses the rest */
+        return 0;
     }
     if (value == -1 && PyErr_Occurred()) {
         return -1;
@@ -190,29 +211,24 @@ put_int(Buffer *buf, PyObject *number)
     return put(buf, p, end - p) < 0 ? -1 : 1;
 }
 
+/* A float as orjson writes it (shortest round trip; NaN and infinities as null): written by
+ * orjson itself, as repr() differs in exponents and CPython's dtoa is ~4x slower. */
 static int
-put_float(Buffer *buf, PyObject *number)
+put_float(Buffer *buf, PyObject *number, PyObject *dumps)
 {
-    double value = PyFloat_AS_DOUBLE(number);
-    if (!isfinite(value)) {
-        return 0;
-    }
-    /* repr()'s shortest round-trip digits; orjson writes the same unless there is an exponent
-     * (repr "1e-07", orjson "1e-7"), so those are left to orjson. */
-    char *text = PyOS_double_to_string(value, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
-    if (text == NULL) {
+    PyObject *data = PyObject_Vectorcall(dumps, &number, 1, NULL);
+    if (data == NULL) {
         return -1;
     }
-    int result = 0;
-    if (strchr(text, 'e') == NULL) {
-        result = put(buf, text, (Py_ssize_t)strlen(text)) < 0 ? -1 : 1;
-    }
-    PyMem_Free(text);
+    int result = PyBytes_Check(data)
+        ? (put(buf, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)) < 0 ? -1 : 1)
+        : 0;
+    Py_DECREF(data);
     return result;
 }
 
 static int
-put_value(Buffer *buf, PyObject *value)
+put_value(Buffer *buf, PyObject *value, PyObject *dumps)
 {
     if (PyUnicode_CheckExact(value)) {
         return put_str(buf, value);
@@ -221,7 +237,7 @@ put_value(Buffer *buf, PyObject *value)
         return put_int(buf, value);
     }
     if (PyFloat_CheckExact(value)) {
-        return put_float(buf, value);
+        return put_float(buf, value, dumps);
     }
     if (value == Py_None) {
         return PUT_LITERAL(buf, "null") < 0 ? -1 : 1;
@@ -239,7 +255,7 @@ put_value(Buffer *buf, PyObject *value)
  * skipped when it holds the very same value (the line dict would keep one, in the first
  * place); any other repeat is left to the dict path. */
 static int
-put_fields(Buffer *buf, PyObject *fields, PyObject *earlier, PyObject *earliest)
+put_fields(Buffer *buf, PyObject *fields, PyObject *earlier, PyObject *earliest, PyObject *dumps)
 {
     Py_ssize_t pos = 0;
     PyObject *key, *value;
@@ -247,7 +263,7 @@ put_fields(Buffer *buf, PyObject *fields, PyObject *earlier, PyObject *earliest)
         PyObject *before[2] = {earlier, earliest};
         int repeat = 0;
         for (int i = 0; i < 2 && !repeat; i++) {
-            if (before[i] == NULL) {
+            if (before[i] == NULL || PyDict_GET_SIZE(before[i]) == 0) {
                 continue;
             }
             PyObject *seen = PyDict_GetItemWithError(before[i], key);
@@ -274,11 +290,73 @@ put_fields(Buffer *buf, PyObject *fields, PyObject *earlier, PyObject *earliest)
         if (PUT_LITERAL(buf, ":") < 0) {
             return -1;
         }
-        if ((done = put_value(buf, value)) != 1) {
+        if ((done = put_value(buf, value, dumps)) != 1) {
             return done;
         }
     }
     return 1;
+}
+
+/* The JSON string of `template % args` for the common case, `%s` with str or int arguments
+ * (the access line's "%s %s %s"), without building the message; 0 for anything else (other
+ * conversions, other types, a count mismatch), which `%` itself then renders or rejects. */
+static int
+put_message(Buffer *buf, PyObject *template, PyObject *args)
+{
+    if (!PyTuple_CheckExact(args) || !PyUnicode_IS_ASCII(template)) {
+        return 0;
+    }
+    const char *text = (const char *)PyUnicode_DATA(template);
+    Py_ssize_t size = PyUnicode_GET_LENGTH(template), count = PyTuple_GET_SIZE(args);
+    Py_ssize_t start = buf->size, run = 0, used = 0;
+    int done = 0;
+    if (PUT_LITERAL(buf, "\"") < 0) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < size; i++) {
+        if (text[i] != '%') {
+            continue;
+        }
+        if (put_escaped(buf, text + run, i - run) < 0) {
+            goto error;
+        }
+        char conversion = i + 1 < size ? text[i + 1] : '\0';
+        if (conversion == '%') {
+            if (PUT_LITERAL(buf, "%") < 0) {
+                goto error;
+            }
+        }
+        else if (conversion == 's' && used < count) {
+            PyObject *arg = PyTuple_GET_ITEM(args, used++);
+            const char *data;
+            Py_ssize_t length;
+            if (PyLong_CheckExact(arg)) {
+                done = put_int(buf, arg);
+            }
+            else if ((done = str_utf8(arg, &data, &length)) == 1) {
+                done = put_escaped(buf, data, length) < 0 ? -1 : 1;
+            }
+            if (done != 1) {
+                goto stop;
+            }
+        }
+        else {
+            done = 0; /* another conversion, or more than there are arguments */
+            goto stop;
+        }
+        run = ++i + 1;
+    }
+    if (used != count || put_escaped(buf, text + run, size - run) < 0
+        || PUT_LITERAL(buf, "\"") < 0) {
+        done = used != count ? 0 : -1;
+        goto stop;
+    }
+    return 1;
+error:
+    done = -1;
+stop:
+    buf->size = start;
+    return done;
 }
 
 /* ---- time ---------------------------------------------------------------------------------- */
@@ -383,10 +461,28 @@ done:
     return data;
 }
 
+/* `msg % args` (`args` NULL: `msg`) as a JSON string. `*message` receives the rendered text
+ * when it had to be built, for the dict path to reuse. */
+static int
+put_rendered(Buffer *buf, PyObject *msg, PyObject *args, PyObject **message)
+{
+    if (args == NULL) {
+        return put_str(buf, msg);
+    }
+    int done = put_message(buf, msg, args);
+    if (done != 0) {
+        return done;
+    }
+    /* A mismatch raises, and `encode` writes the reason. */
+    *message = PyNumber_Remainder(msg, args);
+    return *message == NULL ? -1 : put_str(buf, *message);
+}
+
 /* The line written directly: 1 written, 0 left to the dict path (nothing written), -1 error. */
 static int
-put_line(Buffer *buf, const char *stamp, PyObject *level, PyObject *logger, PyObject *message,
-         PyObject *ids, PyObject *context, PyObject *bound, PyObject *fields)
+put_line(Buffer *buf, const char *stamp, PyObject *level, PyObject *logger, PyObject *msg,
+         PyObject *args, PyObject **message, PyObject *ids, PyObject *context, PyObject *bound,
+         PyObject *fields, PyObject *dumps)
 {
     Py_ssize_t start = buf->size;
     int done;
@@ -402,16 +498,16 @@ put_line(Buffer *buf, const char *stamp, PyObject *level, PyObject *logger, PyOb
     STEP(PUT_LITERAL(buf, ",\"logger\":") < 0 ? -1 : 1);
     STEP(put_str(buf, logger));
     STEP(PUT_LITERAL(buf, ",\"message\":") < 0 ? -1 : 1);
-    STEP(put_str(buf, message));
+    STEP(put_rendered(buf, msg, args, message));
     if (ids != Py_None) {
         STEP(PUT_LITERAL(buf, ",\"trace_id\":") < 0 ? -1 : 1);
         STEP(put_str(buf, PyTuple_GET_ITEM(ids, 0)));
         STEP(PUT_LITERAL(buf, ",\"span_id\":") < 0 ? -1 : 1);
         STEP(put_str(buf, PyTuple_GET_ITEM(ids, 1)));
     }
-    STEP(put_fields(buf, context, NULL, NULL));
-    STEP(put_fields(buf, bound, context, NULL));
-    STEP(put_fields(buf, fields, bound, context));
+    STEP(put_fields(buf, context, NULL, NULL, dumps));
+    STEP(put_fields(buf, bound, context, NULL, dumps));
+    STEP(put_fields(buf, fields, bound, context, dumps));
     STEP(PUT_LITERAL(buf, "}\n") < 0 ? -1 : 1);
 #undef STEP
     return 1;
@@ -466,17 +562,13 @@ encode_record(Job *job, Buffer *buf, PyObject *record)
     Py_SETREF(job->checked, context);
 
     int result = -1;
-    PyObject *message = NULL, *ids = NULL, *stamp_text = NULL, *data = NULL;
+    PyObject *message = NULL, *ids = NULL, *stamp_text = NULL, *data = NULL, *given = NULL;
     int truth = PyObject_IsTrue(args);
     if (truth < 0) {
         goto done;
     }
-    /* As in `logging`: empty args leave the message as it is ("100%"); a mismatch raises, and
-     * `encode` writes the reason. */
-    message = truth ? PyNumber_Remainder(msg, args) : Py_NewRef(msg);
-    if (message == NULL) {
-        goto done;
-    }
+    /* As in `logging`: empty args leave the message as it is ("100%"). */
+    given = truth ? args : NULL;
     if ((truth = PyObject_IsTrue(otel)) < 0) {
         goto done;
     }
@@ -488,10 +580,18 @@ encode_record(Job *job, Buffer *buf, PyObject *record)
         PyErr_SetString(PyExc_TypeError, "span ids are not a pair");
         goto done;
     }
-    if ((result = put_line(buf, stamp, level, logger, message, ids, context, bound, fields))) {
+    result = put_line(buf, stamp, level, logger, msg, given, &message, ids, context, bound,
+                      fields, job->dumps);
+    if (result) {
         goto done; /* written, or an error */
     }
     result = -1;
+    if (message == NULL) {
+        message = given ? PyNumber_Remainder(msg, given) : Py_NewRef(msg);
+        if (message == NULL) {
+            goto done;
+        }
+    }
     stamp_text = PyUnicode_FromStringAndSize(stamp, 27);
     if (stamp_text == NULL) {
         goto done;

@@ -201,3 +201,31 @@ def test_the_direct_writer_writes_what_orjson_writes(lines: list[Any], implement
         buffer = bytearray()
         ends = encoder.encode_into(records, buffer)
         assert [bytes(buffer[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)] == expected
+
+
+_TEMPLATE = st.lists(
+    st.sampled_from(["%s", "%%", "%d", "%r", "%(a)s", "%", "x", ' "q" ', "\\", "\n", "é"]),
+    max_size=5,
+).map("".join)
+_ARG = st.one_of(
+    _TEXT, st.integers(min_value=-(2**70), max_value=2**70), st.booleans(), st.floats()
+)
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(template=_TEMPLATE, args=st.lists(_ARG, max_size=3).map(tuple))
+def test_percent_messages_are_written_as_percent_renders_them(
+    template: str, args: tuple[Any, ...], implementation: str
+) -> None:
+    """`%s` with str and int arguments is rendered straight into the line; any other template
+    or argument, a count mismatch included, is rendered (or rejected, with the reason) as by
+    `encode`."""
+    record = (1796084572.25, 20, "fmt", template, args, {}, {}, {}, {}, None)
+    expected = Encoder(Redactor(frozenset())).encode(record)
+    buffer = bytearray()
+    Encoder(Redactor(frozenset())).encode_into([record], buffer)
+    assert bytes(buffer) == expected
