@@ -139,18 +139,12 @@ class Encoder:
     One instance lives on the writer thread; it is not thread-safe.
     """
 
-    def __init__(
-        self,
-        redactor: Redactor,
-        console: bool = False,
-        color: bool = False,
-        speedups: bool = True,
-    ) -> None:
+    def __init__(self, redactor: Redactor, console: bool = False, color: bool = False) -> None:
         self.redactor = redactor
         self.console = console
         self.color = color
         # The C fast path of encode_into, when built (see _speedups.c).
-        self._c_encode_into = _speedups.encode_into if speedups and _speedups else None
+        self._c_encode_into = _speedups.encode_into if _speedups is not None else None
         # Records per write() and per hold of the GIL: ~0.3 ms of encoding either way. Each
         # write hands the GIL to the event loop and waits to get it back, so slices as long as
         # the event loop's p99 allows are cheaper (in the server, 128 -> 512 records per slice
