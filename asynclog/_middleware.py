@@ -234,11 +234,10 @@ class AccessLogMiddleware:
         ):
             return
         method = scope.get("method")
-        route = getattr(scope.get("route"), "path", None)
         fields: dict[str, Any] = {
             "http.request.method": method,
             "url.path": path,
-            "http.route": route if type(route) is str else None,
+            "http.route": _route(scope),
             "http.response.status_code": status,
             "duration_ms": duration_ms,
             "client.address": (scope.get("client") or (None,))[0],
