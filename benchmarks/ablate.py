@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -68,7 +69,7 @@ def _per_request(
 ) -> list[float]:
     used = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
     loop = used.pop(main, 0.0)
-    return [us * 1e6 / requests for us in [loop, *sorted(used.values(), reverse=True)]]
+    return [seconds * 1e6 / requests for seconds in [loop, *sorted(used.values(), reverse=True)]]
 
 
 def run(variants: list[Variant], profile: e2e.E2EProfile, seed: int = 7) -> None:
@@ -106,7 +107,7 @@ def run(variants: list[Variant], profile: e2e.E2EProfile, seed: int = 7) -> None
         finally:
             for server in servers:
                 server.stop()
-                server.capture.unlink(missing_ok=True)
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def table(variants: list[Variant]) -> str:
