@@ -379,3 +379,26 @@ def test_redaction_holds_whatever_route_a_value_takes(log_path: Path) -> None:
     assert first["data"] == {"password": "[REDACTED]", "obj": "<opaque>"}
     assert second["data"]["password"] == "[REDACTED]"
     assert third["ctx"] == {"token": "[REDACTED]", "n": [1]}
+
+
+def test_under_steady_logging_callers_do_not_wake_the_writer(
+    log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asynclog._queue import QUEUE
+
+    asynclog.configure(sink=str(log_path), format="json", flush_interval=0.02)
+    log = asynclog.get_logger("steady")
+    wakes = []
+    set_event = QUEUE.wake.set
+    monkeypatch.setattr(QUEUE.wake, "set", lambda: (wakes.append(1), set_event()))
+
+    for i in range(60):  # one line every ~5 ms: several per flush interval, for 0.3 s
+        log.info("tick", i=i)
+        time.sleep(0.005)
+    woken_by_callers = len(wakes)
+
+    assert asynclog.flush(5)
+    assert [line["i"] for line in read_lines(log_path)] == list(range(60))
+    # The first line wakes the idle writer; from then on it wakes itself once per interval,
+    # rather than idling after every batch until the next caller wakes it (~15 times here).
+    assert woken_by_callers <= 2
