@@ -8,8 +8,10 @@ the loop thread's stack at that moment and, once the loop answers, writes one wa
      "blocked_ms": 301.2, "threshold_ms": 100.0, "frame": "app/routes.py:12 in slow_route",
      "route": "/slow", "method": "GET", "stack": ["...", "app/routes.py:12 in slow_route"]}
 
-A healthy loop costs one `call_soon_threadsafe` and one event wait per interval; stacks are only
-read during a stall.
+The loop stamps a heartbeat from a timer every `interval`; the thread sleeps until the moment the
+next stamp would be `threshold` late, so a healthy loop costs one timer callback per interval and
+the thread about one wake-up per `threshold + interval`, with no wake-ups of the loop from the
+thread. Stacks are only read during a stall.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ class LoopWatchdog:
         watchdog.stop()
 
     A block is always caught when it lasts at least `threshold + interval`. `checks`, `stalls` and
-    `errors` count pings answered or not, stalls reported, and exceptions the thread survived.
+    `errors` count the thread's looks at the heartbeat, stalls reported, and exceptions the thread
+    survived.
     """
 
     def __init__(
@@ -87,8 +90,9 @@ class LoopWatchdog:
         self._loop_thread_id: int | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._answered = threading.Event()
-        self._answered_at = 0.0
+        # When the loop last ran its heartbeat timer; the next one is due `interval` later.
+        self._beat = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self._cwd = ""
 
     def __repr__(self) -> str:
@@ -119,70 +123,84 @@ class LoopWatchdog:
         self._loop_thread_id = threading.get_ident()
         self._cwd = os.getcwd() + os.sep
         self._stopping.clear()
+        self._beat = time.monotonic()
+        self._timer = self.loop.call_later(self.interval, self._heartbeat)
         self._thread = threading.Thread(target=self._run, name="asynclog-watchdog", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 1.0) -> bool:
         """Stop the thread, waiting at most `timeout` seconds; True if it has ended."""
         thread = self._thread
-        self._stopping.set()
-        self._answered.set()  # wakes a wait for a ping the loop will never answer
+        self._stopping.set()  # also ends the heartbeat at its next run
+        if self._timer is not None and threading.get_ident() == self._loop_thread_id:
+            self._timer.cancel()
         if thread is None:
             return True
         if thread is not threading.current_thread():
             thread.join(timeout)
         return not thread.is_alive()
 
+    def _heartbeat(self) -> None:
+        # Runs on the loop: the only work the watchdog adds to it.
+        self._beat = time.monotonic()
+        if not self._stopping.is_set():
+            self._timer = self.loop.call_later(self.interval, self._heartbeat)
+
     # The watchdog thread.
 
-    def _answer(self) -> None:
-        # Runs on the loop: the only work the watchdog adds to it.
-        self._answered_at = time.monotonic()
-        self._answered.set()
-
     def _run(self) -> None:
-        while not self._stopping.wait(self.interval):
+        while not self._stopping.wait(self._until_late()):
             try:
                 if not self._check():
                     return
             except Exception:
                 self.errors += 1
 
+    def _until_late(self) -> float:
+        """Seconds until the next heartbeat is `threshold` late; `interval` if it already is (the
+        loop is stopped, or a stall was just handled)."""
+        left = self._beat + self.interval + self.threshold - time.monotonic()
+        return left if left > 0 else self.interval
+
     def _check(self) -> bool:
-        """One ping; False when the thread should end (the loop is closed, or stop() was called)."""
+        """One look at the heartbeat; False when the thread should end (the loop is closed)."""
         loop = self.loop
         if loop.is_closed():
             return False
-        self._answered.clear()
-        sent = time.monotonic()
-        try:
-            loop.call_soon_threadsafe(self._answer)
-        except RuntimeError:  # closed between the check and the call
-            return False
         self.checks += 1
-        if self._answered.wait(self.threshold) or self._stopping.is_set():
-            return True
+        beat = self._beat
+        due = beat + self.interval
+        if time.monotonic() - due < self.threshold:
+            return True  # the loop stamped a newer heartbeat meanwhile
         if not loop.is_running():
-            return True  # stopped, not blocked: nothing runs callbacks until it starts again
+            return True  # stopped, not blocked: nothing runs timers until it starts again
         try:
             where = self._where_blocked()
         except Exception:  # still time and report the stall, without a frame
             self.errors += 1
             where = {"frame": None, "route": None, "method": None, "stack": []}
-        answered = self._answered.wait(_MAX_WAIT)
-        # stop() also wakes this wait; a stall it interrupts is reported as lasting until then,
+        ended = self._wait_for_heartbeat(beat, _MAX_WAIT)
+        # stop() also ends this wait; a stall it interrupts is reported as lasting until then,
         # so the last stall before a shutdown is not lost.
-        ended_at = self._answered_at if self._answered_at >= sent else time.monotonic()
-        blocked = ended_at - sent
+        blocked = (self._beat if self._beat != beat else time.monotonic()) - due
         if blocked < self.threshold:
             return True
         self.stalls += 1
-        self._report(blocked, where, still_blocked=not answered)
-        if not answered:
-            # Reported once; keep waiting for this ping so one stall never floods the log.
-            while not self._answered.wait(self.interval * 10):
-                if self._stopping.is_set() or loop.is_closed():
-                    return False
+        self._report(blocked, where, still_blocked=not ended)
+        if not ended:
+            # Reported once; keep waiting for this heartbeat so one stall never floods the log.
+            return self._wait_for_heartbeat(beat, None)
+        return True
+
+    def _wait_for_heartbeat(self, beat: float, timeout: float | None) -> bool:
+        """Wait until the loop stamps a heartbeat after `beat`, stop() is called or the loop closes
+        (True), or `timeout` seconds pass (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._beat == beat:
+            if self._stopping.wait(self.interval) or self.loop.is_closed():
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
         return True
 
     def _report(self, blocked: float, where: dict[str, Any], *, still_blocked: bool) -> None:

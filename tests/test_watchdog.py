@@ -35,8 +35,8 @@ def run_watched(body: Callable[[], Awaitable[Any]], **options: Any) -> LoopWatch
         watchdog.start()
         await asyncio.sleep(0.05)
         await body()
-        # A stall is reported once the loop answers the ping again; the watchdog has finished
-        # with it when it sends the next ping.
+        # A stall is reported once the loop's heartbeat runs again; the watchdog has finished
+        # with it by its next look at the heartbeat.
         after = watchdog.checks + 2
         deadline = time.monotonic() + 2
         while watchdog.checks < after and time.monotonic() < deadline:
@@ -87,8 +87,23 @@ def test_a_loop_that_only_awaits_is_never_reported(
     watchdog = run_watched(body)
 
     assert warnings() == []
-    assert watchdog.checks >= 5
+    assert watchdog.checks >= 2
     assert watchdog.stalls == 0
+
+
+def test_a_healthy_loop_is_looked_at_once_per_threshold_not_per_interval(
+    warnings: Callable[[], list[dict[str, Any]]],
+) -> None:
+    async def main() -> int:
+        watchdog = LoopWatchdog(asyncio.get_running_loop(), threshold=0.2, interval=0.01)
+        watchdog.start()
+        await asyncio.sleep(1.0)
+        assert watchdog.stop()
+        return watchdog.checks
+
+    # One look per threshold + interval (~5 in a second), not one ping per interval (100).
+    assert 1 <= asyncio.run(main()) <= 10
+    assert warnings() == []
 
 
 def test_blocks_shorter_than_the_threshold_are_not_reported(
