@@ -15,6 +15,7 @@ example app for these modes unless ``BENCH_ASYNCLOG_APP=bench``, see ``e2e.py``)
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import logging
 import logging.handlers
@@ -170,9 +171,17 @@ def _stdlib_queue() -> Any:
     return AccessLog(app, logging.getLogger("access"))
 
 
+def _bench_settings() -> dict[str, Any]:
+    """``BENCH_SETTINGS="flush_interval=0.02;watchdog=False"``: install() settings as Python
+    literals, for settings no ``ASYNCLOG_*`` variable reaches."""
+    pairs = filter(None, os.environ.get("BENCH_SETTINGS", "").split(";"))
+    return {name: ast.literal_eval(value) for name, _, value in (p.partition("=") for p in pairs)}
+
+
 def _asynclog(tracing: bool) -> Any:
     """Knobs for `benchmarks.ablate`: ``BENCH_LINES=0`` drops the route's two lines,
-    ``BENCH_ACCESS=0`` the access line (other settings: the ``ASYNCLOG_*`` variables)."""
+    ``BENCH_ACCESS=0`` the access line, ``BENCH_SETTINGS`` passes install() settings (others:
+    the ``ASYNCLOG_*`` variables)."""
     import asynclog
 
     app = FastAPI()
@@ -191,7 +200,7 @@ def _asynclog(tracing: bool) -> Any:
 
     _health(app)
     access_log = os.environ.get("BENCH_ACCESS", "1") != "0"
-    asynclog.install(app, tracing=tracing, access_log=access_log)
+    asynclog.install(app, tracing=tracing, access_log=access_log, **_bench_settings())
     return app
 
 
