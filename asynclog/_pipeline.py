@@ -179,7 +179,7 @@ class Pipeline:
     def after_fork_in_child(self, counters: Counters) -> None:
         """A forked child gets its own empty queue and a fresh writer; nothing is written twice."""
         self.counters = counters
-        self.sink.deadline = None
+        self.sink.reset_after_fork()
         self.writer = self._new_writer()
         if not self.stopped:
             self.writer.start()
@@ -332,6 +332,8 @@ def _after_fork_in_child() -> None:
     _last_counters = Counters()
     if _current is not None:
         _current.after_fork_in_child(_last_counters)
+    if _stopped is not None:  # writes lines through after a shutdown(), under the same lock
+        _stopped.sink.reset_after_fork()
 
 
 def _at_exit() -> None:

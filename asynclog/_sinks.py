@@ -65,6 +65,12 @@ class FdSink:
         self._lock = threading.Lock()
         self.open()
 
+    def reset_after_fork(self) -> None:
+        """In a forked child: a fork that landed while the parent's writer was inside a write
+        copied its lock held, with no thread left to release it."""
+        self._lock = threading.Lock()
+        self.deadline = None
+
     def open(self) -> None:
         """(Re)open the descriptor; raises OSError when the target cannot be opened."""
         if self.path is not None:

@@ -236,6 +236,27 @@ def test_fork_child_writes_its_own_records_once(log_path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_fork_while_the_writer_is_inside_a_write_leaves_the_child_a_working_sink(
+    log_path: Path,
+) -> None:
+    # gunicorn forks its workers right after the master logged its start-up lines, when the
+    # master's writer may be inside a write: the child must not inherit that write's lock held.
+    pipeline = asynclog.configure(sink=str(log_path), format="json")
+    log = asynclog.get_logger("fork")
+    with pipeline.sink._lock:  # what the writer thread holds during a write
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            try:
+                log.info("child")
+                os._exit(0 if asynclog.flush(5) and asynclog.stats()["written"] == 1 else 3)
+            except BaseException:
+                os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [line["message"] for line in read_lines(log_path)] == ["child"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_fork_child_notices_carry_the_childs_pid(log_path: Path) -> None:
     # Workers forked from one master share stderr and often one file: `pid` tells their
     # notices apart. A full queue in each process makes each write a drop notice.
