@@ -123,6 +123,8 @@ class LoopWatchdog:
         self._loop_thread_id = threading.get_ident()
         self._cwd = os.getcwd() + os.sep
         self._stopping.clear()
+        if self._timer is not None:
+            self._timer.cancel()  # a heartbeat left by a stop() from another thread
         self._beat = time.monotonic()
         self._timer = self.loop.call_later(self.interval, self._heartbeat)
         self._thread = threading.Thread(target=self._run, name="asynclog-watchdog", daemon=True)

@@ -413,13 +413,14 @@ def test_under_steady_logging_callers_do_not_wake_the_writer(
     set_event = QUEUE.wake.set
     monkeypatch.setattr(QUEUE.wake, "set", lambda: (wakes.append(1), set_event()))
 
-    for i in range(60):  # one line every ~5 ms: several per flush interval, for 0.3 s
+    for i in range(100):  # one line every ~5 ms: several per flush interval, for 0.5 s
         log.info("tick", i=i)
         time.sleep(0.005)
     woken_by_callers = len(wakes)
 
     assert asynclog.flush(5)
-    assert [line["i"] for line in read_lines(log_path)] == list(range(60))
+    assert [line["i"] for line in read_lines(log_path)] == list(range(100))
     # The first line wakes the idle writer; from then on it wakes itself once per interval,
-    # rather than idling after every batch until the next caller wakes it (~15 times here).
-    assert woken_by_callers <= 2
+    # rather than idling after every batch until the next caller wakes it (~25 times here).
+    # A pause longer than the interval (a busy machine) may idle it once or twice more.
+    assert woken_by_callers <= 5
