@@ -153,8 +153,7 @@ class Pipeline:
         lock = threading.Lock()
         counters, encoder, sink = self.counters, self.encoder, self.sink
 
-        def put(record: tuple[Any, ...]) -> None:
-            next(QUEUE.emitted)
+        def write(record: tuple[Any, ...]) -> None:
             with lock:
                 data = encoder.encode(record)
                 try:
@@ -166,11 +165,11 @@ class Pipeline:
                 counters.written += 1
                 counters.bytes_written += len(data)
 
-        QUEUE.put = put  # type: ignore[method-assign]
+        QUEUE.start_writing_through(write)
 
     def close(self) -> None:
         """Release the sink of a stopped pipeline."""
-        QUEUE.__dict__.pop("put", None)
+        QUEUE.stop_writing_through(self.settings.queue_size)
         self.sink.close()
 
     def stats(self) -> dict[str, Any]:

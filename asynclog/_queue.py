@@ -6,6 +6,7 @@ import itertools
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["RecordQueue", "read_count"]
@@ -37,6 +38,8 @@ class RecordQueue:
         self.idle = False
         self.wake = threading.Event()
         self.space = threading.Condition(threading.Lock())
+        # Set by a stopped pipeline: records are written on the caller's thread instead.
+        self.write_through: Callable[[tuple[Any, ...]], None] | None = None
 
     def put(self, record: tuple[Any, ...]) -> None:
         """Enqueue one record (the caller's side)."""
@@ -53,8 +56,11 @@ class RecordQueue:
             self.overflow(record)
 
     def overflow(self, record: tuple[Any, ...]) -> None:
-        """The queue was full: drop (counted), or in block mode wait for space first."""
-        if self.block:
+        """The queue was full: drop (counted), or in block mode wait for space first. In
+        write-through mode `maxsize` is 0, so every record, however it was put, comes here."""
+        if self.write_through is not None:
+            self.write_through(record)
+        elif self.block:
             self._put_blocking(record)
         else:
             next(self.dropped)
@@ -80,6 +86,15 @@ class RecordQueue:
             with self.space:
                 self.space.notify_all()
         return batch
+
+    def start_writing_through(self, write: Callable[[tuple[Any, ...]], None]) -> None:
+        """From now on every record (already counted as emitted) goes to `write`."""
+        self.write_through = write
+        self.maxsize = 0
+
+    def stop_writing_through(self, maxsize: int) -> None:
+        self.write_through = None
+        self.maxsize = maxsize
 
     def reset_counters(self) -> None:
         """Count from zero; records still queued count as emitted."""

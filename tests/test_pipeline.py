@@ -256,6 +256,19 @@ def test_fork_while_the_writer_is_inside_a_write_leaves_the_child_a_working_sink
     assert [line["message"] for line in read_lines(log_path)] == ["child"]
 
 
+def test_native_lines_after_shutdown_are_written_through_and_counted(log_path: Path) -> None:
+    asynclog.configure(sink=str(log_path), format="json")
+    log = asynclog.get_logger("late")
+    assert asynclog.shutdown(5)
+
+    log.info("after shutdown", n=1)
+    log.error("after shutdown", n=2)
+
+    assert [line["n"] for line in read_lines(log_path)] == [1, 2]
+    stats = asynclog.stats()
+    assert (stats["emitted"], stats["written"], stats["queue_depth"]) == (2, 2, 0)
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_fork_child_notices_carry_the_childs_pid(log_path: Path) -> None:
     # Workers forked from one master share stderr and often one file: `pid` tells their
