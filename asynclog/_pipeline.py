@@ -329,10 +329,10 @@ def _after_fork_in_child() -> None:
     _lock = threading.RLock()
     QUEUE.reset_after_fork()
     _last_counters = Counters()
-    if _current is not None:
-        _current.after_fork_in_child(_last_counters)
-    if _stopped is not None:  # writes lines through after a shutdown(), under the same lock
-        _stopped.sink.reset_after_fork()
+    # A stopped pipeline still writes late lines through its sink, under the same lock.
+    for pipeline in (_current, _stopped):
+        if pipeline is not None:
+            pipeline.after_fork_in_child(_last_counters)
 
 
 def _at_exit() -> None:

@@ -270,6 +270,25 @@ def test_native_lines_after_shutdown_are_written_through_and_counted(log_path: P
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_fork_after_shutdown_while_a_line_is_written_through(log_path: Path) -> None:
+    # After shutdown() late lines are written through by the caller, under the sink's lock.
+    pipeline = asynclog.configure(sink=str(log_path), format="json")
+    log = asynclog.get_logger("fork")
+    assert asynclog.shutdown(5)
+    with pipeline.sink._lock:  # what a caller writing through holds
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            try:
+                log.info("child, late")
+                os._exit(0)
+            except BaseException:
+                os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [line["message"] for line in read_lines(log_path)] == ["child, late"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_fork_child_notices_carry_the_childs_pid(log_path: Path) -> None:
     # Workers forked from one master share stderr and often one file: `pid` tells their
     # notices apart. A full queue in each process makes each write a drop notice.
