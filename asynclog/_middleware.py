@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import re
-import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import Token
@@ -19,7 +18,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from ._context import bound_fields
 from ._logger import Logger
 from ._queue import QUEUE
-from ._record import current_otel_context
+from ._record import current_otel_context, make_record
 from ._redact import Redactor
 from ._settings import AppSettings
 
@@ -211,7 +210,7 @@ class AccessLogMiddleware:
             "http.route": _route(scope),
             "request_id": request.request_id,
         }
-        _errors._log(40, "unhandled exception", fields, sys.exc_info())
+        _errors.exception("unhandled exception", **fields)
 
     def _log(self, scope: Scope, request: _Request) -> None:
         request.logged = True
@@ -251,7 +250,7 @@ class AccessLogMiddleware:
         # The record is put as a level method puts one, without the snapshot step: every value
         # here is a str, a number or None. The message is rendered on the writer thread.
         queue.put(
-            (
+            make_record(
                 time.time(),
                 level,
                 "asynclog.access",

@@ -8,7 +8,7 @@ from typing import Any
 
 from ._context import bound_fields
 from ._queue import QUEUE
-from ._record import current_otel_context
+from ._record import current_otel_context, make_record
 from ._snapshot import snapshot_args, snapshot_fields
 
 __all__ = ["AsyncLogHandler"]
@@ -47,7 +47,7 @@ class AsyncLogHandler(logging.Handler):
             fields = {**(fields or {}), "stack_info": record.stack_info}
         args = record.args
         QUEUE.put(
-            (
+            make_record(
                 record.created,
                 record.levelno,
                 record.name,

@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerPro
 from opentelemetry.sdk.trace.sampling import Sampler, SamplingResult
 
 from ._queue import QUEUE
+from ._record import make_record
 from ._redact import Redactor
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ class LogSpanProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         end = span.end_time or 0
         QUEUE.put(
-            (
+            make_record(
                 end / 1e9,
                 20,
                 "asynclog.span",
