@@ -10,7 +10,7 @@ from typing import Any
 from ._accel import speedups
 from ._context import bound_fields
 from ._queue import QUEUE
-from ._record import OTEL_CONTEXT_VAR, current_otel_context
+from ._record import OTEL_CONTEXT_VAR, current_otel_context, make_record
 from ._snapshot import IMMUTABLE_TYPES, all_immutable, snapshot_args, snapshot_fields
 
 __all__ = ["Logger"]
@@ -44,9 +44,7 @@ def _python_level_method(level: int, name: str) -> Callable[..., None]:
         queue = QUEUE
         if queue.level > level:
             return
-        next(queue.emitted)
-        items = queue.items
-        record = (
+        record = make_record(
             time(),
             level,
             self.name,
@@ -58,11 +56,13 @@ def _python_level_method(level: int, name: str) -> Callable[..., None]:
             current_otel_context(),
             None,
         )
+        # Counted once the record exists: a snapshot that raises leaves no phantom behind.
+        next(queue.emitted)
+        items = queue.items
         if len(items) < queue.maxsize:
             items.append(record)
             if queue.idle:
-                queue.idle = False  # one wake per sleep; see RecordQueue.put
-                queue.wake.set()
+                queue.wake_writer()
         else:
             queue.overflow(record)
 
@@ -102,7 +102,7 @@ class Logger:
         self, level: int, msg: object, fields: dict[str, Any], exc_info: Any, args: Any = None
     ) -> None:
         QUEUE.put(
-            (
+            make_record(
                 time(),
                 level,
                 self.name,
