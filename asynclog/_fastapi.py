@@ -110,7 +110,7 @@ def capture_server_loggers(settings: AppSettings) -> None:
 
 def _ensure_pipeline(installation: _Installation) -> Pipeline:
     pipeline = current()
-    if pipeline is None or pipeline.stopped:
+    if pipeline is None:
         pipeline = start_pipeline(installation.core)
     return pipeline
 
