@@ -307,27 +307,31 @@ class Encoder:
                     and type(msg) is str
                     and type(fields) is dict
                     and type(created) is float
-                    and (context is checked or known(context))
-                    and (not bound or known(bound))
-                    and known(fields)
                 ):
-                    checked = context
+                    # What may run the record's own code (`%` with its arguments' __str__)
+                    # runs before the name checks, so the names checked are those written.
                     if args:  # as in `logging`: empty args leave the message as it is ("100%")
                         msg = msg % args  # a mismatch raises: `encode` writes the reason
-                    stamp = stamp_of(created)
                     ids = self._span_ids(otel) if otel else None
-                    if ids is None:
-                        line = {
-                            "time": stamp, "level": level, "logger": logger, "message": msg,
-                            **context, **bound, **fields,
-                        }  # fmt: skip
-                    else:
-                        line = {
-                            "time": stamp, "level": level, "logger": logger, "message": msg,
-                            "trace_id": ids[0], "span_id": ids[1],
-                            **context, **bound, **fields,
-                        }  # fmt: skip
-                    data = dumps(line, default, options)
+                    if (
+                        (context is checked or known(context))
+                        and (not bound or known(bound))
+                        and known(fields)
+                    ):
+                        checked = context
+                        stamp = stamp_of(created)
+                        if ids is None:
+                            line = {
+                                "time": stamp, "level": level, "logger": logger, "message": msg,
+                                **context, **bound, **fields,
+                            }  # fmt: skip
+                        else:
+                            line = {
+                                "time": stamp, "level": level, "logger": logger, "message": msg,
+                                "trace_id": ids[0], "span_id": ids[1],
+                                **context, **bound, **fields,
+                            }  # fmt: skip
+                        data = dumps(line, default, options)
             except BaseException as exc:  # `encode` writes the reason, or substitutes the line
                 _reraise_if_foreign(exc)
                 data = None

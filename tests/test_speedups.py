@@ -3,6 +3,7 @@ method, the same bytes from the writer's batch encoder, whatever the values."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Any
@@ -19,7 +20,7 @@ from asynclog._queue import QUEUE, read_count
 from asynclog._redact import Redactor
 from asynclog._snapshot import Frozen
 
-from conftest import run_python
+from conftest import ROOT, run_python
 
 speedups = _accel.speedups
 needs_extension = pytest.mark.skipif(
@@ -229,3 +230,145 @@ def test_percent_messages_are_written_as_percent_renders_them(
     buffer = bytearray()
     Encoder(Redactor(frozenset())).encode_into([record], buffer)
     assert bytes(buffer) == expected
+
+
+# Values whose own code changes what is being encoded -------------------------------------------
+# The C path reads dicts and lists it does not own; these check that it never reads one after
+# a value's code changed it (`make sanitize` runs them under AddressSanitizer).
+
+
+class _Mutating:
+    """A `%s` argument whose `__str__` runs `action` first."""
+
+    def __init__(self, action: Any) -> None:
+        self.action = action
+
+    def __str__(self) -> str:
+        self.action()
+        return "mutated"
+
+
+class _HashingKey(str):
+    """A field name whose `__hash__` and `__eq__`, once armed, empty and refill `owner`, the
+    dict that holds it (and alone keeps it alive)."""
+
+    armed = False
+
+    def __init__(self, text: str) -> None:
+        self.owner: dict[Any, Any] = {}
+
+    def _fire(self) -> None:
+        if _HashingKey.armed:
+            _HashingKey.armed = False
+            self.owner.clear()
+            self.owner.update({f"k{i}": i for i in range(40)})
+
+    def __hash__(self) -> int:
+        self._fire()
+        return str.__hash__(self)
+
+    def __eq__(self, other: object) -> bool:
+        self._fire()
+        return str.__eq__(self, other)
+
+
+def _lines(buffer: bytearray, ends: list[int]) -> list[dict[str, Any]]:
+    data = bytes(buffer)
+    assert ends and ends[-1] == len(data) and data.endswith(b"\n")
+    lines = data.split(b"\n")[:-1]
+    assert len(lines) == len(ends)
+    return [json.loads(line) for line in lines]
+
+
+def test_a_secret_added_while_the_message_renders_is_still_masked(implementation: str) -> None:
+    encoder = Encoder(Redactor(frozenset({"password"})))
+    context = {"request_id": "r1"}
+    bound = {"service": "shop"}
+    fields: dict[str, Any] = {"n": 1}
+    records: list[Any] = []
+
+    def add_secrets() -> None:
+        # The record's own mappings, grown past a resize, with a secret that was not there
+        # when the names were checked; and the batch itself, cut and grown.
+        for mapping in (context, bound, fields):
+            mapping.update({f"k{i}": "v" * i for i in range(40)})
+            mapping["password"] = "hunter2"
+        del records[2:]
+        records.extend(("appended",) for _ in range(2))
+
+    for _ in range(3):  # the first pass meets the names; later ones take the fast paths
+        for mapping in (context, bound, fields):
+            mapping.pop("password", None)
+        records[:] = [
+            (1796084572.25, 20, "m", "plain", None, fields, bound, context, None, None),
+            (1796084572.25, 20, "m", "%s", (_Mutating(add_secrets),), fields, bound, context,
+             None, None),
+            (1796084572.25, 20, "m", "dropped from the batch", None, {}, {}, {}, None, None),
+        ]  # fmt: skip
+        buffer = bytearray()
+        lines = _lines(buffer, encoder.encode_into(records, buffer))
+        assert lines[1]["message"] == "mutated"
+        assert "hunter2" not in buffer.decode()
+        assert all(line["password"] == "[REDACTED]" for line in lines[1:2])
+
+
+def test_a_name_whose_hash_changes_its_own_dict_never_corrupts_a_line(
+    implementation: str,
+) -> None:
+    encoder = Encoder(Redactor(frozenset({"password"})))
+    for _ in range(3):
+        key = _HashingKey("hk")
+        fields = key.owner
+        fields.update({"n": 1, key: 2})
+        del key  # the dict alone holds it: emptying the dict frees it
+        record = (1796084572.25, 20, "m", "hashing", None, fields, {}, {}, None, None)
+        buffer = bytearray()
+        _HashingKey.armed = True
+        try:
+            [line] = _lines(buffer, encoder.encode_into([record], buffer))
+        finally:
+            _HashingKey.armed = False
+        assert line["message"] == "hashing"
+
+
+# The record layout -------------------------------------------------------------------------------
+
+
+def test_every_python_producer_builds_the_one_layout() -> None:
+    from asynclog import _record
+
+    arguments = _record.make_record.__code__.co_varnames[: len(_record.RECORD_FIELDS)]
+    assert arguments == _record.RECORD_FIELDS
+    record = _record.make_record(*range(len(_record.RECORD_FIELDS)))
+    assert [record[getattr(_record, name.upper())] for name in _record.RECORD_FIELDS] == list(
+        range(len(_record.RECORD_FIELDS))
+    )
+
+
+@needs_extension
+def test_the_extension_refuses_another_record_layout() -> None:
+    assert speedups is not None and speedups.RECORD_FIELDS == asynclog._record.RECORD_FIELDS
+    result = run_python(
+        """
+        import importlib.util, pathlib, sys, warnings
+        # asynclog._record with a layout this build was not made for, in place before the
+        # package (and so the extension) is imported.
+        path = pathlib.Path("asynclog/_record.py").resolve()
+        spec = importlib.util.spec_from_file_location("asynclog._record", path)
+        record = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(record)
+        record.RECORD_FIELDS = record.RECORD_FIELDS[::-1]
+        sys.modules["asynclog._record"] = record
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            from asynclog import _accel
+        from asynclog._logger import Logger
+        print(_accel.speedups, type(Logger.info).__name__)
+        print(*[str(w.message) for w in caught], sep="\\n")
+        """,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    first, warning = result.stdout.splitlines()[:2]
+    assert first.split() == ["None", "function"]
+    assert "built for the record layout" in warning and "pure-Python path runs" in warning
