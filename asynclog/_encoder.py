@@ -220,7 +220,7 @@ class Encoder:
             if secret:
                 value = REDACTED
             elif type(value) is Frozen:
-                value = self._decode(value)
+                value = self._frozen(value)
             # A dict or list here is a finished span's (masked when its fields were built) or one
             # orjson refused on the caller (a cycle, a huge int...): orjson refuses that here too,
             # and the fallback (_thaw) makes it safe, then masks it.
@@ -287,7 +287,8 @@ class Encoder:
         if self._c_encode_into is not None:
             ends, self._checked_context = self._c_encode_into(
                 records, buffer, self._checked_context, self._plain_keys, _LEVEL_NAMES,
-                self._span_ids, orjson.dumps, self._default, options, self.encode,
+                self._span_ids, orjson.dumps, self._default, options, self.redactor.json_rule,
+                self.encode,
             )  # fmt: skip
             return ends
         dumps = orjson.dumps
@@ -370,10 +371,17 @@ class Encoder:
         return _minimal(record, f"{problem}: {type(exc).__name__}")
 
     def _default(self, obj: Any) -> Any:
-        # A value frozen on the caller is decoded here, so redaction sees inside it.
         if type(obj) is Frozen:
-            return self._decode(obj)
+            return self._frozen(obj)
         return _default(obj)
+
+    def _frozen(self, frozen: Frozen) -> Any:
+        """A value frozen on the caller, for the line: its bytes as they are when redaction
+        could not change them (no secret-like name, not too deep: `may_mask_json`), else
+        decoded so redaction sees inside it. The C path makes the same choice."""
+        if self.redactor.may_mask_json(frozen.data):
+            return self._decode(frozen)
+        return orjson.Fragment(frozen.data)
 
     def _decode(self, frozen: Frozen) -> Any:
         try:

@@ -7,11 +7,21 @@ from collections.abc import Callable, Mapping
 from time import time
 from typing import Any
 
+import orjson
+
 from ._accel import speedups
 from ._context import bound_fields
 from ._queue import QUEUE
 from ._record import OTEL_CONTEXT_VAR, current_otel_context, make_record
-from ._snapshot import IMMUTABLE_TYPES, all_immutable, snapshot_args, snapshot_fields
+from ._snapshot import (
+    FREEZE_NUMPY_OPTIONS,
+    FREEZE_OPTIONS,
+    IMMUTABLE_TYPES,
+    all_immutable,
+    snapshot_args,
+    snapshot_fields,
+    snapshot_value,
+)
 
 __all__ = ["Logger"]
 
@@ -31,7 +41,10 @@ def _level_method(level: int, name: str) -> Callable[..., None]:
         OTEL_CONTEXT_VAR,
         current_otel_context,
         IMMUTABLE_TYPES,
-        snapshot_fields,
+        orjson.dumps,
+        FREEZE_OPTIONS,
+        FREEZE_NUMPY_OPTIONS,
+        snapshot_value,
         snapshot_args,
     )
 

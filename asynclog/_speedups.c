@@ -10,6 +10,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <datetime.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -226,13 +227,33 @@ put_int(Buffer *buf, PyObject *number)
     return put(buf, p, end - p) < 0 ? -1 : 1;
 }
 
-/* A float as orjson writes it (shortest round trip; NaN and infinities as null): written by
- * orjson itself, as repr() differs in exponents and CPython's dtoa is ~4x slower. */
+/* What one `encode_into` call works with. */
+typedef struct {
+    PyObject *known;       /* field names needing neither renaming nor masking (a set) */
+    PyObject *level_names; /* levelno -> name (a dict) */
+    PyObject *span_ids;    /* otel context -> (trace_id, span_id) or None */
+    PyObject *dumps;       /* orjson.dumps */
+    PyObject *default_;    /* its default hook */
+    PyObject *options;     /* its options (an int) */
+    PyObject *json_rule;   /* Redactor.json_rule: when a frozen value's bytes go in as they are */
+    PyObject *checked;     /* the last context seen to hold only known names (owned) */
+    Buffer message;        /* the current record's message, as a JSON string */
+} Job;
+
+/* A value as orjson writes it inside a line, written by orjson itself: floats (shortest round
+ * trip; NaN and infinities as null: repr() differs in exponents, and CPython's dtoa is ~4x
+ * slower), datetimes, dates, times, UUIDs and enum members. No default hook: a value orjson
+ * does not write by itself (an enum member whose value it cannot write) is left to the dict
+ * path (0), which calls the hook. */
 static int
-put_float(Buffer *buf, PyObject *number, PyObject *dumps)
+put_dumped(Buffer *buf, PyObject *value, PyObject *dumps)
 {
-    PyObject *data = PyObject_Vectorcall(dumps, &number, 1, NULL);
+    PyObject *data = PyObject_Vectorcall(dumps, &value, 1, NULL);
     if (data == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) { /* orjson.JSONEncodeError */
+            PyErr_Clear();
+            return 0;
+        }
         return -1;
     }
     int result = PyBytes_Check(data)
@@ -242,17 +263,128 @@ put_float(Buffer *buf, PyObject *number, PyObject *dumps)
     return result;
 }
 
-static int
-put_value(Buffer *buf, PyObject *value, PyObject *dumps)
+static inline unsigned char
+ascii_lower(unsigned char c)
 {
-    if (PyUnicode_CheckExact(value)) {
+    return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
+}
+
+/* Whether `word` (lowercase ASCII) occurs in `data`, ASCII case aside. */
+static int
+contains_word(const char *data, Py_ssize_t size, const char *word, Py_ssize_t length)
+{
+    for (Py_ssize_t i = 0; i + length <= size; i++) {
+        Py_ssize_t j = 0;
+        while (j < length && ascii_lower((unsigned char)data[i + j]) == (unsigned char)word[j]) {
+            j++;
+        }
+        if (j == length) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* `Redactor.may_mask_json(data)`, by `Redactor.json_rule`: 1 yes, 0 no, -1 error. */
+static int
+may_mask_json(PyObject *rule, const char *data, Py_ssize_t size)
+{
+    if (rule == Py_None) {
+        return 1;
+    }
+    if (!PyTuple_CheckExact(rule) || PyTuple_GET_SIZE(rule) != 2) {
+        PyErr_SetString(PyExc_TypeError, "json_rule must be None or a pair");
+        return -1;
+    }
+    PyObject *brackets = PyTuple_GET_ITEM(rule, 0), *keys = PyTuple_GET_ITEM(rule, 1);
+    if (brackets == Py_None) {
+        return 0;
+    }
+    Py_ssize_t limit = PyLong_AsSsize_t(brackets), count = 0;
+    if (limit == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < size; i++) {
+        unsigned char c = (unsigned char)data[i];
+        if (c >= 0x80) {
+            return 1;
+        }
+        count += c == '{' || c == '[';
+    }
+    if (count > limit) {
+        return 1;
+    }
+    if (!PyTuple_CheckExact(keys)) {
+        PyErr_SetString(PyExc_TypeError, "json_rule's keys must be a tuple");
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(keys); k++) {
+        PyObject *words = PyTuple_GET_ITEM(keys, k);
+        if (!PyTuple_CheckExact(words)) {
+            PyErr_SetString(PyExc_TypeError, "json_rule's words must be tuples of bytes");
+            return -1;
+        }
+        int all = 1;
+        for (Py_ssize_t w = 0; all && w < PyTuple_GET_SIZE(words); w++) {
+            PyObject *word = PyTuple_GET_ITEM(words, w);
+            if (!PyBytes_CheckExact(word)) {
+                PyErr_SetString(PyExc_TypeError, "json_rule's words must be bytes");
+                return -1;
+            }
+            all = contains_word(data, size, PyBytes_AS_STRING(word), PyBytes_GET_SIZE(word));
+        }
+        if (all) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* ---- frozen values --------------------------------------------------------------------------
+ * `Frozen(data)`: the JSON bytes of a mutable value, taken on the caller (`_snapshot`). */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *data; /* bytes */
+} FrozenObject;
+
+static PyTypeObject FrozenType;
+
+static PyObject *
+new_frozen(PyObject *data)
+{
+    FrozenObject *self = PyObject_New(FrozenObject, &FrozenType);
+    if (self != NULL) {
+        self->data = Py_NewRef(data);
+    }
+    return (PyObject *)self;
+}
+
+/* Its bytes straight into the line when the redactor could not change them (1), else 0: the
+ * dict path decodes and masks it. */
+static int
+put_frozen(Buffer *buf, PyObject *value, Job *job)
+{
+    PyObject *data = ((FrozenObject *)value)->data;
+    int look = may_mask_json(job->json_rule, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
+    if (look != 0) {
+        return look < 0 ? -1 : 0;
+    }
+    return put(buf, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)) < 0 ? -1 : 1;
+}
+
+/* Types imported when the module loads. */
+static PyObject *UUID_TYPE, *ENUM_META, *DECIMAL_TYPE;
+
+static int
+put_value(Buffer *buf, PyObject *value, Job *job)
+{
+    PyTypeObject *type = Py_TYPE(value);
+    if (type == &PyUnicode_Type) {
         return put_str(buf, value);
     }
-    if (PyLong_CheckExact(value)) {
+    if (type == &PyLong_Type) {
         return put_int(buf, value);
-    }
-    if (PyFloat_CheckExact(value)) {
-        return put_float(buf, value, dumps);
     }
     if (value == Py_None) {
         return PUT_LITERAL(buf, "null") < 0 ? -1 : 1;
@@ -262,6 +394,24 @@ put_value(Buffer *buf, PyObject *value, PyObject *dumps)
     }
     if (value == Py_False) {
         return PUT_LITERAL(buf, "false") < 0 ? -1 : 1;
+    }
+    if (type == &FrozenType) {
+        return put_frozen(buf, value, job);
+    }
+    if (type == &PyFloat_Type || type == PyDateTimeAPI->DateTimeType
+        || type == PyDateTimeAPI->DateType || type == PyDateTimeAPI->TimeType
+        || (PyObject *)type == UUID_TYPE
+        || PyType_IsSubtype(Py_TYPE(type), (PyTypeObject *)ENUM_META)) {
+        return put_dumped(buf, value, job->dumps);
+    }
+    if ((PyObject *)type == DECIMAL_TYPE) { /* as the default hook writes it: str() */
+        PyObject *text = PyObject_Str(value);
+        if (text == NULL) {
+            return -1;
+        }
+        int done = put_str(buf, text);
+        Py_DECREF(text);
+        return done;
     }
     return 0;
 }
@@ -273,7 +423,7 @@ put_value(Buffer *buf, PyObject *value, PyObject *dumps)
  * is written all the same. */
 static int
 put_field(Buffer *buf, PyObject *key, PyObject *value, PyObject *earlier, PyObject *earliest,
-          PyObject *dumps)
+          Job *job)
 {
     PyObject *before[2] = {earlier, earliest};
     for (int i = 0; i < 2; i++) {
@@ -298,18 +448,18 @@ put_field(Buffer *buf, PyObject *key, PyObject *value, PyObject *earlier, PyObje
     if (PUT_LITERAL(buf, ":") < 0) {
         return -1;
     }
-    return put_value(buf, value, dumps);
+    return put_value(buf, value, job);
 }
 
 static int
-put_fields(Buffer *buf, PyObject *fields, PyObject *earlier, PyObject *earliest, PyObject *dumps)
+put_fields(Buffer *buf, PyObject *fields, PyObject *earlier, PyObject *earliest, Job *job)
 {
     Py_ssize_t pos = 0;
     PyObject *key, *value;
     while (PyDict_Next(fields, &pos, &key, &value)) {
         Py_INCREF(key);
         Py_INCREF(value);
-        int done = put_field(buf, key, value, earlier, earliest, dumps);
+        int done = put_field(buf, key, value, earlier, earliest, job);
         Py_DECREF(key);
         Py_DECREF(value);
         if (done != 1) {
@@ -423,17 +573,6 @@ format_time(double created, char *stamp)
 
 /* ---- lines --------------------------------------------------------------------------------- */
 
-typedef struct {
-    PyObject *known;       /* field names needing neither renaming nor masking (a set) */
-    PyObject *level_names; /* levelno -> name (a dict) */
-    PyObject *span_ids;    /* otel context -> (trace_id, span_id) or None */
-    PyObject *dumps;       /* orjson.dumps */
-    PyObject *default_;    /* its default hook */
-    PyObject *options;     /* its options (an int) */
-    PyObject *checked;     /* the last context seen to hold only known names (owned) */
-    Buffer message;        /* the current record's message, as a JSON string */
-} Job;
-
 static PyObject *KEY_TIME, *KEY_LEVEL, *KEY_LOGGER, *KEY_MESSAGE, *KEY_TRACE_ID, *KEY_SPAN_ID;
 
 /* 1 if every key of the dict `mapping` is an exact str and known, 0 if not, -1 on error.
@@ -491,11 +630,12 @@ done:
 }
 
 /* The line written directly: 1 written, 0 left to the dict path (nothing written), -1 error.
- * Runs no Python code but orjson's float formatting. */
+ * What it calls (orjson, for floats, datetimes, UUIDs and enum members) runs none of the
+ * record's own code but an enum member's `value`; keys and values are held all the same. */
 static int
 put_line(Buffer *buf, const char *stamp, PyObject *level, PyObject *logger,
          const Buffer *message, PyObject *ids, PyObject *context, PyObject *bound,
-         PyObject *fields, PyObject *dumps)
+         PyObject *fields, Job *job)
 {
     Py_ssize_t start = buf->size;
     int done;
@@ -518,9 +658,9 @@ put_line(Buffer *buf, const char *stamp, PyObject *level, PyObject *logger,
         STEP(PUT_LITERAL(buf, ",\"span_id\":") < 0 ? -1 : 1);
         STEP(put_str(buf, PyTuple_GET_ITEM(ids, 1)));
     }
-    STEP(put_fields(buf, context, NULL, NULL, dumps));
-    STEP(put_fields(buf, bound, context, NULL, dumps));
-    STEP(put_fields(buf, fields, bound, context, dumps));
+    STEP(put_fields(buf, context, NULL, NULL, job));
+    STEP(put_fields(buf, bound, context, NULL, job));
+    STEP(put_fields(buf, fields, bound, context, job));
     STEP(PUT_LITERAL(buf, "}\n") < 0 ? -1 : 1);
 #undef STEP
     return 1;
@@ -630,8 +770,7 @@ encode_record(Job *job, Buffer *buf, PyObject *record)
     }
     Py_INCREF(context);
     Py_SETREF(job->checked, context);
-    result = put_line(buf, stamp, level, logger, &job->message, ids, context, bound, fields,
-                      job->dumps);
+    result = put_line(buf, stamp, level, logger, &job->message, ids, context, bound, fields, job);
     if (result) {
         goto done; /* written, or an error */
     }
@@ -665,7 +804,7 @@ done:
 
 PyDoc_STRVAR(encode_into_doc,
 "encode_into(records, buffer, checked, known, level_names, span_ids, dumps, default, options,\n"
-"            fallback) -> (ends, checked)\n"
+"            json_rule, fallback) -> (ends, checked)\n"
 "\n"
 "Append the lines of `records` to the bytearray `buffer` as Encoder.encode_into does, and\n"
 "return where each ends and the last context found to hold only known names.\n"
@@ -674,11 +813,11 @@ PyDoc_STRVAR(encode_into_doc,
 static PyObject *
 encode_into(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
 {
-    if (argc != 10) {
-        PyErr_SetString(PyExc_TypeError, "encode_into takes 10 arguments");
+    if (argc != 11) {
+        PyErr_SetString(PyExc_TypeError, "encode_into takes 11 arguments");
         return NULL;
     }
-    PyObject *records = argv[0], *target = argv[1], *fallback = argv[9];
+    PyObject *records = argv[0], *target = argv[1], *fallback = argv[10];
     if (!PyList_CheckExact(records) || !PyByteArray_CheckExact(target)
         || !PySet_CheckExact(argv[3]) || !PyDict_CheckExact(argv[4])) {
         PyErr_SetString(PyExc_TypeError,
@@ -686,7 +825,7 @@ encode_into(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
                         "bytearray, a set and a dict");
         return NULL;
     }
-    Job job = {argv[3], argv[4], argv[5], argv[6], argv[7], argv[8], Py_NewRef(argv[2]),
+    Job job = {argv[3], argv[4], argv[5], argv[6], argv[7], argv[8], argv[9], Py_NewRef(argv[2]),
                {NULL, 0, 0}};
     Buffer buf = {NULL, 0, 0};
     Py_ssize_t *line_ends = NULL, lines = 0, capacity = 0;
@@ -770,14 +909,17 @@ typedef struct {
     PyObject *context_var; /* _context.bound_fields */
     PyObject *otel_var;    /* OpenTelemetry's current-context ContextVar, or None */
     PyObject *otel_get;    /* else the callable that returns that context */
-    PyObject *immutable;   /* _snapshot.IMMUTABLE_TYPES */
-    PyObject *snapshot_fields;
+    PyObject *immutable;   /* _snapshot.IMMUTABLE_TYPES (enum classes are added as met) */
+    PyObject *dumps;       /* orjson.dumps: freezes a mutable value into JSON bytes */
+    PyObject *options;     /* its options for freezing, without numpy imported, and with */
+    PyObject *numpy_options;
+    PyObject *snapshot_value; /* what freezes the values orjson refuses */
     PyObject *snapshot_args;
     vectorcallfunc vectorcall;
 } LevelMethod;
 
 static PyObject *S_LEVEL, *S_EMITTED, *S_ITEMS, *S_MAXSIZE, *S_IDLE, *S_WAKE_WRITER, *S_APPEND,
-    *S_OVERFLOW, *S_NAME, *S_BOUND;
+    *S_OVERFLOW, *S_NAME, *S_BOUND, *S_NUMPY;
 
 /* time.time() */
 static PyObject *
@@ -870,6 +1012,71 @@ put_record(PyObject *queue, PyObject *record)
     return done == NULL ? -1 : 0;
 }
 
+/* 1 if a call field of this value needs no freezing, 0 if it does, -1 on error: its exact type
+ * is known to be immutable, or it is an enum member (a constant), whose class is then added to
+ * the known ones. */
+static int
+is_immutable(LevelMethod *self, PyObject *value)
+{
+    PyObject *type = (PyObject *)Py_TYPE(value);
+    int found = PySet_Contains(self->immutable, type);
+    if (found != 0) {
+        return found;
+    }
+    if (!PyType_IsSubtype(Py_TYPE(type), (PyTypeObject *)ENUM_META)) {
+        return 0;
+    }
+    return PySet_Add(self->immutable, type) < 0 ? -1 : 1;
+}
+
+/* orjson makes its output in a buffer of 1 KB or more and shrinks it in place: kept alive in
+ * the queue, each such buffer costs the allocator ~2 us (measured here), where a copy of a
+ * small one costs ~0.05 us. Up to this size (pymalloc's limit), frozen bytes are copied. */
+#define SMALL_OBJECT 512
+
+/* `_snapshot.snapshot_value(value)`, its common case in C: a tuple of immutable values as it
+ * is, else the JSON bytes orjson makes of it (no default hook: orjson runs no Python code and
+ * holds the GIL throughout, so no thread can change the value meanwhile) as a Frozen. What
+ * orjson refuses goes to `snapshot_value`. Returns a new reference. */
+static PyObject *
+freeze(LevelMethod *self, PyObject *value)
+{
+    if (PyTuple_CheckExact(value)) {
+        int all = 1;
+        for (Py_ssize_t i = 0; all == 1 && i < PyTuple_GET_SIZE(value); i++) {
+            all = PySet_Contains(self->immutable, (PyObject *)Py_TYPE(PyTuple_GET_ITEM(value, i)));
+        }
+        if (all < 0) {
+            return NULL;
+        }
+        if (all) {
+            return Py_NewRef(value);
+        }
+    }
+    PyObject *numpy = PyDict_GetItemWithError(PyImport_GetModuleDict(), S_NUMPY);
+    if (numpy == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *call[3] = {value, Py_None, numpy != NULL ? self->numpy_options : self->options};
+    PyObject *data = PyObject_Vectorcall(self->dumps, call, 3, NULL);
+    if (data != NULL && PyBytes_CheckExact(data) && PyBytes_GET_SIZE(data) <= SMALL_OBJECT) {
+        Py_SETREF(data, PyBytes_FromStringAndSize(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)));
+    }
+    if (data != NULL) {
+        PyObject *frozen = PyBytes_CheckExact(data) ? new_frozen(data) : NULL;
+        if (frozen == NULL && !PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "dumps did not return bytes");
+        }
+        Py_DECREF(data);
+        return frozen;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_TypeError)) { /* orjson.JSONEncodeError is one */
+        return NULL;
+    }
+    PyErr_Clear();
+    return PyObject_CallOneArg(self->snapshot_value, value);
+}
+
 static PyObject *
 level_method_call(PyObject *callable, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
 {
@@ -892,23 +1099,15 @@ level_method_call(PyObject *callable, PyObject *const *argv, size_t nargsf, PyOb
         goto done;
     }
     Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    int immutable = 1;
     for (Py_ssize_t i = 0; i < nkw; i++) {
-        PyObject *value = argv[nargs + i];
-        if (PyDict_SetItem(fields, PyTuple_GET_ITEM(kwnames, i), value) < 0) {
+        PyObject *value = argv[nargs + i], *frozen = NULL;
+        int immutable = is_immutable(self, value);
+        if (immutable < 0 || (!immutable && (frozen = freeze(self, value)) == NULL)) {
             goto done;
         }
-        if (immutable) {
-            int found = PySet_Contains(self->immutable, (PyObject *)Py_TYPE(value));
-            if (found < 0) {
-                goto done;
-            }
-            immutable = found;
-        }
-    }
-    if (!immutable) {
-        Py_SETREF(fields, PyObject_CallOneArg(self->snapshot_fields, fields));
-        if (fields == NULL) {
+        int failed = PyDict_SetItem(fields, PyTuple_GET_ITEM(kwnames, i), frozen ? frozen : value);
+        Py_XDECREF(frozen);
+        if (failed < 0) {
             goto done;
         }
     }
@@ -974,16 +1173,18 @@ static PyObject *
 level_method_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *names[] = {"level", "name", "queue", "context_var", "otel_var", "otel_get",
-                            "immutable", "snapshot_fields", "snapshot_args", NULL};
+                            "immutable", "dumps", "options", "numpy_options", "snapshot_value",
+                            "snapshot_args", NULL};
     long level;
-    PyObject *name, *queue, *context_var, *otel_var, *otel_get, *immutable, *snapshot_fields,
-        *snapshot_args;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "lUOOOOOOO:LevelMethod", names, &level, &name,
-                                     &queue, &context_var, &otel_var, &otel_get, &immutable,
-                                     &snapshot_fields, &snapshot_args)) {
+    PyObject *name, *queue, *context_var, *otel_var, *otel_get, *immutable, *dumps, *options,
+        *numpy_options, *snapshot_value, *snapshot_args;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "lUOOOOOOOOOO:LevelMethod", names, &level,
+                                     &name, &queue, &context_var, &otel_var, &otel_get,
+                                     &immutable, &dumps, &options, &numpy_options,
+                                     &snapshot_value, &snapshot_args)) {
         return NULL;
     }
-    if (!PyAnySet_Check(immutable)) {
+    if (!PySet_CheckExact(immutable)) {
         PyErr_SetString(PyExc_TypeError, "LevelMethod: immutable must be a set");
         return NULL;
     }
@@ -1012,7 +1213,10 @@ level_method_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->otel_var = Py_NewRef(otel_var);
     self->otel_get = Py_NewRef(otel_get);
     self->immutable = Py_NewRef(immutable);
-    self->snapshot_fields = Py_NewRef(snapshot_fields);
+    self->dumps = Py_NewRef(dumps);
+    self->options = Py_NewRef(options);
+    self->numpy_options = Py_NewRef(numpy_options);
+    self->snapshot_value = Py_NewRef(snapshot_value);
     self->snapshot_args = Py_NewRef(snapshot_args);
     return (PyObject *)self;
 }
@@ -1025,7 +1229,10 @@ level_method_traverse(LevelMethod *self, visitproc visit, void *arg)
     Py_VISIT(self->otel_var);
     Py_VISIT(self->otel_get);
     Py_VISIT(self->immutable);
-    Py_VISIT(self->snapshot_fields);
+    Py_VISIT(self->dumps);
+    Py_VISIT(self->options);
+    Py_VISIT(self->numpy_options);
+    Py_VISIT(self->snapshot_value);
     Py_VISIT(self->snapshot_args);
     return 0;
 }
@@ -1038,7 +1245,10 @@ level_method_clear(LevelMethod *self)
     Py_CLEAR(self->otel_var);
     Py_CLEAR(self->otel_get);
     Py_CLEAR(self->immutable);
-    Py_CLEAR(self->snapshot_fields);
+    Py_CLEAR(self->dumps);
+    Py_CLEAR(self->options);
+    Py_CLEAR(self->numpy_options);
+    Py_CLEAR(self->snapshot_value);
     Py_CLEAR(self->snapshot_args);
     return 0;
 }
@@ -1092,8 +1302,8 @@ static PyTypeObject LevelMethodType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "asynclog._speedups.LevelMethod",
     .tp_doc = PyDoc_STR("LevelMethod(level, name, queue, context_var, otel_var, otel_get, "
-                        "immutable, snapshot_fields, snapshot_args): one level's method of "
-                        "Logger, in C."),
+                        "immutable, dumps, options, numpy_options, snapshot_value, "
+                        "snapshot_args): one level's method of Logger, in C."),
     .tp_basicsize = sizeof(LevelMethod),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL
         | Py_TPFLAGS_METHOD_DESCRIPTOR,
@@ -1106,6 +1316,62 @@ static PyTypeObject LevelMethodType = {
     .tp_descr_get = level_method_get,
     .tp_repr = (reprfunc)level_method_repr,
     .tp_getset = level_method_getset,
+};
+
+/* ---- the Frozen type ------------------------------------------------------------------------ */
+
+static PyObject *
+frozen_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"data", NULL};
+    PyObject *data;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!:Frozen", names, &PyBytes_Type, &data)) {
+        return NULL;
+    }
+    FrozenObject *self = (FrozenObject *)type->tp_alloc(type, 0);
+    if (self != NULL) {
+        self->data = Py_NewRef(data);
+    }
+    return (PyObject *)self;
+}
+
+static void
+frozen_dealloc(FrozenObject *self)
+{
+    Py_XDECREF(self->data);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+frozen_data(FrozenObject *self, void *closure)
+{
+    return Py_NewRef(self->data);
+}
+
+static PyObject *
+frozen_repr(FrozenObject *self)
+{
+    return PyUnicode_FromFormat("Frozen(%R)", self->data);
+}
+
+static PyGetSetDef frozen_getset[] = {
+    {"data", (getter)frozen_data, NULL, "the value's JSON bytes", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+/* Holds bytes only, which cannot be part of a cycle: not tracked by the garbage collector. */
+static PyTypeObject FrozenType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "asynclog._speedups.Frozen",
+    .tp_doc = PyDoc_STR("Frozen(data): the JSON bytes of a mutable value, taken on the caller; "
+                        "the writer puts them in the line as they are, or decodes and masks "
+                        "them."),
+    .tp_basicsize = sizeof(FrozenObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = frozen_new,
+    .tp_dealloc = (destructor)frozen_dealloc,
+    .tp_repr = (reprfunc)frozen_repr,
+    .tp_getset = frozen_getset,
 };
 
 static PyMethodDef methods[] = {
@@ -1128,7 +1394,7 @@ intern_strings(void)
         {&S_LEVEL, "level"}, {&S_EMITTED, "emitted"}, {&S_ITEMS, "items"},
         {&S_MAXSIZE, "maxsize"}, {&S_IDLE, "idle"}, {&S_WAKE_WRITER, "wake_writer"},
         {&S_APPEND, "append"}, {&S_OVERFLOW, "overflow"}, {&S_NAME, "name"},
-        {&S_BOUND, "_bound"},
+        {&S_BOUND, "_bound"}, {&S_NUMPY, "numpy"},
     };
     for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++) {
         if (*strings[i].target == NULL
@@ -1174,11 +1440,37 @@ check_record_layout(PyObject *mod)
     return same == 1 ? 0 : -1;
 }
 
+/* `module.name`, kept for the life of the process. */
+static int
+import_type(PyObject **target, const char *module, const char *name)
+{
+    if (*target != NULL) {
+        return 0;
+    }
+    PyObject *imported = PyImport_ImportModule(module);
+    if (imported == NULL) {
+        return -1;
+    }
+    *target = PyObject_GetAttrString(imported, name);
+    Py_DECREF(imported);
+    if (*target != NULL && !PyType_Check(*target)) {
+        PyErr_Format(PyExc_ImportError, "%s.%s is not a type", module, name);
+        Py_CLEAR(*target);
+    }
+    return *target == NULL ? -1 : 0;
+}
+
 static int
 speedups_exec(PyObject *mod)
 {
-    if (intern_strings() < 0 || PyType_Ready(&LevelMethodType) < 0
-        || PyModule_AddObjectRef(mod, "LevelMethod", (PyObject *)&LevelMethodType) < 0) {
+    PyDateTime_IMPORT;
+    if (PyDateTimeAPI == NULL || intern_strings() < 0
+        || import_type(&UUID_TYPE, "uuid", "UUID") < 0
+        || import_type(&ENUM_META, "enum", "EnumMeta") < 0
+        || import_type(&DECIMAL_TYPE, "decimal", "Decimal") < 0
+        || PyType_Ready(&LevelMethodType) < 0 || PyType_Ready(&FrozenType) < 0
+        || PyModule_AddObjectRef(mod, "LevelMethod", (PyObject *)&LevelMethodType) < 0
+        || PyModule_AddObjectRef(mod, "Frozen", (PyObject *)&FrozenType) < 0) {
         return -1;
     }
     return check_record_layout(mod);

@@ -3,9 +3,12 @@ method, the same bytes from the writer's batch encoder, whatever the values."""
 
 from __future__ import annotations
 
+import datetime
+import enum
 import json
 import math
 import os
+import zoneinfo
 from typing import Any
 
 import pytest
@@ -18,7 +21,7 @@ from asynclog._encoder import Encoder
 from asynclog._logger import Logger, _python_level_method
 from asynclog._queue import QUEUE, read_count
 from asynclog._redact import Redactor
-from asynclog._snapshot import Frozen
+from asynclog._snapshot import Frozen, snapshot_value
 
 from conftest import ROOT, run_python
 
@@ -61,6 +64,10 @@ _ANY_VALUE = st.one_of(
     st.lists(st.integers(), max_size=3),
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
     st.tuples(st.integers()),
+    st.tuples(st.integers(), st.lists(st.integers(), max_size=2)),  # not immutable: frozen
+    st.sampled_from([enum.Enum("Plan", "FREE PRO").PRO, datetime.date(2026, 12, 3)]),
+    st.builds(object),  # orjson refuses it: snapshot_value's own route
+    st.lists(st.integers(min_value=2**64), min_size=1, max_size=2),  # refused too
 )
 
 
@@ -94,11 +101,14 @@ def test_a_level_method_captures_the_record_the_python_one_does(
 
 
 def _comparable(value: Any) -> Any:
-    """Frozen values as their bytes, NaN as a string: what two equal captures have in common."""
+    """Frozen values as their bytes, NaN as a string, plain objects by kind: what two equal
+    captures have in common."""
     if isinstance(value, Frozen):
         return ("frozen", value.data)
     if isinstance(value, float) and math.isnan(value):
         return "nan"
+    if type(value) is object:  # `%` arguments are deep copies: equal only in kind
+        return "object"
     if isinstance(value, tuple):
         return tuple(_comparable(v) for v in value)
     if isinstance(value, dict):
@@ -202,6 +212,98 @@ def test_the_direct_writer_writes_what_orjson_writes(lines: list[Any], implement
         buffer = bytearray()
         ends = encoder.encode_into(records, buffer)
         assert [bytes(buffer[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)] == expected
+
+
+class _Color(enum.Enum):
+    RED = "red"
+    BLUE = 2
+
+
+class _Opaque(enum.Enum):
+    OBJECT = object()  # a value orjson cannot write: the default hook's route
+
+
+def _zones() -> list[Any]:
+    zones: list[Any] = [
+        None,
+        datetime.timezone.utc,
+        datetime.timezone(datetime.timedelta(hours=5, minutes=30)),
+    ]
+    try:
+        zones.append(zoneinfo.ZoneInfo("Europe/Paris"))
+    except zoneinfo.ZoneInfoNotFoundError:  # no tz database on this machine
+        pass
+    return zones
+
+
+_SCALAR = st.one_of(st.none(), st.booleans(), _TEXT, _NUMBER)
+_SECRETISH = st.sampled_from(
+    ["plain", "password", "X-Api-Key", "accessToken", "token_count", "é", "ключ", "a", "n"]
+)
+_JSON_TREE = st.recursive(
+    _SCALAR,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_SECRETISH, inner, max_size=3),
+    max_leaves=8,
+)
+_RICH_VALUE = st.one_of(
+    _JSON_VALUE,
+    st.datetimes(timezones=st.sampled_from(_zones())),
+    st.dates(),
+    st.times(timezones=st.sampled_from([None, datetime.timezone.utc])),
+    st.uuids(),
+    st.sampled_from([*_Color, *_Opaque]),
+    st.decimals(allow_nan=True, places=None),
+    # what the caller freezes: nested dicts and lists, secret-like names inside some
+    st.builds(
+        snapshot_value,
+        st.lists(_JSON_TREE, max_size=3) | st.dictionaries(_SECRETISH, _JSON_TREE, max_size=3),
+    ),
+)
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    fields=st.lists(st.dictionaries(_NAME, _RICH_VALUE, max_size=4), min_size=1, max_size=4),
+    depth=st.sampled_from([1, 2, 256]),
+)
+def test_datetimes_uuids_enums_decimals_and_frozen_values_write_what_encode_writes(
+    fields: list[dict[str, Any]], depth: int, implementation: str
+) -> None:
+    """The direct path's newer values: datetimes (naive, UTC, fixed offsets, zones), dates,
+    times, UUIDs, enum members (one whose value orjson cannot write), Decimals and values
+    frozen on the caller, put in as their bytes unless a secret-like name or the depth could
+    be masked: the batch encoder writes `encode`'s bytes, and no secret."""
+    records = [
+        (1796084572.25, 20, "rich", "m", None, f, {}, {"request_id": "r"}, {}, None) for f in fields
+    ]
+    redactor = Redactor(frozenset({"password", "api_key", "token"}), depth)
+    expected = [Encoder(redactor).encode(record) for record in records]
+    encoder = Encoder(redactor)
+    for _ in range(2):  # the first pass meets the names, the second knows them
+        buffer = bytearray()
+        ends = encoder.encode_into(records, buffer)
+        assert [bytes(buffer[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)] == expected
+    # Putting frozen bytes in as they are changes nothing a reader sees: the same lines as
+    # decoding and masking every one of them.
+    looks_at_all = Redactor(redactor.keys, depth)
+    looks_at_all.json_rule = None
+    for line, record in zip(expected, records, strict=True):
+        assert json.loads(line) == json.loads(Encoder(looks_at_all).encode(record))
+        for name in ("password", "X-Api-Key", "accessToken"):
+            assert f'"{name}":' not in line.decode() or _masked(json.loads(line), name)
+
+
+def _masked(value: Any, name: str) -> bool:
+    """Whether every `name` key inside `value` holds the mask."""
+    if isinstance(value, dict):
+        return all((v == "[REDACTED]" if k == name else _masked(v, name)) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_masked(v, name) for v in value)
+    return True
 
 
 _TEMPLATE = st.lists(
