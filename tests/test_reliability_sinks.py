@@ -199,7 +199,9 @@ def write_failures(
     assert failures and all(error in n["error"] for n in failures), failures
     times: dict[int, list[float]] = {}
     for n in failures:
-        times.setdefault(n["pid"], []).append(datetime.fromisoformat(n["time"]).timestamp())
+        # Python 3.10's fromisoformat() does not read the "Z" suffix (3.11 does).
+        stamp = datetime.fromisoformat(n["time"].replace("Z", "+00:00"))
+        times.setdefault(n["pid"], []).append(stamp.timestamp())
     assert set(times) <= workers, (times, workers)
     for pid_times in times.values():
         assert all(b - a > 0.9 for a, b in itertools.pairwise(sorted(pid_times))), times
