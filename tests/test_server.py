@@ -13,7 +13,7 @@ from _server import gunicorn, http_get, stop, wait_for_startup
 
 from conftest import read_lines
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 SERVER_ENV = {"ASYNCLOG_FORMAT": "json", "ASYNCLOG_LEVEL": "INFO"}
 

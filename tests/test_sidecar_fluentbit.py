@@ -32,9 +32,12 @@ from _fluentbit import free_port, gunicorn_serving, http_get, stop_process, wait
 from conftest import ROOT, read_lines, run_python
 
 FLUENT_BIT = os.environ.get("FLUENT_BIT") or shutil.which("fluent-bit")
-pytestmark = pytest.mark.skipif(
-    not FLUENT_BIT, reason="no Fluent Bit: set FLUENT_BIT=/path/to/fluent-bit or put it on PATH"
-)
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not FLUENT_BIT, reason="no Fluent Bit: set FLUENT_BIT=/path/to/fluent-bit or put it on PATH"
+    ),
+]
 
 METADATA = {
     "service.name": "svc-e2e",
