@@ -123,11 +123,14 @@ def _wrap_lifespan(app: Any, installation: _Installation) -> None:
         pipeline = _ensure_pipeline(installation)
         # gunicorn's worker resets the server loggers after --preload imported the app.
         capture_server_loggers(installation.app)
-        watchdog = _start_watchdog(installation)
         run_startup_checks(installation.core, installation.app, pipeline.format, sys._getframe())
+        watchdog: LoopWatchdog | None = None
         try:
             async with original(app_) as state:
                 _after_startup(app, installation.app)
+                # Watching from here: nothing is served before, and the full collection in
+                # _after_startup (100s of ms with a big heap) would be reported as a stall.
+                watchdog = _start_watchdog(installation)
                 yield state
         finally:
             if installation.app.gc_freeze:
