@@ -213,6 +213,7 @@ def write_failures(
 STALL_S = 10.0
 
 
+@pytest.mark.integration
 def test_stalled_stdout_pipe_keeps_health_fast_and_memory_bounded(
     tmp_path: Path, figures: Any
 ) -> None:
@@ -288,6 +289,7 @@ def test_stalled_stdout_pipe_keeps_health_fast_and_memory_bounded(
 # --- 2. the pipe's reader goes away (EPIPE) ---------------------------------------------------
 
 
+@pytest.mark.integration
 def test_reader_closing_the_pipe_costs_lines_not_requests(tmp_path: Path, figures: Any) -> None:
     stderr = tmp_path / "server.err"
     with gunicorn_on_pipe({"ASYNCLOG_SINK": "stdout"}, stderr) as (port, proc, reader):
@@ -318,6 +320,7 @@ def test_reader_closing_the_pipe_costs_lines_not_requests(tmp_path: Path, figure
 # --- 3. the disk is full (ENOSPC) -------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_full_disk_costs_lines_not_requests(tmp_path: Path, figures: Any) -> None:
     stderr = tmp_path / "server.err"
     with gunicorn_on_pipe({"ASYNCLOG_SINK": "/dev/full"}, stderr) as (port, proc, _):
