@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BUILD_INPUTS := pyproject.toml setup.py asynclog/_speedups.c
 STAMP := $(VENV)/.installed-$(shell cat $(BUILD_INPUTS) | cksum | cut -d' ' -f1)
 
-.PHONY: test bench bench-quick lint typecheck sanitize clean
+.PHONY: test test-pythons bench bench-quick lint typecheck sanitize clean
 
 $(STAMP): $(BUILD_INPUTS)
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,12 @@ $(STAMP): $(BUILD_INPUTS)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The unit suite on every Python the classifiers claim that this machine has (noxfile.py).
+test-pythons: $(STAMP)
+	$(PY) -m nox
+
 lint: $(STAMP)
-	$(PY) -m ruff check asynclog tests benchmarks example sidecar
+	$(PY) -m ruff check asynclog tests benchmarks example sidecar noxfile.py setup.py
 	$(PY) -m mypy
 
 bench: $(STAMP)
@@ -52,4 +56,4 @@ sanitize: $(STAMP)
 		$(addprefix $(CURDIR)/tests/,$(SANITIZE_TESTS))
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build
+	rm -rf $(VENV) .nox .pytest_cache .mypy_cache .ruff_cache build
