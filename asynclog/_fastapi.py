@@ -14,7 +14,7 @@ from typing import Any
 
 from ._checks import run_startup_checks
 from ._middleware import AccessLogMiddleware, RequestLogConfig
-from ._pipeline import Pipeline, capture_logger, current, start_pipeline
+from ._pipeline import Pipeline, current, start_pipeline
 from ._redact import Redactor
 from ._settings import AppSettings, Settings, resolve_settings
 from ._tracing import flush_spans, setup_tracing, skip_unused_native_telemetry
@@ -95,17 +95,14 @@ def _skip_logged_exceptions(record: logging.LogRecord) -> bool:
     return not getattr(exc, "__asynclog_logged__", False)
 
 
-def capture_server_loggers(settings: AppSettings) -> None:
+def capture_server_loggers(pipeline: Pipeline, settings: AppSettings) -> None:
     """Send uvicorn's and gunicorn's loggers through asynclog; switch uvicorn's access line off
-    (uvicorn skips it entirely when its logger has no handlers)."""
+    (uvicorn skips it entirely when its logger has no handlers). `shutdown()` gives them back."""
+    routing = pipeline.routing
     for name in SERVER_LOGGERS:
-        capture_logger(name)
-    error = logging.getLogger("uvicorn.error")
-    if _skip_logged_exceptions not in error.filters:
-        error.addFilter(_skip_logged_exceptions)
-    access = logging.getLogger("uvicorn.access")
-    access.handlers.clear()
-    access.propagate = settings.uvicorn_access_log
+        routing.capture(name)
+    routing.add_filter("uvicorn.error", _skip_logged_exceptions)
+    routing.capture("uvicorn.access", propagate=settings.uvicorn_access_log)
 
 
 def _ensure_pipeline(installation: _Installation) -> Pipeline:
@@ -122,7 +119,7 @@ def _wrap_lifespan(app: Any, installation: _Installation) -> None:
     async def lifespan(app_: Any) -> AsyncIterator[Any]:
         pipeline = _ensure_pipeline(installation)
         # gunicorn's worker resets the server loggers after --preload imported the app.
-        capture_server_loggers(installation.app)
+        capture_server_loggers(pipeline, installation.app)
         run_startup_checks(installation.core, installation.app, pipeline.format, sys._getframe())
         watchdog: LoopWatchdog | None = None
         try:
@@ -180,7 +177,7 @@ def install(app: Any, **settings: Any) -> Pipeline:
     """
     core, app_settings = resolve_settings(settings)
     pipeline = start_pipeline(core)
-    capture_server_loggers(app_settings)
+    capture_server_loggers(pipeline, app_settings)
     installation: _Installation | None = getattr(app.state, "asynclog", None)
     if installation is None:
         installation = _Installation(core, app_settings, app)

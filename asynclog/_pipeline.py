@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import atexit
 import enum
-import logging
 import os
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from ._encoder import Encoder, notice_line
@@ -17,7 +17,7 @@ from ._record import Record
 from ._redact import Redactor
 from ._settings import Settings, resolve_settings
 from ._sinks import SinkError, open_sink, report
-from ._stdlib import AsyncLogHandler
+from ._stdlib import AsyncLogHandler, StdlibRouting
 from ._writer import Counters, Writer
 
 __all__ = [
@@ -79,7 +79,8 @@ class Pipeline:
         )
         self.handler = AsyncLogHandler()
         self.writer = self._new_writer()
-        self._previous_root: tuple[list[logging.Handler], int] | None = None
+        # What this pipeline (and the ones it replaced) changed in `logging`.
+        self.routing = StdlibRouting()
         self.state: State | None = None
         # Held while a record is written through, and through a whole stop: callers that log
         # while the writer drains wait their turn, so each thread's lines stay in order.
@@ -122,27 +123,10 @@ class Pipeline:
         self.writer.start()
 
     def _route_stdlib(self) -> None:
-        root = logging.getLogger()
-        self._previous_root = (list(root.handlers), root.level)
-        if not self.settings.stdlib_caller_info:
-            _set_record_options(_LEAN_RECORDS)
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        root.addHandler(self.handler)
-        root.setLevel(self.settings.level)
-        for name in self.settings.capture_loggers:
-            capture_logger(name)
-
-    def _unroute_stdlib(self) -> None:
-        root = logging.getLogger()
-        root.removeHandler(self.handler)
-        _set_record_options(_STDLIB_RECORDS)
-        if self._previous_root is not None:
-            handlers, level = self._previous_root
-            for handler in handlers:
-                if not isinstance(handler, AsyncLogHandler):
-                    root.addHandler(handler)
-            root.setLevel(level)
+        s = self.settings
+        self.routing.route_root(self.handler, s.level, lean_records=not s.stdlib_caller_info)
+        for name in s.capture_loggers:
+            self.routing.capture(name)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record enqueued before the call is written (or dropped)."""
@@ -185,14 +169,16 @@ class Pipeline:
 
         New records are written through from the moment the stop begins; callers wait (at most
         `timeout`) while the writer drains what was queued before, so nothing is left in the
-        queue and each thread's lines stay in order. `restore` gives the root logger its
-        previous handlers back; without it, stdlib records keep coming here too.
+        queue and each thread's lines stay in order. `restore` gives back what was changed in
+        `logging` (see `StdlibRouting`); without it, stdlib records keep coming here too.
         """
         wait = self.settings.shutdown_timeout if timeout is None else timeout
         lost_before = self.counters.dropped_write
         deadline = time.monotonic() + wait
         with self._through_lock:  # a stop already in progress is waited for
             if self.state is not State.RUNNING:
+                if restore:  # stopped by the lifespan drain, now by shutdown(): give it back
+                    self.routing.restore()
                 return True
             self._enter(State.STOPPING)
             QUEUE.write_through_mode(self._write_through)
@@ -209,8 +195,8 @@ class Pipeline:
             self._enter(State.STOPPED)
         drained = not writer.is_alive() and self.counters.dropped_write == lost_before
         self._report_losses()
-        if self.settings.capture_stdlib and restore:
-            self._unroute_stdlib()
+        if restore:
+            self.routing.restore()
         return drained
 
     def _report_losses(self) -> None:
@@ -312,31 +298,6 @@ class Pipeline:
             QUEUE.write_through_mode(self._write_through)
 
 
-# The logging module's documented switches for what a LogRecord collects ("Optimization" in the
-# logging HOWTO); `_srcfile = None` turns off findCaller's stack walk.
-_RECORD_OPTIONS = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
-_STDLIB_RECORDS = {name: getattr(logging, name) for name in _RECORD_OPTIONS}
-_LEAN_RECORDS = {
-    "_srcfile": None,
-    "logThreads": False,
-    "logProcesses": False,
-    "logMultiprocessing": False,
-}
-
-
-def capture_logger(name: str) -> None:
-    """Remove a named logger's own handlers so it propagates to asynclog (on the root)."""
-    logger = logging.getLogger(name)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-    logger.propagate = True
-
-
-def _set_record_options(options: dict[str, Any]) -> None:
-    for name, value in options.items():
-        setattr(logging, name, value)
-
-
 # The latest pipeline of this process, running or stopped (a stopped one writes late records
 # through until the next configure()).
 _current: Pipeline | None = None
@@ -374,7 +335,7 @@ def start_pipeline(core: Settings) -> Pipeline:
         pipeline = Pipeline(core, _last_counters)  # opens the sink: fails before changing anything
         if previous is not None:
             previous.stop(restore=False)
-            pipeline._previous_root = previous._previous_root
+            pipeline.routing = previous.routing  # what to give back stays what it was at first
         pipeline.start()  # the queue is queued again: records wait for the new writer
         if previous is not None:
             previous.close()
@@ -383,12 +344,14 @@ def start_pipeline(core: Settings) -> Pipeline:
 
 
 def get_logger(name: str | None = None) -> Logger:
-    """A native logger. If asynclog was never configured in this process, this configures it
-    from the environment (after `shutdown()`, records are written through instead)."""
+    """A native logger. If asynclog was never configured in this process, this starts it from
+    the environment for native lines only: the stdlib's configuration is left as it is (only
+    `configure()` and `install()` capture it). After `shutdown()`, records are written through."""
     if _current is None:
         with _lock:
             if _current is None:
-                configure()
+                core, _ = resolve_settings({}, core_only=True)
+                start_pipeline(replace(core, capture_stdlib=False))
     return Logger(name or "root")
 
 
