@@ -9,12 +9,15 @@ import sys
 from dataclasses import fields
 from typing import Any
 
+from opentelemetry import trace
+
 from ._checks import run_startup_checks
+from ._compat import degraded
 from ._middleware import AccessLogMiddleware, RequestLogConfig
 from ._pipeline import Pipeline, current, start_pipeline
 from ._redact import Redactor
 from ._settings import AppSettings, Settings, resolve_settings
-from ._tracing import flush_spans, setup_tracing, skip_unused_native_telemetry
+from ._tracing import flush_spans, setup_tracing, skip_unused_native_telemetry, tracing_disabled
 from ._watchdog import LoopWatchdog
 
 __all__ = ["install"]
@@ -48,13 +51,38 @@ class _Installation:
     # --- lifespan hooks -----------------------------------------------------------------------
 
     def starting(self) -> None:
-        """Before the app's startup code: the writer runs before the first request."""
+        """Before the app's startup code: the writer runs (again, after an earlier drain)."""
         pipeline = current()  # the running one, if any
         if pipeline is None:
             pipeline = start_pipeline(self.core)
         # gunicorn's worker resets the server loggers after --preload imported the app.
         capture_server_loggers(pipeline, self.app)
+        if self.request.tracer is None and self.app.tracing_backend == "instrumentor":
+            self._check_instrumented()
         run_startup_checks(self.core, self.app, pipeline.format, sys._getframe(1))
+
+    def _check_instrumented(self) -> None:
+        """FastAPIInstrumentor skips an app whose stack does not start with Starlette's
+        ServerErrorMiddleware (it logs an error, nothing more): then asynclog makes the server
+        span itself, so lines keep their trace ids."""
+        if not self.app.tracing or tracing_disabled():
+            return
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+        stack = getattr(self.fastapi_app, "middleware_stack", None)
+        for _ in range(100):  # the layers outside asynclog's middleware
+            if stack is None or isinstance(stack, AccessLogMiddleware):
+                break
+            if isinstance(stack, OpenTelemetryMiddleware):
+                return
+            stack = getattr(stack, "app", None)
+        if stack is None:
+            return  # asynclog's middleware was not found either (added inside): nothing to say
+        degraded(
+            "opentelemetry-instrumentation-fastapi: FastAPIInstrumentor's middleware stack",
+            "asynclog makes the server span itself (as with tracing_backend='asynclog')",
+        )
+        self.request.tracer = trace.get_tracer_provider().get_tracer("asynclog")
 
     def started(self) -> None:
         """Once the app's own startup has run: drop per-request work nothing will use (undone by
@@ -113,11 +141,31 @@ def _start_watchdog(settings: AppSettings) -> LoopWatchdog | None:
     return watchdog
 
 
+_NOT_BUILT = object()
+
+
 def _wrap_whole_stack(fastapi_app: Any, installation: _Installation) -> None:
     """Put asynclog's middleware around the app's whole middleware stack, outside Starlette's
     `ServerErrorMiddleware`, so it sees the 500 that answers an unhandled exception and every
-    middleware the app adds, before or after install()."""
-    build = fastapi_app.build_middleware_stack
+    middleware the app adds, before or after install().
+
+    Starlette builds that stack lazily with `build_middleware_stack()` into `middleware_stack`
+    (not a documented extension point): without them, asynclog's middleware is added with the
+    public `add_middleware()`, first among the app's own, inside `ServerErrorMiddleware`."""
+    build = getattr(fastapi_app, "build_middleware_stack", None)
+    built = getattr(fastapi_app, "middleware_stack", _NOT_BUILT)
+    if built is not None and built is not _NOT_BUILT:
+        raise RuntimeError("asynclog: install(app) must run before the app serves requests")
+    if built is _NOT_BUILT or not callable(build):
+        degraded(
+            "starlette: Starlette.build_middleware_stack / middleware_stack",
+            "asynclog's middleware sits inside ServerErrorMiddleware: a 500 carries no "
+            "X-Request-ID and lines of the app's 500 handler no trace ids",
+        )
+        fastapi_app.add_middleware(
+            AccessLogMiddleware, config=installation.request, lifespan=installation
+        )
+        return
 
     def build_middleware_stack() -> Any:
         stack = AccessLogMiddleware(build(), installation.request, installation)

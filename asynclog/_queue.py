@@ -7,8 +7,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from ._record import Record
+if TYPE_CHECKING:  # annotations only: the record module's guard (_compat) imports this one
+    from ._record import Record
 
 __all__ = ["QUEUE", "RecordQueue", "read_count"]
 

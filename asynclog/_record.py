@@ -12,6 +12,9 @@ from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import context as _otel_context
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+
+from ._compat import degraded
 
 __all__ = [
     "ARGS",
@@ -67,11 +70,20 @@ def make_record(
 
 
 def _otel_context_var() -> ContextVar[Any] | None:
-    # The SDK's default runtime context is a ContextVar; reading it directly costs one C call
-    # instead of two Python calls through `context.get_current()`.
+    """The ContextVar behind OpenTelemetry's default runtime context (private names), or None:
+    reading it directly costs one C call instead of two Python calls through the public
+    `context.get_current()`, which is what asynclog calls without it. Another runtime context
+    (OTEL_PYTHON_CONTEXT) has no such variable: the public call is simply the way then."""
     runtime = getattr(_otel_context, "_RUNTIME_CONTEXT", None)
     var = getattr(runtime, "_current_context", None)
-    return var if isinstance(var, ContextVar) else None
+    if isinstance(var, ContextVar):
+        return var
+    if runtime is None or isinstance(runtime, ContextVarsRuntimeContext):
+        degraded(
+            "opentelemetry: context._RUNTIME_CONTEXT._current_context",
+            "the OpenTelemetry context is read with context.get_current() (~75 ns more a call)",
+        )
+    return None
 
 
 OTEL_CONTEXT_VAR = _otel_context_var()

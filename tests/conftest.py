@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import asynclog
-from asynclog import _accel, _encoder, _pipeline
+from asynclog import _accel, _compat, _encoder, _pipeline
 from asynclog._logger import Logger, _python_level_method
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +36,7 @@ def _reset_asynclog() -> Iterator[None]:
     options = {name: getattr(logging, name) for name in _RECORD_OPTIONS}
     yield
     _pipeline.reset()
+    _compat._said.clear()
     asynclog.clear_contextvars()
     for logger, (handlers, filters, propagate, level) in zip(loggers, kept, strict=True):
         logger.handlers[:] = handlers
