@@ -405,7 +405,7 @@ def _collect(c: Counters) -> dict[str, Any]:
         "dropped_write": c.dropped_write,
         "errors": c.errors,
         "queue_depth": len(QUEUE.items),
-        "queue_size": QUEUE.maxsize,
+        "queue_size": QUEUE.limit,
         "bytes_written": c.bytes_written,
         "notices": c.notices,
     }

@@ -30,11 +30,14 @@ class RecordQueue:
 
     Two modes, switched only by the pipeline's state changes (see `_pipeline.State`): queued, and
     write-through, where `maxsize` is 0 so that every record, however it was put (the level
-    methods inline `put`), reaches `overflow()` and from there `write_through`.
+    methods inline `put`), reaches `overflow()` and from there `write_through`. `limit` is the
+    configured bound; `maxsize`, what a put compares with, is also 0 while taps are set
+    (`asynclog.testing.capture_logs`): `overflow()` hands each record to them, then on its way.
     """
 
     def __init__(self, maxsize: int = 20_000, block: bool = False, block_timeout: float = 0.25):
         self.items: deque[Record] = deque()
+        self.limit = maxsize
         self.maxsize = maxsize
         self.block = block
         self.block_timeout = block_timeout
@@ -47,6 +50,8 @@ class RecordQueue:
         self.space = threading.Condition(threading.Lock())
         # In write-through mode: writes a record on the caller's thread.
         self.write_through: Callable[[Record], None] | None = None
+        # Callables that see every record on the caller's thread before it goes on its way.
+        self.taps: tuple[Callable[[Record], None], ...] = ()
         # Left by a writer thread that died: the next wake starts a new one instead.
         self.revive: Callable[[], None] | None = None
 
@@ -74,9 +79,15 @@ class RecordQueue:
 
     def overflow(self, record: Record) -> None:
         """The queue was full: drop (counted), or in block mode wait for space first. In
-        write-through mode every record comes here."""
+        write-through mode, and while tapped, every record comes here."""
+        for tap in self.taps:
+            tap(record)
         if self.write_through is not None:
             self.write_through(record)
+        elif self.taps and len(self.items) < self.limit:
+            self.items.append(record)
+            if self.idle:
+                self.wake_writer()
         elif self.block:
             self._put_blocking(record)
         else:
@@ -86,7 +97,7 @@ class RecordQueue:
         deadline = time.monotonic() + self.block_timeout
         self.wake.set()
         with self.space:
-            while len(self.items) >= self.maxsize:
+            while len(self.items) >= self.limit:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     next(self.dropped)
@@ -110,12 +121,26 @@ class RecordQueue:
         self.block_timeout = block_timeout
         self.level = level
         self.write_through = None
-        self.maxsize = maxsize
+        self.limit = maxsize
+        self._route()
 
     def write_through_mode(self, write: Callable[[Record], None]) -> None:
         """Every record from now on (already counted as emitted) goes to `write`."""
         self.write_through = write
-        self.maxsize = 0
+        self._route()
+
+    def add_tap(self, tap: Callable[[Record], None]) -> None:
+        """Hand every record put from now on to `tap` too, on the caller's thread, before it
+        goes on its way; whatever the mode, which may change meanwhile. A tap must not raise."""
+        self.taps = (*self.taps, tap)
+        self._route()
+
+    def remove_tap(self, tap: Callable[[Record], None]) -> None:
+        self.taps = tuple(t for t in self.taps if t is not tap)
+        self._route()
+
+    def _route(self) -> None:
+        self.maxsize = 0 if self.write_through is not None or self.taps else self.limit
 
     def reset_counters(self) -> None:
         """Count from zero; records still queued count as emitted."""
