@@ -180,3 +180,15 @@ def test_a_console_pipeline_is_captured_as_json_keys(
     )
     asynclog.flush(5)
     assert b"INFO" in log_path.read_bytes()
+
+
+def test_the_readmes_recipe_on_the_example_service(logs: list[dict[str, Any]]) -> None:
+    from fastapi.testclient import TestClient
+
+    from example.app import app
+
+    with TestClient(app) as client:
+        client.post("/orders", json={"item_id": 1, "quantity": 2})
+    [placed] = [line for line in logs if line["message"] == "order placed"]
+    assert placed["total"] == 21.98
+    assert placed["request_id"]  # bound by install() for the whole request
