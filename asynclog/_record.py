@@ -14,8 +14,6 @@ from typing import Any
 from opentelemetry import context as _otel_context
 from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 
-from ._compat import degraded
-
 __all__ = [
     "ARGS",
     "BOUND",
@@ -79,6 +77,8 @@ def _otel_context_var() -> ContextVar[Any] | None:
     if isinstance(var, ContextVar):
         return var
     if runtime is None or isinstance(runtime, ContextVarsRuntimeContext):
+        from ._compat import degraded  # only now: this module must import nothing of asynclog's
+
         degraded(
             "opentelemetry: context._RUNTIME_CONTEXT._current_context",
             "the OpenTelemetry context is read with context.get_current() (~75 ns more a call)",
