@@ -46,7 +46,7 @@ def _before_send(event: Any, hint: Any) -> None:
 sentry_sdk.init(
     dsn="http://public@127.0.0.1:9/1",
     transport=_NoNetwork,
-    before_send=_before_send,  # type: ignore[arg-type]
+    before_send=_before_send,
 )
 
 app = FastAPI()
