@@ -15,6 +15,7 @@ class Profile:
     e2e: E2EProfile
     micro_passes: int  # timing processes per library, run round-robin over the libraries
     micro_seconds: float  # rough time per library, for the progress estimate
+    mix_seconds: float  # rough time per library and mix shape in one pass, for the estimate
     e2e_seconds: float  # rough time per server case, for the progress estimate
     quiet_wait: float  # longest wait before a step for other processes to go quiet
 
@@ -38,6 +39,7 @@ PROFILES = {
         E2EProfile(connections=32, warmup=0, duration=1, rounds=1, stall=0.5, boot_timeout=60),
         micro_passes=1,
         micro_seconds=2.5,
+        mix_seconds=0.7,
         e2e_seconds=3.5,
         quiet_wait=0,
     ),
@@ -59,6 +61,7 @@ PROFILES = {
         E2EProfile(connections=32, warmup=1, duration=3, rounds=5, stall=2.0, boot_timeout=60),
         micro_passes=3,
         micro_seconds=16,
+        mix_seconds=2.5,
         e2e_seconds=16,
         quiet_wait=10,
     ),
@@ -80,6 +83,7 @@ PROFILES = {
         E2EProfile(connections=32, warmup=2, duration=15, rounds=5, stall=5.0, boot_timeout=60),
         micro_passes=3,
         micro_seconds=90,
+        mix_seconds=8,
         e2e_seconds=80,
         quiet_wait=60,
     ),
