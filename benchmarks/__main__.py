@@ -154,7 +154,7 @@ class Session:
             order = shapes[i % len(shapes) :] + shapes[: i % len(shapes)]
             for peer in peers:
                 self.settle(f"mix {peer.name} timing {i + 1}/{n}")
-                found = micro.run_mix(peer, order, self.profile.micro, self.workdir)
+                found = micro.run_mix(peer, order, self.profile.mix, self.workdir)
                 other[peer.name].append(self.meter.stop() or 0.0)
                 for shape in order:
                     timings.setdefault((shape.name, peer.name), []).append(found[shape.name])
@@ -230,6 +230,7 @@ def run(profile: Profile, parts: set[str], loadgen_pref: str) -> dict[str, Any]:
         # Other work on the machine skews absolute figures; the load average says if there was.
         "load_average_before": os.getloadavg(),
         "micro_profile": asdict(profile.micro),
+        "mix_profile": asdict(profile.mix),
         "e2e_profile": asdict(profile.e2e),
         "baseline": BASELINE,
         "skipped": {p.name: missing(p) for p in PEERS.values() if missing(p)},
