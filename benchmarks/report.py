@@ -212,7 +212,7 @@ def targets(micro: list[dict[str, Any]], e2e: list[dict[str, Any]]) -> list[Targ
             "asynclog: every non-dropped line intact, dropped lines counted",
             "all",
             float(sum(intact)),
-            bool(intact) and all(intact),
+            all(intact) if intact else None,
             unit=f"/{len(intact)}",
         )
     )
@@ -518,6 +518,20 @@ def mix_targets(mix: list[dict[str, Any]], shapes: set[str]) -> list[Target]:
         for what, value, limit, at_least in _mix_goals(peers.get("asynclog", {})):
             check = _at_least if at_least else _at_most
             out.append(check(f"mix {shape}: {what}", value, limit))
+    intact = [
+        m.get("check", {}).get("intact", False)
+        for m in mix
+        if m["shape"] in shapes and m["name"].startswith("asynclog")
+    ]
+    out.append(
+        Target(
+            "mix: asynclog's lines intact on every shape",
+            "all",
+            float(sum(intact)),
+            all(intact) if intact else None,
+            unit=f"/{len(intact)}",
+        )
+    )
     return out
 
 

@@ -99,6 +99,8 @@ def test_every_shape_of_the_mix_runs_against_every_mix_peer(results: dict[str, A
     mix_targets = [t["what"] for t in results["targets"] if t["what"].startswith("mix ")]
     assert len(mix_targets) == 3 * (len(SHAPES) - 1)
     assert not any(t.startswith(f"mix {FIVE.name}:") for t in mix_targets)
+    intact = next(t for t in results["targets"] if t["what"].startswith("mix: asynclog's lines"))
+    assert intact["met"] and intact["unit"] == f"/{2 * (len(SHAPES) - 1)}"
 
 
 @pytest.mark.timeout(300)
