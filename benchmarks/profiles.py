@@ -41,10 +41,10 @@ PROFILES = {
         ),
         MicroProfile(
             warmup=200,
-            caller_repeats=2,
+            caller_repeats=1,
             burst_seconds=0.05,
             max_burst=5_000,
-            throughput_repeats=2,
+            throughput_repeats=1,
             throughput_seconds=0.1,
             max_records=20_000,
             rss_records=0,
