@@ -1,6 +1,6 @@
 """``python -m benchmarks``: run the micro and end-to-end benchmarks, write the report.
 
-    python -m benchmarks            # ~5 minutes
+    python -m benchmarks            # ~7.5 minutes
     python -m benchmarks --quick    # < 1 minute, the CI smoke test
     python -m benchmarks --full     # ~30 minutes: longer runs, more repeats
     python -m benchmarks --out DIR  # somewhere other than benchmarks/results

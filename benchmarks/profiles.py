@@ -1,4 +1,4 @@
-"""How long and how often to measure: ``quick`` (CI smoke, < 1 min), default (~5 min), ``full``."""
+"""How long and how often to measure: ``quick`` (CI, < 1 min), default (~7.5 min), ``full``."""
 
 from __future__ import annotations
 
