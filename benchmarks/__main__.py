@@ -1,9 +1,10 @@
 """``python -m benchmarks``: run the micro and end-to-end benchmarks, write the report.
 
-    python -m benchmarks            # ~5 minutes
+    python -m benchmarks            # ~7.5 minutes
     python -m benchmarks --quick    # < 1 minute, the CI smoke test
     python -m benchmarks --full     # ~30 minutes: longer runs, more repeats
     python -m benchmarks --out DIR  # somewhere other than benchmarks/results
+    python -m benchmarks --only mix # the record mix alone (every shape, its peers)
 
 Only one benchmark should run on a machine at a time; wrap it in
 ``flock /tmp/asynclog-bench.lock`` where others share the machine.
@@ -23,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import e2e, loadgen, micro, quiet, report
-from benchmarks.peers import BASELINE, PEERS, Peer
+from benchmarks.peers import BASELINE, MIX_PEERS, PEERS, Peer, missing
 from benchmarks.profiles import PROFILES, Profile
+from benchmarks.records import FIVE, SHAPES, Shape
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Before a step, wait (up to the profile's quiet_wait) until other processes use < 10% of the
@@ -142,6 +144,28 @@ class Session:
             self.progress.end(_memory_summary(m))
         return found
 
+    def mix(self, peers: list[Peer], shapes: list[Shape]) -> list[dict[str, Any]]:
+        """The record mix: per pass, one process per peer times every shape, in an order
+        rotated each pass; figures per (shape, peer), medians over the passes."""
+        n = self.profile.micro_passes
+        timings: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        other: dict[str, list[float]] = {p.name: [] for p in peers}
+        for i in range(n):
+            order = shapes[i % len(shapes) :] + shapes[: i % len(shapes)]
+            for peer in peers:
+                self.settle(f"mix {peer.name} timing {i + 1}/{n}")
+                found = micro.run_mix(peer, order, self.profile.mix, self.workdir)
+                other[peer.name].append(self.meter.stop() or 0.0)
+                for shape in order:
+                    timings.setdefault((shape.name, peer.name), []).append(found[shape.name])
+                self.progress.end(_mix_summary(found) + _other({"other_cpu": other[peer.name][-1]}))
+        out = []
+        for shape in shapes:
+            for peer in peers:
+                m = micro.combine(peer, timings[(shape.name, peer.name)], {})
+                out.append({"shape": shape.name, **m, "other_cpu": max(other[peer.name])})
+        return out
+
     def e2e(self, groups: list[list[e2e.Case]], gen: loadgen.LoadGen) -> list[dict[str, Any]]:
         found = []
         for group in groups:
@@ -155,6 +179,15 @@ class Session:
         return found
 
 
+def _mix_summary(found: dict[str, dict[str, Any]]) -> str:
+    return "; ".join(f"{name}: {_micro_summary(m)}" for name, m in found.items())
+
+
+def _mix_steps(profile: Profile, peers: list[Peer], shapes: list[Shape]) -> list[Step]:
+    seconds = profile.mix_seconds * len(shapes)
+    return [(f"mix {p.name} timing", seconds) for _ in range(profile.micro_passes) for p in peers]
+
+
 def _steps(profile: Profile, peers: list[Peer], groups: list[list[e2e.Case]]) -> list[Step]:
     memory_seconds = profile.micro.rss_seconds + 1
     passes = profile.micro_passes
@@ -165,11 +198,31 @@ def _steps(profile: Profile, peers: list[Peer], groups: list[list[e2e.Case]]) ->
     return steps
 
 
+def _mix_shapes(parts: set[str]) -> list[Shape]:
+    """The shapes the mix measures: today's comes from the main micro table when that runs."""
+    if "mix" not in parts:
+        return []
+    return [s for s in SHAPES.values() if s is not FIVE or "micro" not in parts]
+
+
+def _mix_rows(
+    micro_found: list[dict[str, Any]], mix_found: list[dict[str, Any]], peers: list[Peer]
+) -> list[dict[str, Any]]:
+    """The mix's figures per (shape, peer), today's shape first, taken from the micro table."""
+    names = {p.name for p in peers}
+    today = [{"shape": FIVE.name, **m} for m in micro_found if m["name"] in names]
+    return today + mix_found
+
+
 def run(profile: Profile, parts: set[str], loadgen_pref: str) -> dict[str, Any]:
     """Run the benchmark parts in *parts*; returns the results with ratios and targets."""
-    peers = list(PEERS.values()) if "micro" in parts else []
+    available = [p for p in PEERS.values() if not missing(p)]
+    peers = available if "micro" in parts else []
+    mix_peers = [p for p in available if p.name in MIX_PEERS] if "mix" in parts else []
+    shapes = _mix_shapes(parts)
     groups = e2e.GROUPS if "e2e" in parts else []
-    progress = Progress(_steps(profile, peers, groups))
+    steps = _steps(profile, peers, []) + _mix_steps(profile, mix_peers, shapes)
+    progress = Progress(steps + _steps(profile, [], groups))
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "profile": profile.name,
@@ -177,8 +230,10 @@ def run(profile: Profile, parts: set[str], loadgen_pref: str) -> dict[str, Any]:
         # Other work on the machine skews absolute figures; the load average says if there was.
         "load_average_before": os.getloadavg(),
         "micro_profile": asdict(profile.micro),
+        "mix_profile": asdict(profile.mix),
         "e2e_profile": asdict(profile.e2e),
         "baseline": BASELINE,
+        "skipped": {p.name: missing(p) for p in PEERS.values() if missing(p)},
     }
     with tempfile.TemporaryDirectory(prefix="asynclog-bench-") as tmp:
         session = Session(profile, progress, Path(tmp))
@@ -186,10 +241,17 @@ def run(profile: Profile, parts: set[str], loadgen_pref: str) -> dict[str, Any]:
         results["loadgen"] = gen.name
         results["versions"] = report.versions(gen.name)
         results["micro"] = session.micro(peers)
+        mix_found = session.mix(mix_peers, shapes) if shapes else []
         results["e2e"] = session.e2e(groups, gen)
         results["quiet_waited_s"] = round(session.waited, 1)
     report.add_ratios(results["micro"], results["e2e"], BASELINE)
     results["targets"] = [t.to_dict() for t in report.targets(results["micro"], results["e2e"])]
+    if shapes:
+        results["mix_shapes"] = {s.name: s.label for s in SHAPES.values()}
+        results["mix"] = _mix_rows(results["micro"], mix_found, mix_peers)
+        report.add_mix_ratios(results["mix"], BASELINE)
+        measured = {s.name for s in shapes}
+        results["targets"] += [t.to_dict() for t in report.mix_targets(results["mix"], measured)]
     results["commands"] = [
         "python -m benchmarks " + shlex.join(sys.argv[1:]),
         *(c["command"] for c in results["e2e"] if "command" in c),
@@ -208,7 +270,11 @@ def main(argv: list[str]) -> int:
     size.add_argument("--quick", action="store_true", help="under a minute (CI smoke test)")
     size.add_argument("--full", action="store_true", help="~30 minutes: longer runs, more repeats")
     parser.add_argument("--out", type=Path, default=RESULTS, metavar="DIR", help="report directory")
-    parser.add_argument("--only", choices=("micro", "e2e"), help="run one part only")
+    parser.add_argument(
+        "--only",
+        choices=("micro", "mix", "e2e"),
+        help="run one part only (micro includes the record mix)",
+    )
     parser.add_argument(
         "--loadgen",
         choices=("auto", "wrk", "builtin"),
@@ -219,7 +285,9 @@ def main(argv: list[str]) -> int:
     if (os.cpu_count() or 1) < 2:
         print("note: fewer than 2 CPUs; server and load generator share one", file=sys.stderr)
     profile = PROFILES["quick" if args.quick else "full" if args.full else "default"]
-    parts = {args.only} if args.only else {"micro", "e2e"}
+    parts = {"micro", "mix", "e2e"}
+    if args.only:
+        parts = {"micro", "mix"} if args.only == "micro" else {args.only}
     results = run(profile, parts, args.loadgen)
     paths = report.write(results, args.out)
     print(report.terminal(results))

@@ -17,6 +17,10 @@ Timing (one process, fresh sink and file per repeat):
 Memory (another process): up to ``rss_records`` records as fast as the caller can, then
 close; peak RSS of the process (``ru_maxrss``) against its RSS before the first record.
 
+Record mix (``run_mix``): one timing process per library and pass measures every shape
+of the mix in turn, each as above (a fresh sink and file per repeat), in an order that
+rotates from pass to pass; no memory run.
+
 Every file is read back: lines counted and parsed, each record found exactly once.
 """
 
@@ -39,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.peers import PEERS, Peer
-from benchmarks.records import LineCheck, check_records
+from benchmarks.records import FIVE, SHAPES, LineCheck, Shape, check_records
 
 
 @dataclass(frozen=True)
@@ -81,8 +85,10 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-async def _run_async(peer: Peer, path: Path, warmup: int, n: int) -> tuple[int, int, int]:
-    sink = await peer.open(path)  # type: ignore[misc]
+async def _run_async(
+    peer: Peer, shape: Shape, path: Path, warmup: int, n: int
+) -> tuple[int, int, int]:
+    sink = await peer.open(path, shape)  # type: ignore[misc]
     log = sink.log
     for seq in range(warmup):
         await log(seq)
@@ -95,8 +101,8 @@ async def _run_async(peer: Peer, path: Path, warmup: int, n: int) -> tuple[int, 
     return t1 - t0, t2 - t1, sink.dropped()
 
 
-def _run_sync(peer: Peer, path: Path, warmup: int, n: int) -> tuple[int, int, int]:
-    sink = peer.open(path)
+def _run_sync(peer: Peer, shape: Shape, path: Path, warmup: int, n: int) -> tuple[int, int, int]:
+    sink = peer.open(path, shape)
     assert not inspect.isawaitable(sink)
     log = sink.log
     for seq in range(warmup):
@@ -110,13 +116,13 @@ def _run_sync(peer: Peer, path: Path, warmup: int, n: int) -> tuple[int, int, in
     return t1 - t0, t2 - t1, sink.dropped()
 
 
-def _run(peer: Peer, workdir: Path, tag: str, warmup: int, n: int) -> Run:
-    path = workdir / f"{peer.name}-{tag}.jsonl"
+def _run(peer: Peer, shape: Shape, workdir: Path, tag: str, warmup: int, n: int) -> Run:
+    path = workdir / f"{peer.name}-{shape.name}-{tag}.jsonl"
     if peer.is_async:
-        loop_ns, close_ns, dropped = asyncio.run(_run_async(peer, path, warmup, n))
+        loop_ns, close_ns, dropped = asyncio.run(_run_async(peer, shape, path, warmup, n))
     else:
-        loop_ns, close_ns, dropped = _run_sync(peer, path, warmup, n)
-    check = check_records(path, warmup + n)
+        loop_ns, close_ns, dropped = _run_sync(peer, shape, path, warmup, n)
+    check = check_records(path, warmup + n, shape)
     path.unlink()
     return Run(loop_ns, close_ns, dropped, check)
 
@@ -142,13 +148,15 @@ def _clamp(value: float, low: int, high: int) -> int:
     return max(low, min(high, int(value)))
 
 
-def time_peer(peer: Peer, profile: MicroProfile, workdir: Path) -> dict[str, Any]:
-    """Caller ns/call and records/s for *peer*, medians of repeats."""
-    probe = _run(peer, workdir, "probe", 0, profile.warmup)
+def time_peer(
+    peer: Peer, profile: MicroProfile, workdir: Path, shape: Shape = FIVE
+) -> dict[str, Any]:
+    """Caller ns/call and records/s for *peer* logging *shape*, medians of repeats."""
+    probe = _run(peer, shape, workdir, "probe", 0, profile.warmup)
     per_call = probe.loop_ns / profile.warmup
     burst = _clamp(profile.burst_seconds * 1e9 / per_call, 200, profile.max_burst)
     runs = [
-        _run(peer, workdir, f"caller{i}", profile.warmup, burst)
+        _run(peer, shape, workdir, f"caller{i}", profile.warmup, burst)
         for i in range(profile.caller_repeats)
     ]
     caller = [r.loop_ns / burst for r in runs]
@@ -156,7 +164,9 @@ def time_peer(peer: Peer, profile: MicroProfile, workdir: Path) -> dict[str, Any
         (r.loop_ns + r.close_ns) / (profile.warmup + burst) for r in runs
     )
     n = _clamp(profile.throughput_seconds * 1e9 / per_record, 1000, profile.max_records)
-    tp_runs = [_run(peer, workdir, f"tp{i}", 0, n) for i in range(profile.throughput_repeats)]
+    tp_runs = [
+        _run(peer, shape, workdir, f"tp{i}", 0, n) for i in range(profile.throughput_repeats)
+    ]
     rates = [n * 1e9 / (r.loop_ns + r.close_ns) for r in tp_runs]
     all_runs = [probe, *runs, *tp_runs]
     return {
@@ -174,7 +184,7 @@ def time_peer(peer: Peer, profile: MicroProfile, workdir: Path) -> dict[str, Any
 async def _emit_async(
     peer: Peer, path: Path, records: int, seconds: float, out: dict[str, Any]
 ) -> None:
-    sink = await peer.open(path)  # type: ignore[misc]
+    sink = await peer.open(path, FIVE)  # type: ignore[misc]
     out["rss_baseline"] = _rss_now()
     deadline = time.monotonic() + seconds
     sent = 0
@@ -189,7 +199,7 @@ async def _emit_async(
 
 
 def _emit_sync(peer: Peer, path: Path, records: int, seconds: float, out: dict[str, Any]) -> None:
-    sink = peer.open(path)
+    sink = peer.open(path, FIVE)
     assert not inspect.isawaitable(sink)
     out["rss_baseline"] = _rss_now()
     deadline = time.monotonic() + seconds
@@ -241,15 +251,22 @@ def memory_peer(peer: Peer, profile: MicroProfile, workdir: Path) -> dict[str, A
 
 def _worker(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.micro")
-    parser.add_argument("phase", choices=("time", "memory"))
+    parser.add_argument("phase", choices=("time", "memory", "mix"))
     parser.add_argument("peer", choices=sorted(PEERS))
     parser.add_argument("--profile", required=True, help="MicroProfile as JSON")
     parser.add_argument("--dir", required=True, type=Path)
+    parser.add_argument("--shapes", default="", help="mix: shape names in order, comma-separated")
     args = parser.parse_args(argv)
     profile = MicroProfile(**json.loads(args.profile))
     peer = PEERS[args.peer]
+    result: dict[str, Any]
     if args.phase == "time":
         result = time_peer(peer, profile, args.dir)
+    elif args.phase == "mix":
+        result = {
+            name: time_peer(peer, profile, args.dir, SHAPES[name])
+            for name in args.shapes.split(",")
+        }
     else:
         result = memory_peer(peer, profile, args.dir)
     print(json.dumps(result), flush=True)
@@ -260,7 +277,9 @@ def _worker(argv: list[str]) -> None:
 # -- parent side ---------------------------------------------------------------------------
 
 
-def _spawn(phase: str, peer: Peer, profile: MicroProfile, workdir: Path) -> dict[str, Any]:
+def _spawn(
+    phase: str, peer: Peer, profile: MicroProfile, workdir: Path, *extra: str
+) -> dict[str, Any]:
     cmd = [
         sys.executable,
         "-m",
@@ -271,6 +290,7 @@ def _spawn(phase: str, peer: Peer, profile: MicroProfile, workdir: Path) -> dict
         json.dumps(asdict(profile)),
         "--dir",
         str(workdir),
+        *extra,
     ]
     try:
         proc = subprocess.run(
@@ -295,6 +315,20 @@ def run_memory(peer: Peer, profile: MicroProfile, workdir: Path | None = None) -
     """One fresh process measuring *peer*'s peak RSS; errors are reported, not raised."""
     with tempfile.TemporaryDirectory(prefix="asynclog-bench-", dir=workdir) as tmp:
         return _spawn("memory", peer, profile, Path(tmp))
+
+
+def run_mix(
+    peer: Peer, shapes: list[Shape], profile: MicroProfile, workdir: Path | None = None
+) -> dict[str, dict[str, Any]]:
+    """One fresh process timing *peer* on each of *shapes* in turn: figures per shape name.
+
+    A failed process is reported as an ``error`` for every shape it was to measure."""
+    names = [s.name for s in shapes]
+    with tempfile.TemporaryDirectory(prefix="asynclog-bench-", dir=workdir) as tmp:
+        found = _spawn("mix", peer, profile, Path(tmp), "--shapes", ",".join(names))
+    if "error" in found:
+        return {name: found for name in names}
+    return found
 
 
 def combine(peer: Peer, timings: list[dict[str, Any]], memory: dict[str, Any]) -> dict[str, Any]:

@@ -1,14 +1,16 @@
 """One setup per logging library for the micro benchmark, each writing JSON lines to a file.
 
-A peer opens a sink on a path; the sink logs record number ``seq`` with the shared
-fields (see ``records.py``, spelled out in the call as application code would) and, on
-``close``, returns only once every record is in the file. Each peer is set up the way
-its documentation recommends for speed or for structured output, and nothing more.
+A peer opens a sink on a path for a record shape; the sink logs record number ``seq``
+with that shape's fields (see ``records.py``, spelled out in the call as application code
+would) and, on ``close``, returns only once every record is in the file. Each peer is set
+up the way its documentation recommends for speed or for structured output, and nothing
+more. Every peer runs today's shape; ``MIX_PEERS`` also run the record mix.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
 import logging
 import logging.handlers
@@ -20,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks.records import AT, CACHED, DURATION_MS, MESSAGE, USER
+from benchmarks.records import MESSAGE, Shape
 
 LOGGER_NAME = "bench"
 
@@ -42,9 +44,18 @@ class Sink:
 class Peer:
     name: str
     label: str
-    open: Callable[[Path], Sink] | Callable[[Path], Awaitable[Sink]]
+    open: Callable[[Path, Shape], Sink] | Callable[[Path, Shape], Awaitable[Sink]]
     is_async: bool = False
     note: str = ""
+    # The module the peer needs beyond the `bench` extra's own: without it the peer is skipped.
+    needs: str = ""
+
+
+def missing(peer: Peer) -> str | None:
+    """Why *peer* cannot run here (its library is not installed), or None."""
+    if peer.needs and importlib.util.find_spec(peer.needs) is None:
+        return f"{peer.needs} is not installed"
+    return None
 
 
 # -- stdlib ------------------------------------------------------------------------------
@@ -79,30 +90,22 @@ def _stdlib_logger(handler: logging.Handler) -> logging.Logger:
     return logger
 
 
-def _stdlib_call(logger: logging.Logger) -> Callable[[int], None]:
-    """The measured call for every stdlib-based setup: the five fields as `extra=`."""
+def _stdlib_call(logger: logging.Logger, shape: Shape) -> Callable[[int], None]:
+    """The measured call for every stdlib-based setup: the shape's fields as `extra=`."""
+    fields = shape.fields
 
     def log(seq: int) -> None:
-        logger.info(
-            MESSAGE,
-            extra={
-                "user": USER,
-                "seq": seq,
-                "duration_ms": DURATION_MS,
-                "cached": CACHED,
-                "at": AT,
-            },
-        )
+        logger.info(MESSAGE, extra=fields(seq))
 
     return log
 
 
-def _open_stdlib_sync(path: Path) -> Sink:
+def _open_stdlib_sync(path: Path, shape: Shape) -> Sink:
     handler = logging.FileHandler(path)
     handler.setFormatter(JsonFormatter())
     logger = _stdlib_logger(handler)
 
-    log = _stdlib_call(logger)
+    log = _stdlib_call(logger, shape)
 
     def close() -> None:
         logger.removeHandler(handler)
@@ -111,7 +114,7 @@ def _open_stdlib_sync(path: Path) -> Sink:
     return Sink(log, close)
 
 
-def _open_stdlib_queue(path: Path) -> Sink:
+def _open_stdlib_queue(path: Path, shape: Shape) -> Sink:
     q: queue.Queue[logging.LogRecord] = queue.Queue(-1)
     handler = logging.FileHandler(path)
     handler.setFormatter(JsonFormatter())
@@ -120,7 +123,7 @@ def _open_stdlib_queue(path: Path) -> Sink:
     logger = _stdlib_logger(queue_handler)
     listener.start()
 
-    log = _stdlib_call(logger)
+    log = _stdlib_call(logger, shape)
 
     def close() -> None:
         logger.removeHandler(queue_handler)
@@ -133,7 +136,7 @@ def _open_stdlib_queue(path: Path) -> Sink:
 # -- structlog -----------------------------------------------------------------------------
 
 
-def _open_structlog(path: Path) -> Sink:
+def _open_structlog(path: Path, shape: Shape) -> Sink:
     import structlog
 
     f = path.open("wb")
@@ -149,12 +152,48 @@ def _open_structlog(path: Path) -> Sink:
     )
     logger = structlog.get_logger().bind(logger=LOGGER_NAME)
 
-    def log(seq: int) -> None:
-        logger.info(MESSAGE, user=USER, seq=seq, duration_ms=DURATION_MS, cached=CACHED, at=AT)
-
     def close() -> None:
         f.close()
         structlog.reset_defaults()
+
+    return Sink(shape.keywords(logger), close)
+
+
+# -- picologging -------------------------------------------------------------------------------
+
+
+def _open_picologging(path: Path, shape: Shape) -> Sink:
+    """picologging's stdlib-style API with the stdlib formatter's JSON. picologging 0.9.3 drops
+    `extra=` without a word, so the fields go in as the one mapping argument (`record.args`),
+    which its LogRecord keeps as the stdlib's does."""
+    import picologging
+
+    class JsonArgsFormatter(picologging.Formatter):
+        def format(self, record: Any) -> str:
+            out: dict[str, Any] = {
+                "time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": record.getMessage(),
+                **record.args,
+            }
+            return json.dumps(out, default=str)
+
+    handler = picologging.FileHandler(str(path))
+    handler.setFormatter(JsonArgsFormatter())
+    logger = picologging.getLogger(LOGGER_NAME)
+    logger.handlers.clear()
+    logger.addHandler(handler)
+    logger.setLevel(picologging.INFO)
+    logger.propagate = False
+    fields = shape.fields
+
+    def log(seq: int) -> None:
+        logger.info(MESSAGE, fields(seq))
+
+    def close() -> None:
+        logger.removeHandler(handler)
+        handler.close()
 
     return Sink(log, close)
 
@@ -162,21 +201,18 @@ def _open_structlog(path: Path) -> Sink:
 # -- loguru ----------------------------------------------------------------------------------
 
 
-def _loguru(enqueue: bool) -> Callable[[Path], Sink]:
-    def open_(path: Path) -> Sink:
+def _loguru(enqueue: bool) -> Callable[[Path, Shape], Sink]:
+    def open_(path: Path, shape: Shape) -> Sink:
         from loguru import logger
 
         logger.remove()
         sink_id = logger.add(str(path), serialize=True, enqueue=enqueue, level="INFO")
 
-        def log(seq: int) -> None:
-            logger.info(MESSAGE, user=USER, seq=seq, duration_ms=DURATION_MS, cached=CACHED, at=AT)
-
         def close() -> None:
             logger.complete()
             logger.remove(sink_id)
 
-        return Sink(log, close)
+        return Sink(shape.keywords(logger), close)
 
     return open_
 
@@ -184,7 +220,7 @@ def _loguru(enqueue: bool) -> Callable[[Path], Sink]:
 # -- asyncio-native peers ------------------------------------------------------------------
 
 
-async def _open_aiologger(path: Path) -> Sink:
+async def _open_aiologger(path: Path, shape: Shape) -> Sink:
     from aiologger.formatters.json import ExtendedJsonFormatter  # type: ignore[import-untyped]
     from aiologger.handlers.files import AsyncFileHandler  # type: ignore[import-untyped]
     from aiologger.levels import LogLevel  # type: ignore[import-untyped]
@@ -194,18 +230,10 @@ async def _open_aiologger(path: Path) -> Sink:
     handler = AsyncFileHandler(str(path))
     handler.formatter = ExtendedJsonFormatter()
     logger.add_handler(handler)
+    fields = shape.fields
 
     async def log(seq: int) -> None:
-        await logger.info(
-            MESSAGE,
-            extra={
-                "user": USER,
-                "seq": seq,
-                "duration_ms": DURATION_MS,
-                "cached": CACHED,
-                "at": AT,
-            },
-        )
+        await logger.info(MESSAGE, extra=fields(seq))
 
     async def close() -> None:
         await logger.shutdown()
@@ -213,7 +241,7 @@ async def _open_aiologger(path: Path) -> Sink:
     return Sink(log, close)
 
 
-async def _open_aiofiles(path: Path) -> Sink:
+async def _open_aiofiles(path: Path, shape: Shape) -> Sink:
     """The handler async apps often write first: await one ``aiofiles`` write per record.
 
     It encodes with orjson (as asynclog does) and does not flush per line, so the only
@@ -222,6 +250,7 @@ async def _open_aiofiles(path: Path) -> Sink:
     import aiofiles  # type: ignore[import-untyped]
 
     f = await aiofiles.open(path, "wb")
+    fields = shape.fields
 
     async def log(seq: int) -> None:
         record = {
@@ -229,11 +258,7 @@ async def _open_aiofiles(path: Path) -> Sink:
             "level": "info",
             "logger": LOGGER_NAME,
             "message": MESSAGE,
-            "user": USER,
-            "seq": seq,
-            "duration_ms": DURATION_MS,
-            "cached": CACHED,
-            "at": AT,
+            **fields(seq),
         }
         await f.write(orjson.dumps(record) + b"\n")
 
@@ -264,24 +289,20 @@ def _asynclog_sink(path: Path) -> tuple[Any, Callable[[], None], Callable[[], in
     return asynclog, close, lambda: int(last_stats.get("dropped", 0))
 
 
-def _open_asynclog_native(path: Path) -> Sink:
+def _open_asynclog_native(path: Path, shape: Shape) -> Sink:
     asynclog, close, dropped = _asynclog_sink(path)
     logger = asynclog.get_logger(LOGGER_NAME)
-
-    def log(seq: int) -> None:
-        logger.info(MESSAGE, user=USER, seq=seq, duration_ms=DURATION_MS, cached=CACHED, at=AT)
-
-    return Sink(log, close, dropped)
+    return Sink(shape.keywords(logger), close, dropped)
 
 
-def _open_asynclog_stdlib(path: Path) -> Sink:
+def _open_asynclog_stdlib(path: Path, shape: Shape) -> Sink:
     _, close, dropped = _asynclog_sink(path)
     logger = logging.getLogger(LOGGER_NAME)
     logger.handlers.clear()
     logger.setLevel(logging.INFO)
     logger.propagate = True
 
-    log = _stdlib_call(logger)
+    log = _stdlib_call(logger, shape)
 
     return Sink(log, close, dropped)
 
@@ -295,6 +316,12 @@ PEERS: dict[str, Peer] = {
             "structlog-fast",
             "structlog (orjson, BytesLogger, cached filtering logger)",
             _open_structlog,
+        ),
+        Peer(
+            "picologging",
+            "picologging + json.dumps formatter (fields as the mapping argument)",
+            _open_picologging,
+            needs="picologging",
         ),
         Peer("loguru", "loguru serialize=True", _loguru(enqueue=False)),
         Peer("loguru-enqueue", "loguru serialize=True, enqueue=True", _loguru(enqueue=True)),
@@ -310,3 +337,7 @@ PEERS: dict[str, Peer] = {
     )
 }
 BASELINE = "stdlib-sync"
+# The peers that also run the record mix (the issue's list; asynclog both ways).
+MIX_PEERS = (
+    "stdlib-sync", "structlog-fast", "picologging", "loguru", "asynclog", "asynclog-stdlib",
+)  # fmt: skip

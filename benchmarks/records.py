@@ -1,14 +1,17 @@
-"""The benchmark's log call and the check that every output line arrived intact.
+"""The benchmark's log calls (one per record shape) and the check that every line arrived intact.
 
-Every library logs the same INFO call: the message ``request handled`` with five
-fields of five types (str, int, float, bool, datetime). The int field is the record's
-sequence number, so the checker can tell a lost line from a duplicated one.
+Every library logs the same INFO call, the message ``request handled`` with the fields of a
+*shape*: today's five fields (str, int, float, bool, datetime), and the record mix beside
+them (a datetime and a UUID; a nested dict and a list; twenty scalar fields). The int field
+``seq`` is the record's sequence number, so the checker can tell a lost line from a
+duplicated one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +23,125 @@ USER = "alice"
 DURATION_MS = 12.5
 CACHED = True
 AT = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.timezone.utc)
+REQUEST_ID = uuid.UUID("8f14e45f-ceea-467a-9575-2f7b9e8d0c1a")
 _SAMPLES = 3
 
 
-def fields(seq: int) -> dict[str, Any]:
-    """The five fields of record number *seq*."""
+# -- the record shapes -------------------------------------------------------------------------
+#
+# A shape gives each call style its log call, written out as application code writes it: the
+# fields as keyword arguments (asynclog, structlog, loguru) or as one dict built in the call
+# (stdlib `extra=`, picologging's mapping argument). Containers are fresh literals in every
+# call, as when an app logs `account={"id": user.id, ...}`.
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One record shape of the micro benchmark."""
+
+    name: str
+    label: str
+    # The fields of record `seq` as a dict, for `extra=` and mapping-style calls.
+    fields: Callable[[int], dict[str, Any]]
+    # `keywords(logger)(seq)` calls `logger.info(MESSAGE, **fields(seq))`, keywords spelled out.
+    keywords: Callable[[Any], Callable[[int], None]]
+
+
+def _five(seq: int) -> dict[str, Any]:
     return {"user": USER, "seq": seq, "duration_ms": DURATION_MS, "cached": CACHED, "at": AT}
+
+
+def _five_keywords(logger: Any) -> Callable[[int], None]:
+    def log(seq: int) -> None:
+        logger.info(MESSAGE, user=USER, seq=seq, duration_ms=DURATION_MS, cached=CACHED, at=AT)
+
+    return log
+
+
+def _datetime_uuid(seq: int) -> dict[str, Any]:
+    return {
+        "user": USER, "seq": seq, "duration_ms": DURATION_MS, "at": AT, "request_id": REQUEST_ID,
+    }  # fmt: skip
+
+
+def _datetime_uuid_keywords(logger: Any) -> Callable[[int], None]:
+    def log(seq: int) -> None:
+        logger.info(
+            MESSAGE, user=USER, seq=seq, duration_ms=DURATION_MS, at=AT, request_id=REQUEST_ID
+        )
+
+    return log
+
+
+def _nested(seq: int) -> dict[str, Any]:
+    return {
+        "user": USER,
+        "seq": seq,
+        "duration_ms": DURATION_MS,
+        "account": {"id": 7, "plan": "pro", "active": True},
+        "item_ids": [3, 5, 8, 13],
+    }
+
+
+def _nested_keywords(logger: Any) -> Callable[[int], None]:
+    def log(seq: int) -> None:
+        logger.info(
+            MESSAGE,
+            user=USER,
+            seq=seq,
+            duration_ms=DURATION_MS,
+            account={"id": 7, "plan": "pro", "active": True},
+            item_ids=[3, 5, 8, 13],
+        )
+
+    return log
+
+
+def _wide(seq: int) -> dict[str, Any]:
+    return {
+        "user": USER, "seq": seq, "duration_ms": DURATION_MS, "cached": CACHED,
+        "method": "GET", "route": "/items/{item_id}", "status": 200, "bytes_sent": 5120,
+        "client_ip": "10.0.0.7", "user_agent": "curl/8.5.0", "region": "eu-west-1",
+        "hostname": "web-7", "attempt": 1, "retries": 0, "ratio": 0.25, "tenant": "acme",
+        "plan": "pro", "sampled": False, "shard": 3, "release": "2026.11.3",
+    }  # fmt: skip
+
+
+def _wide_keywords(logger: Any) -> Callable[[int], None]:
+    def log(seq: int) -> None:
+        logger.info(
+            MESSAGE, user=USER, seq=seq, duration_ms=DURATION_MS, cached=CACHED,
+            method="GET", route="/items/{item_id}", status=200, bytes_sent=5120,
+            client_ip="10.0.0.7", user_agent="curl/8.5.0", region="eu-west-1",
+            hostname="web-7", attempt=1, retries=0, ratio=0.25, tenant="acme",
+            plan="pro", sampled=False, shard=3, release="2026.11.3",
+        )  # fmt: skip
+
+    return log
+
+
+SHAPES: dict[str, Shape] = {
+    s.name: s
+    for s in (
+        Shape("five", "5 fields: str, int, float, bool, datetime", _five, _five_keywords),
+        Shape(
+            "datetime-uuid",
+            "5 fields: str, int, float, datetime, UUID",
+            _datetime_uuid,
+            _datetime_uuid_keywords,
+        ),
+        Shape(
+            "nested",
+            "5 fields: str, int, float, a dict of 3 scalars, a list of 4 ints",
+            _nested,
+            _nested_keywords,
+        ),
+        Shape("wide", "20 fields: str, int, float, bool", _wide, _wide_keywords),
+    )
+}
+# Today's shape: the main micro table's, the one every peer runs.
+FIVE = SHAPES["five"]
+fields = FIVE.fields
 
 
 @dataclass
@@ -70,29 +186,57 @@ def _walk(obj: Any) -> Iterator[dict[str, Any]]:
                 yield from _walk(value)
 
 
-def _find(obj: dict[str, Any], key: str) -> Any:
-    for d in _walk(obj):
-        if key in d:
-            return d[key]
-    raise KeyError(key)
-
-
-def _is_record(obj: dict[str, Any]) -> int | None:
-    """Return the sequence number if *obj* is a complete benchmark record, else None."""
+def _same_text(value: Any, want: Any) -> bool:
+    """Whether a value read back from a line is the datetime or UUID logged as `want`: text in
+    any ISO 8601 spelling (`T` or a space: orjson or `default=str`), or the canonical UUID."""
+    if type(value) is not str:
+        return False
+    if type(want) is uuid.UUID:
+        return value == str(want)
     try:
-        ok = (
-            _find(obj, "user") == USER
-            and _find(obj, "duration_ms") == DURATION_MS
-            and _find(obj, "cached") is CACHED
-            and str(_find(obj, "at")).startswith("2026-11-25")
-        )
-        seq = _find(obj, "seq")
-    except KeyError:
+        return bool(dt.datetime.fromisoformat(value) == want)
+    except ValueError:
+        return False
+
+
+class _Expected:
+    """The fields a line of `shape` must hold (all but ``seq``), compiled for a fast check: the
+    JSON-native values compared (with their types) in one pass, datetimes and UUIDs one by one.
+    Millions of lines are read back per run."""
+
+    def __init__(self, shape: Shape) -> None:
+        wanted = {k: v for k, v in shape.fields(0).items() if k != "seq"}
+        self.texts = [(k, v) for k, v in wanted.items() if type(v) in (dt.datetime, uuid.UUID)]
+        native = {k: v for k, v in wanted.items() if k not in dict(self.texts)}
+        self.keys = tuple(native)
+        self.values = tuple(native.values())
+        self.types = tuple(map(type, self.values))
+
+    def held_by(self, holder: dict[str, Any]) -> bool:
+        found = tuple(map(holder.get, self.keys))
+        if found != self.values or tuple(map(type, found)) != self.types:
+            return False
+        return all(_same_text(holder.get(k), v) for k, v in self.texts)
+
+
+def _has_message(obj: dict[str, Any]) -> bool:
+    if obj.get("message") == MESSAGE or obj.get("event") == MESSAGE:
+        return True
+    return any(isinstance(v, str) and MESSAGE in v for d in _walk(obj) for v in d.values())
+
+
+def _is_record(obj: dict[str, Any], expected: _Expected) -> int | None:
+    """Return the sequence number if *obj* is a complete benchmark record, else None.
+
+    Every field of the shape must be in the dict that holds ``seq`` (the line itself, or
+    loguru's ``record.extra``), with the value logged."""
+    holder = obj if "seq" in obj else next((d for d in _walk(obj) if "seq" in d), None)
+    if holder is None:
         return None
-    if not ok or not isinstance(seq, int) or isinstance(seq, bool):
+    seq = holder["seq"]
+    if type(seq) is not int or not expected.held_by(holder):
         return None
-    has_message = any(isinstance(v, str) and MESSAGE in v for d in _walk(obj) for v in d.values())
-    return seq if has_message else None
+    return seq if _has_message(obj) else None
 
 
 def _dropped(obj: dict[str, Any]) -> int:
@@ -102,14 +246,15 @@ def _dropped(obj: dict[str, Any]) -> int:
     return 0
 
 
-def check_records(path: Path, expected: int) -> LineCheck:
-    """Check a micro-benchmark output file holding records ``0..expected-1``.
+def check_records(path: Path, expected: int, shape: Shape = FIVE) -> LineCheck:
+    """Check a micro-benchmark output file holding records ``0..expected-1`` of `shape`.
 
-    Lines that are not JSON or lack a field are ``corrupt``; sequence numbers seen twice
-    are ``duplicates``; those never seen are ``missing``.
+    Lines that are not JSON or lack a field (or hold another value) are ``corrupt``;
+    sequence numbers seen twice are ``duplicates``; those never seen are ``missing``.
     """
     check = LineCheck()
     seen = bytearray(expected)
+    wanted = _Expected(shape)
     with path.open("rb") as f:
         for raw in f:
             check.lines += 1
@@ -121,7 +266,7 @@ def check_records(path: Path, expected: int) -> LineCheck:
             if not isinstance(obj, dict):
                 check.bad(raw)
                 continue
-            seq = _is_record(obj)
+            seq = _is_record(obj, wanted)
             if seq is None:
                 dropped = _dropped(obj)
                 if dropped:

@@ -212,7 +212,7 @@ def targets(micro: list[dict[str, Any]], e2e: list[dict[str, Any]]) -> list[Targ
             "asynclog: every non-dropped line intact, dropped lines counted",
             "all",
             float(sum(intact)),
-            bool(intact) and all(intact),
+            all(intact) if intact else None,
             unit=f"/{len(intact)}",
         )
     )
@@ -357,6 +357,7 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             micro_table(results["micro"]),
         ]
+    parts += mix_section(results)
     if results.get("e2e"):
         e = results["e2e_profile"]
         parts += [
@@ -462,10 +463,201 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     return written
 
 
+# -- the record mix ------------------------------------------------------------------------------
+#
+# Each shape has its own baseline: stdlib sync JSON logging the same fields in the same run.
+
+MIX_STRUCTLOG = "structlog-fast"
+_MIX_COLORS = {
+    "asynclog": "#2a7", "asynclog-stdlib": "#9d9", "stdlib-sync": "#444",
+    "structlog-fast": "#777", "picologging": "#aaa", "loguru": "#ccc",
+}  # fmt: skip
+
+
+def _mix_by_shape(mix: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for m in mix:
+        found.setdefault(m["shape"], {})
+        if "error" not in m:
+            found[m["shape"]][m["name"]] = m
+    return found
+
+
+def add_mix_ratios(mix: list[dict[str, Any]], baseline: str) -> None:
+    """Annotate each mix row in place with its ratios against its shape's baseline (and
+    structlog's records/s on that shape)."""
+    by_shape = _mix_by_shape(mix)
+    for m in mix:
+        peers = by_shape[m["shape"]]
+        base, structlog = peers.get(baseline), peers.get(MIX_STRUCTLOG)
+        if "error" in m:
+            continue
+        if base:
+            m["caller_x"] = m["caller_ns"] / base["caller_ns"]
+            m["throughput_x"] = m["records_per_s"] / base["records_per_s"]
+        if structlog:
+            m["throughput_x_structlog"] = m["records_per_s"] / structlog["records_per_s"]
+
+
+def _mix_goals(native: dict[str, Any]) -> list[tuple[str, float | None, float, bool]]:
+    """(what, value, limit, at_least) of the mix's three targets for asynclog's row."""
+    return [
+        ("asynclog native caller cost vs stdlib sync", native.get("caller_x"), 0.1, False),
+        ("asynclog records/s vs stdlib sync", native.get("throughput_x"), 6, True),
+        ("asynclog records/s vs structlog fast", native.get("throughput_x_structlog"), 2.5, True),
+    ]
+
+
+def mix_targets(mix: list[dict[str, Any]], shapes: set[str]) -> list[Target]:
+    """The mix's targets on each shape in *shapes* (today's shape has its own in the list)."""
+    by_shape = _mix_by_shape(mix)
+    out = []
+    for shape, peers in by_shape.items():
+        if shape not in shapes:
+            continue
+        for what, value, limit, at_least in _mix_goals(peers.get("asynclog", {})):
+            check = _at_least if at_least else _at_most
+            out.append(check(f"mix {shape}: {what}", value, limit))
+    intact = [
+        m.get("check", {}).get("intact", False)
+        for m in mix
+        if m["shape"] in shapes and m["name"].startswith("asynclog")
+    ]
+    out.append(
+        Target(
+            "mix: asynclog's lines intact on every shape",
+            "all",
+            float(sum(intact)),
+            all(intact) if intact else None,
+            unit=f"/{len(intact)}",
+        )
+    )
+    return out
+
+
+def mix_table(mix: list[dict[str, Any]], labels: dict[str, str]) -> str:
+    rows = [
+        "| shape | library | caller ns/call | x stdlib sync | records/s | x stdlib sync "
+        "| x structlog fast | lines | other CPU |",
+        "|---|---|--:|--:|--:|--:|--:|---|--:|",
+    ]
+    for m in mix:
+        rows.append(
+            f"| {m['shape']} | {m['label']} | {_n(m.get('caller_ns'))} | {_x(m.get('caller_x'))} "
+            f"| {_n(m.get('records_per_s'))} | {_x(m.get('throughput_x'))} "
+            f"| {_x(m.get('throughput_x_structlog'))} | {_micro_check(m)} "
+            f"| {_pct(m.get('other_cpu'))} |"
+        )
+    return "\n".join(rows)
+
+
+def mix_targets_table(mix: list[dict[str, Any]], labels: dict[str, str]) -> str:
+    """One row per shape: asynclog's three ratios and whether each target is met."""
+    rows = [
+        "| shape | caller x stdlib sync (<= 0.1x) | records/s x stdlib sync (>= 6x) "
+        "| records/s x structlog fast (>= 2.5x) |",
+        "|---|--:|--:|--:|",
+    ]
+    for shape, peers in _mix_by_shape(mix).items():
+        cells = []
+        for _what, value, limit, at_least in _mix_goals(peers.get("asynclog", {})):
+            if value is None:
+                cells.append("not measured")
+                continue
+            met = value >= limit if at_least else value <= limit
+            cells.append(f"{value:.2f}x {'met' if met else '**MISSED**'}")
+        rows.append(f"| {shape}: {labels.get(shape, shape)} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def mix_section(results: dict[str, Any]) -> list[str]:
+    """The markdown section of the record mix (empty when it did not run)."""
+    mix = results.get("mix")
+    if not mix:
+        return []
+    labels = results["mix_shapes"]
+    shapes = "; ".join(f"`{name}`: {label}" for name, label in labels.items())
+    skipped = "".join(
+        f" {name} is not measured: {why}." for name, why in results.get("skipped", {}).items()
+    )
+    today = ""
+    if results.get("micro"):
+        today = f" Rows of `{next(iter(labels))}` are the table above's."
+    return [
+        "",
+        "## Micro: the record mix",
+        "",
+        f"The same INFO call with the fields of each shape ({shapes}), measured as above "
+        "(no memory run): each library and pass is one process timing every shape in "
+        "turn, the order rotating from pass to pass. Every `x` divides by stdlib sync JSON "
+        "logging the same fields in this run (structlog's column: by structlog's fastest "
+        "set-up on that shape). Datetimes and UUIDs are written as each library writes them "
+        "(orjson: ISO 8601 with `T`; `json.dumps(default=str)`: with a space); each line is "
+        f"read back and every field compared with what was logged.{skipped}{today}",
+        "",
+        mix_table(mix, labels),
+        "",
+        "asynclog's targets on each shape:",
+        "",
+        mix_targets_table(mix, labels),
+    ]
+
+
+def plot_mix(results: dict[str, Any], out: Path) -> list[Path]:
+    """The record mix's plot: caller cost and records/s per shape and library."""
+    rows = [m for m in results.get("mix", []) if "error" not in m]
+    if not rows:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = list(dict.fromkeys(m["shape"] for m in rows))
+    names = list(dict.fromkeys(m["name"] for m in rows))
+    found = {(m["shape"], m["name"]): m for m in rows}
+    height = 0.8 / len(names)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 1.8 + 0.22 * len(shapes) * len(names)))
+    for ax, key, ratio, title in (
+        (axes[0], "caller_ns", "caller_x", "caller cost, ns per call (lower is better)"),
+        (axes[1], "records_per_s", "throughput_x", "records/s to a file (higher is better)"),
+    ):
+        for j, name in enumerate(names):
+            ys, values, texts = [], [], []
+            for i, shape in enumerate(shapes):
+                m = found.get((shape, name))
+                if m is not None:
+                    ys.append(i + (j - (len(names) - 1) / 2) * height)
+                    values.append(m[key])
+                    texts.append(f" {m[key]:,.0f} ({_x(m.get(ratio))})")
+            ax.barh(ys, values, height, color=_MIX_COLORS.get(name, "#bbb"), label=name)
+            for y, v, text in zip(ys, values, texts, strict=True):
+                ax.text(v, y, text, va="center", fontsize=7)
+        ax.set_xscale("log")
+        ax.set_yticks(range(len(shapes)), shapes)
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=10)
+        low, high = ax.get_xlim()
+        ax.set_xlim(low, high * 4)
+    axes[1].set_yticklabels([])
+    axes[1].legend(loc="lower right", fontsize=7)
+    fig.suptitle(
+        "The record mix: one INFO call per shape, x = vs stdlib sync on that shape "
+        "(green: asynclog; median of repeats, "
+        f"{results['machine']['cpus']} vCPU, {results['machine']['python']})",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    path = out / "mix.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
 def write(results: dict[str, Any], out: Path) -> list[Path]:
     """Write latest.json, latest.md and the plots into *out*."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = plot(results, out)
+    paths = plot(results, out) + plot_mix(results, out)
     results["plots"] = [p.name for p in paths]
     (out / "latest.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "latest.md").write_text(markdown(results))

@@ -14,8 +14,17 @@ import pytest
 
 from benchmarks.ablate import parse_variant
 from benchmarks.e2e import CASES
-from benchmarks.peers import PEERS
-from benchmarks.records import MESSAGE, check_json_lines, check_records, fields
+from benchmarks.peers import MIX_PEERS, PEERS
+from benchmarks.records import (
+    AT,
+    FIVE,
+    MESSAGE,
+    REQUEST_ID,
+    SHAPES,
+    check_json_lines,
+    check_records,
+    fields,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -49,9 +58,9 @@ def _results(report: Path) -> dict[str, Any]:
 @pytest.mark.timeout(300)
 def test_report_files_are_written(report: Path) -> None:
     """The markdown, the JSON and both plots land in --out, and the plots are PNGs."""
-    for name in ("latest.md", "latest.json", "micro.png", "e2e.png"):
+    for name in ("latest.md", "latest.json", "micro.png", "mix.png", "e2e.png"):
         assert (report / name).stat().st_size > 0, name
-    for name in ("micro.png", "e2e.png"):
+    for name in ("micro.png", "mix.png", "e2e.png"):
         assert (report / name).read_bytes()[:8] == PNG_MAGIC
 
 
@@ -59,7 +68,7 @@ def test_report_files_are_written(report: Path) -> None:
 def test_every_library_is_measured_and_checked(results: dict[str, Any]) -> None:
     """Each micro peer has figures, and its output lines were read back and counted."""
     by_name = {m["name"]: m for m in results["micro"]}
-    assert set(by_name) == set(PEERS)
+    assert set(by_name) == set(PEERS) - set(results["skipped"])
     for name, m in by_name.items():
         assert "error" not in m, (name, m.get("error"))
         assert m["caller_ns"] > 0 and m["records_per_s"] > 0
@@ -70,6 +79,30 @@ def test_every_library_is_measured_and_checked(results: dict[str, Any]) -> None:
             == check["valid"] + check["corrupt"] + check["duplicates"] + check["other"]
         )
         assert check["valid"] > sum(m["throughput_records"])
+
+
+@pytest.mark.timeout(300)
+def test_every_shape_of_the_mix_runs_against_every_mix_peer(results: dict[str, Any]) -> None:
+    """Each shape x peer has figures, ratios against that shape's stdlib row, and every line
+    read back; asynclog's three targets are evaluated on each shape the mix measured."""
+    peers = [name for name in MIX_PEERS if name not in results["skipped"]]
+    rows = {(m["shape"], m["name"]): m for m in results["mix"]}
+    assert list(rows) == [(shape, name) for shape in SHAPES for name in peers]
+    assert results["mix_shapes"] == {name: s.label for name, s in SHAPES.items()}
+    for key, m in rows.items():
+        assert "error" not in m, (key, m.get("error"))
+        assert m["caller_ns"] > 0 and m["records_per_s"] > 0
+        assert m["check"]["intact"], key
+        assert m["check"]["valid"] > sum(m["throughput_records"]), key
+        assert m["caller_x"] > 0 and m["throughput_x_structlog"] > 0
+    for shape in SHAPES:
+        assert rows[(shape, "stdlib-sync")]["throughput_x"] == 1.0
+        assert rows[(shape, "structlog-fast")]["throughput_x_structlog"] == 1.0
+    mix_targets = [t["what"] for t in results["targets"] if t["what"].startswith("mix ")]
+    assert len(mix_targets) == 3 * (len(SHAPES) - 1)
+    assert not any(t.startswith(f"mix {FIVE.name}:") for t in mix_targets)
+    intact = next(t for t in results["targets"] if t["what"].startswith("mix: asynclog's lines"))
+    assert intact["met"] and intact["unit"] == f"/{2 * (len(SHAPES) - 1)}"
 
 
 @pytest.mark.timeout(300)
@@ -93,6 +126,10 @@ def test_markdown_names_every_library_mode_and_target(
     text = (report / "latest.md").read_text()
     for m in results["micro"]:
         assert f"| {m['label']} |" in text
+    for m in results["mix"]:
+        assert f"| {m['shape']} | {m['label']} |" in text
+    for name, label in results["mix_shapes"].items():
+        assert f"| {name}: {label} |" in text
     for c in results["e2e"]:
         assert f"| {c['sink']} |" in text
     for t in results["targets"]:
@@ -115,6 +152,64 @@ def test_line_check_flags_lost_duplicated_and_corrupt_records(tmp_path: Path) ->
     assert (check.valid, check.duplicates, check.corrupt, check.missing) == (2, 1, 2, 2)
     assert not check.intact
     assert check.samples[0].startswith('{"message"')
+
+
+class _Recorder:
+    """A logger stand-in that keeps what `info` was called with."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def info(self, *args: Any, **kwargs: Any) -> None:
+        self.calls.append((args, kwargs))
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=list(SHAPES))
+def test_a_shapes_keyword_call_passes_exactly_its_fields(shape: Any) -> None:
+    """The keyword call (asynclog, structlog, loguru) and the dict (`extra=`) hold the same."""
+    recorder = _Recorder()
+    shape.keywords(recorder)(41)
+    assert recorder.calls == [((MESSAGE,), shape.fields(41))]
+    assert shape.fields(41)["seq"] == 41
+    assert len(shape.fields(0)) == (20 if shape.name == "wide" else 5)
+
+
+def test_line_check_reads_datetimes_and_uuids_as_either_json_encoder_writes_them(
+    tmp_path: Path,
+) -> None:
+    """orjson's `T` and `json.dumps(default=str)`'s space both pass; another instant does not."""
+    shape = SHAPES["datetime-uuid"]
+    orjson_line = orjson.dumps({"message": MESSAGE, **shape.fields(0)}) + b"\n"
+    stdlib_line = json.dumps({"message": MESSAGE, **shape.fields(1)}, default=str).encode()
+    later = {**shape.fields(2), "at": AT.replace(hour=13)}
+    wrong_id = {**shape.fields(3), "request_id": str(REQUEST_ID).replace("8", "9")}
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(
+        orjson_line
+        + stdlib_line
+        + b"\n"
+        + orjson.dumps({"message": MESSAGE, **later})
+        + b"\n"
+        + orjson.dumps({"message": MESSAGE, **wrong_id})
+        + b"\n"
+    )
+    assert b" 12:00:00+00:00" in stdlib_line and b"T12:00:00+00:00" in orjson_line
+    check = check_records(path, expected=4, shape=shape)
+    assert (check.valid, check.corrupt, check.missing) == (2, 2, 2)
+
+
+def test_line_check_compares_nested_fields_where_loguru_keeps_them(tmp_path: Path) -> None:
+    """Fields inside `record.extra` count; a changed value inside a nested dict does not."""
+    shape = SHAPES["nested"]
+    good = {"text": MESSAGE, "record": {"message": MESSAGE, "extra": shape.fields(0)}}
+    changed = shape.fields(1)
+    changed["account"]["plan"] = "free"
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(
+        orjson.dumps(good) + b"\n" + orjson.dumps({"message": MESSAGE, **changed}) + b"\n"
+    )
+    check = check_records(path, expected=2, shape=shape)
+    assert (check.valid, check.corrupt) == (1, 1)
 
 
 def test_line_check_counts_asynclog_drop_notices_and_a_torn_last_line(tmp_path: Path) -> None:
