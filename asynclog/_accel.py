@@ -1,14 +1,20 @@
 """The optional C extension (`_speedups.c`), or None when it was not built (no C compiler at
 install time), refused to load (built for another record layout: see `_record`), or
-`ASYNCLOG_NO_EXTENSIONS` is set. Lines and counts are the same either way."""
+`ASYNCLOG_NO_EXTENSIONS` is set. Lines and counts are the same either way.
+
+`make_record` is what every Python producer of a record calls: `_record.make_record`, or the
+extension's, which makes the same tuple untracked by the garbage collector."""
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from types import ModuleType
 
-__all__ = ["speedups"]
+from . import _record
+
+__all__ = ["make_record", "speedups"]
 
 
 def _load() -> ModuleType | None:
@@ -25,3 +31,6 @@ def _load() -> ModuleType | None:
 
 
 speedups = _load()
+make_record: Callable[..., _record.Record] = (
+    _record.make_record if speedups is None else speedups.make_record
+)

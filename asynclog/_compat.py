@@ -31,7 +31,7 @@ def degraded(internal: str, fallback: str) -> None:
         _said.add(internal)
     # Imported here: the record module has a guard of its own and imports this one.
     from ._queue import QUEUE
-    from ._record import make_record
+    from ._record import make_record  # not _accel's: _record calls this while _accel loads
 
     fields = {"internal": internal, "fallback": fallback, "pid": os.getpid()}
     QUEUE.put(

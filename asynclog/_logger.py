@@ -9,10 +9,10 @@ from typing import Any
 
 import orjson
 
-from ._accel import speedups
+from ._accel import make_record, speedups
 from ._context import bound_fields
 from ._queue import QUEUE
-from ._record import OTEL_CONTEXT_VAR, current_otel_context, make_record
+from ._record import OTEL_CONTEXT_VAR, current_otel_context
 from ._snapshot import (
     FREEZE_NUMPY_OPTIONS,
     FREEZE_OPTIONS,

@@ -15,10 +15,11 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from ._accel import make_record
 from ._context import bound_fields
 from ._logger import Logger
 from ._queue import QUEUE
-from ._record import current_otel_context, make_record
+from ._record import current_otel_context
 from ._redact import Redactor
 from ._settings import AppSettings
 

@@ -1143,6 +1143,7 @@ level_method_call(PyObject *callable, PyObject *const *argv, size_t nargsf, PyOb
     for (int i = 0; i < RECORD_SIZE; i++) {
         PyTuple_SET_ITEM(record, i, Py_NewRef(items[i]));
     }
+    PyObject_GC_UnTrack(record); /* see make_record */
     /* Counted once the record exists: a snapshot that raised above left no phantom. */
     if ((emitted = PyObject_GetAttr(self->queue, S_EMITTED)) == NULL
         || (count = PyIter_Next(emitted)) == NULL) {
@@ -1374,8 +1375,40 @@ static PyTypeObject FrozenType = {
     .tp_getset = frozen_getset,
 };
 
+/* ---- make_record ----------------------------------------------------------------------------- */
+
+PyDoc_STRVAR(make_record_doc,
+"make_record(created, levelno, logger, msg, args, fields, bound, context, otel, exc_info)\n"
+"\n"
+"_record.make_record's tuple, untracked by the garbage collector.");
+
+/* A record lives a few milliseconds, in the queue and then a batch, and nothing it holds can
+ * refer back to it (nobody else ever sees it), so it can never be part of a cycle: the
+ * collector need not walk it. Tracked, each record on the queue was one more object for every
+ * young collection to walk, and records kept the collections coming (measured in process:
+ * 5 fields with a dict and a list, 216-236k records/s tracked, 295-315k untracked). */
+static PyObject *
+make_record(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
+{
+    if (argc != RECORD_SIZE) {
+        PyErr_Format(PyExc_TypeError, "make_record takes %d arguments (%zd given)", RECORD_SIZE,
+                     argc);
+        return NULL;
+    }
+    PyObject *record = PyTuple_New(RECORD_SIZE);
+    if (record == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < RECORD_SIZE; i++) {
+        PyTuple_SET_ITEM(record, i, Py_NewRef(argv[i]));
+    }
+    PyObject_GC_UnTrack(record);
+    return record;
+}
+
 static PyMethodDef methods[] = {
     {"encode_into", (PyCFunction)(void (*)(void))encode_into, METH_FASTCALL, encode_into_doc},
+    {"make_record", (PyCFunction)(void (*)(void))make_record, METH_FASTCALL, make_record_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -41,3 +41,16 @@ class Frozen:
     def data(self) -> bytes: ...
 
 RECORD_FIELDS: tuple[str, ...]
+
+def make_record(
+    created: float,
+    levelno: int,
+    logger: str,
+    msg: object,
+    args: Any,
+    fields: Any,
+    bound: Any,
+    context: Any,
+    otel: Any,
+    exc_info: Any,
+) -> tuple[Any, ...]: ...

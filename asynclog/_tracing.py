@@ -15,9 +15,9 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider, sampling
 from opentelemetry.sdk.trace.sampling import Sampler, SamplingResult
 
+from ._accel import make_record
 from ._compat import degraded
 from ._queue import QUEUE
-from ._record import make_record
 from ._redact import Redactor
 
 if TYPE_CHECKING:

@@ -1,11 +1,11 @@
 """Helpers for testing code that logs with asynclog.
 
-    from asynclog.testing import capture_logs
+from asynclog.testing import capture_logs
 
-    def test_payment_is_logged() -> None:
-        with capture_logs() as logs:
-            pay(order_id=7)
-        assert logs[-1]["message"] == "paid" and logs[-1]["order_id"] == 7
+def test_payment_is_logged() -> None:
+    with capture_logs() as logs:
+        pay(order_id=7)
+    assert logs[-1]["message"] == "paid" and logs[-1]["order_id"] == 7
 """
 
 from __future__ import annotations

@@ -474,3 +474,22 @@ def test_the_extension_refuses_another_record_layout() -> None:
     first, warning = result.stdout.splitlines()[:2]
     assert first.split() == ["None", "function"]
     assert "built for the record layout" in warning and "pure-Python path runs" in warning
+
+
+@needs_extension
+def test_records_are_left_out_of_the_garbage_collectors_walks() -> None:
+    import gc
+
+    from asynclog._accel import make_record
+
+    # Nothing a record holds can refer back to it: the collector need not walk it.
+    assert not gc.is_tracked(make_record(1.0, 20, "n", "m", None, {}, {}, {}, None, None))
+    QUEUE.items.clear()
+    try:
+        Logger("untracked").info("m", data={"a": [1]})
+        [record] = QUEUE.items
+    finally:
+        QUEUE.items.clear()
+    assert not gc.is_tracked(record)
+    with pytest.raises(TypeError, match="10 arguments"):
+        make_record(1.0, 20)
