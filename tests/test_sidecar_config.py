@@ -241,7 +241,8 @@ def _filter(pipeline: Pipeline, alias: str) -> Section:
 
 
 def test_filter_adds_deployment_metadata(pipelines: Pipeline) -> None:
-    metadata = pipelines.filters[0]
+    # The last filter: it also removes the metrics' label copies, in the same pass.
+    metadata = pipelines.filters[-1]
     assert metadata.get("alias") == "deployment_metadata"
     assert metadata.name == "modify"
     assert metadata.get("match") == "asynclog.*"
@@ -284,18 +285,24 @@ def test_request_duration_histogram_follows_the_semantic_conventions(
     assert int(histogram.get("flush_interval_sec") or 0) >= 1
     labels = dict(label.split(" ", 1) for label in histogram.getall("add_label"))
     # Each label reads a dot-free copy of its field (record accessors end a key at its first
-    # dot), made just before and removed just after, on the access lines only.
-    copy, remove = _filter(pipelines, "metric_labels"), _filter(pipelines, "metric_labels_removed")
+    # dot), made on the access lines just before and removed by the last filter, which runs
+    # whether or not the metrics are on.
+    copy, last = _filter(pipelines, "metric_labels"), pipelines.filters[-1]
     copies = dict(entry.split(" ") for entry in copy.getall("copy"))
     assert {label: copies[field] for label, field in LABEL_FIELDS.items()} == {
         label: accessor.removeprefix("$") for label, accessor in labels.items()
     }
-    assert sorted(remove.getall("remove")) == sorted(copies.values())
-    for modify in (copy, remove):
-        assert modify.getall("condition") == ["Key_value_equals logger asynclog.access"]
+    assert copy.getall("condition") == ["Key_value_equals logger asynclog.access"]
+    assert sorted(last.getall("remove")) == sorted(copies.values())
+    assert last.get("match") == "asynclog.*"
+    assert last.getall("condition") == []
     order = [f.get("alias") for f in pipelines.filters]
-    assert order.index("metric_labels") < order.index("http_server_metrics")
-    assert order.index("http_server_metrics") < order.index("metric_labels_removed")
+    assert order == [
+        "metric_labels",
+        "http_server_metrics",
+        "asynclog_drop_metrics",
+        "deployment_metadata",
+    ]
 
 
 def test_drop_notices_become_a_counter(pipelines: Pipeline) -> None:
@@ -311,7 +318,7 @@ def test_drop_notices_become_a_counter(pipelines: Pipeline) -> None:
 
 def test_metrics_are_derived_unless_switched_off(pipelines: Pipeline) -> None:
     derived = [f for f in pipelines.filters if f.get("alias") != "deployment_metadata"]
-    assert len(derived) == 4
+    assert len(derived) == 3
     for section in derived:
         assert section.get("match") == "${FLB_METRICS_MATCH:-asynclog.*}"
         assert _value(section.get("match"), {"FLB_METRICS_MATCH": "disabled"}) == "disabled"
