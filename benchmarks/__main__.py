@@ -4,6 +4,7 @@
     python -m benchmarks --quick    # < 1 minute, the CI smoke test
     python -m benchmarks --full     # ~30 minutes: longer runs, more repeats
     python -m benchmarks --out DIR  # somewhere other than benchmarks/results
+    python -m benchmarks --only sidecar  # the Fluent Bit sidecar alone (FLUENT_BIT=...)
 
 Only one benchmark should run on a machine at a time; wrap it in
 ``flock /tmp/asynclog-bench.lock`` where others share the machine.
@@ -22,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks import e2e, loadgen, micro, quiet, report
+from benchmarks import e2e, loadgen, micro, quiet, report, sidecar
 from benchmarks.peers import BASELINE, PEERS, Peer
 from benchmarks.profiles import PROFILES, Profile
 
@@ -154,6 +155,28 @@ class Session:
             self.progress.end("; ".join(_e2e_summary(c) for c in cases) + _other(cases[0]))
         return found
 
+    def sidecar(self) -> dict[str, Any]:
+        """The Fluent Bit sidecar on the shipped config (benchmarks/sidecar.py)."""
+        self.settle("sidecar: Fluent Bit on the shipped config")
+        found = sidecar.run(self.profile.name, self.workdir, self.progress.note)
+        found["other_cpu"] = self.meter.stop()
+        self.progress.end(_sidecar_summary(found) + _other(found))
+        return found
+
+
+def _sidecar_summary(s: dict[str, Any]) -> str:
+    if "skipped" in s:
+        return f"skipped: {s['skipped']}"
+    return "; ".join(
+        f"{name}: {v['lines_per_s']:,.0f} lines/s, {v['cpu_s_per_100k']:.2f} CPU s per 100k lines"
+        for name, v in s["variants"].items()
+    )
+
+
+def _sidecar_steps(profile: Profile) -> list[Step]:
+    repeats = sidecar.PROFILES[profile.name].repeats
+    return [("sidecar: Fluent Bit on the shipped config", 5 + 2 * repeats * 6)]
+
 
 def _steps(profile: Profile, peers: list[Peer], groups: list[list[e2e.Case]]) -> list[Step]:
     memory_seconds = profile.micro.rss_seconds + 1
@@ -169,7 +192,10 @@ def run(profile: Profile, parts: set[str], loadgen_pref: str) -> dict[str, Any]:
     """Run the benchmark parts in *parts*; returns the results with ratios and targets."""
     peers = list(PEERS.values()) if "micro" in parts else []
     groups = e2e.GROUPS if "e2e" in parts else []
-    progress = Progress(_steps(profile, peers, groups))
+    steps = _steps(profile, peers, groups)
+    if "sidecar" in parts:
+        steps += _sidecar_steps(profile)
+    progress = Progress(steps)
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "profile": profile.name,
@@ -187,6 +213,8 @@ def run(profile: Profile, parts: set[str], loadgen_pref: str) -> dict[str, Any]:
         results["versions"] = report.versions(gen.name)
         results["micro"] = session.micro(peers)
         results["e2e"] = session.e2e(groups, gen)
+        if "sidecar" in parts:
+            results["sidecar"] = session.sidecar()
         results["quiet_waited_s"] = round(session.waited, 1)
     report.add_ratios(results["micro"], results["e2e"], BASELINE)
     results["targets"] = [t.to_dict() for t in report.targets(results["micro"], results["e2e"])]
@@ -208,7 +236,7 @@ def main(argv: list[str]) -> int:
     size.add_argument("--quick", action="store_true", help="under a minute (CI smoke test)")
     size.add_argument("--full", action="store_true", help="~30 minutes: longer runs, more repeats")
     parser.add_argument("--out", type=Path, default=RESULTS, metavar="DIR", help="report directory")
-    parser.add_argument("--only", choices=("micro", "e2e"), help="run one part only")
+    parser.add_argument("--only", choices=("micro", "e2e", "sidecar"), help="run one part only")
     parser.add_argument(
         "--loadgen",
         choices=("auto", "wrk", "builtin"),
@@ -219,7 +247,7 @@ def main(argv: list[str]) -> int:
     if (os.cpu_count() or 1) < 2:
         print("note: fewer than 2 CPUs; server and load generator share one", file=sys.stderr)
     profile = PROFILES["quick" if args.quick else "full" if args.full else "default"]
-    parts = {args.only} if args.only else {"micro", "e2e"}
+    parts = {args.only} if args.only else {"micro", "e2e", "sidecar"}
     results = run(profile, parts, args.loadgen)
     paths = report.write(results, args.out)
     print(report.terminal(results))
