@@ -212,6 +212,25 @@ def test_app_container_is_probed_limited_and_locked_down(pod: dict[str, Any]) ->
     assert _mount(app, "tmp") == "/tmp"
 
 
+# Measured by `make bench` (sidecar/README.md, "What one sidecar carries"): one sidecar CPU
+# keeps up with this many asynclog workers at full load, the metrics on (the lower figure of
+# the runs there). A worker at full load uses one CPU.
+WORKERS_PER_SIDECAR_CPU = 2.9
+
+
+def _cpu(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def test_sidecar_cpu_keeps_up_with_the_app(pod: dict[str, Any]) -> None:
+    app, sidecar = _container(pod, "app"), _container(pod, "fluent-bit")
+    for kind in ("requests", "limits"):
+        # The app's CPU is at most that many workers at full load; the sidecar ships their
+        # lines with a fifth to spare.
+        needed = _cpu(app["resources"][kind]["cpu"]) / WORKERS_PER_SIDECAR_CPU
+        assert _cpu(sidecar["resources"][kind]["cpu"]) >= 1.2 * needed, kind
+
+
 def test_service_selects_the_pods_and_targets_the_app() -> None:
     manifests = _manifests()
     deployment, service = manifests["Deployment"], manifests["Service"]
