@@ -1,9 +1,11 @@
 """The optional C extension (`_speedups.c`), or None when it was not built (no C compiler at
-install time) or `ASYNCLOG_NO_EXTENSIONS` is set. Lines and counts are the same either way."""
+install time), refused to load (built for another record layout: see `_record`), or
+`ASYNCLOG_NO_EXTENSIONS` is set. Lines and counts are the same either way."""
 
 from __future__ import annotations
 
 import os
+import warnings
 from types import ModuleType
 
 __all__ = ["speedups"]
@@ -14,7 +16,10 @@ def _load() -> ModuleType | None:
         return None
     try:
         from . import _speedups
-    except ImportError:
+    except ModuleNotFoundError:
+        return None
+    except ImportError as exc:  # a stale build: slower, not wrong, but worth a word
+        warnings.warn(f"{exc}; the pure-Python path runs", RuntimeWarning, stacklevel=2)
         return None
     return _speedups
 

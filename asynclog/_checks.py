@@ -8,6 +8,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from ._compat import degraded
 from ._logger import Logger
 from ._settings import AppSettings, Settings
 
@@ -27,16 +28,29 @@ def _cmdline(pid: int | str) -> list[str]:
 
 def reload_enabled(frame: FrameType | None = None) -> bool:
     """Whether this server runs with auto-reload: a `--reload` flag on this process or its
-    parent, or a uvicorn `Config(reload=True)` found up the calling stack (the lifespan task)."""
+    parent, or a uvicorn `Config(reload=True)` found up the calling stack (the lifespan task).
+
+    uvicorn has no public way to ask; its lifespan keeps its `Config` as `self.config` (not
+    documented). When uvicorn drives the lifespan but no frame holds a config, that changed:
+    said once, and only the command line is read."""
     for pid in ("self", os.getppid()):
         if any(arg == "--reload" or arg.startswith("--reload=") for arg in _cmdline(pid)):
             return True
+    under_uvicorn = found_config = False
     while frame is not None:
-        owner = frame.f_locals.get("self")
-        config = getattr(owner, "config", None)
-        if getattr(config, "reload", False) is True:
-            return True
+        under_uvicorn = under_uvicorn or str(frame.f_globals.get("__name__")).startswith("uvicorn.")
+        config = getattr(frame.f_locals.get("self"), "config", None)
+        reload = getattr(config, "reload", None)
+        if isinstance(reload, bool):
+            found_config = True
+            if reload:
+                return True
         frame = frame.f_back
+    if under_uvicorn and not found_config:
+        degraded(
+            "uvicorn: the lifespan's self.config (its Config, found by walking frames)",
+            "auto-reload is found only as --reload on the command line",
+        )
     return False
 
 

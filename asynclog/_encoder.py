@@ -6,6 +6,7 @@ import dataclasses
 import enum
 import logging
 import os
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -15,6 +16,7 @@ import orjson
 from opentelemetry import trace as _trace
 
 from ._accel import speedups as _speedups
+from ._record import Record
 from ._redact import REDACTED, Redactor
 from ._snapshot import Frozen, json_default, numpy_option
 
@@ -29,6 +31,7 @@ _JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE
 _MAX_DEPTH = 64
 _LEVEL_NAMES = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
 _DIGITS = [f"{n:03d}" for n in range(1000)]
+_LAST_TIME = 253402300800.0  # 10000-01-01: time stamps have four-digit years up to there
 
 
 def level_name(levelno: int) -> str:
@@ -79,15 +82,34 @@ def render_message(msg: object, args: Any) -> tuple[str, str | None]:
 def _safe_str(value: object) -> str:
     try:
         return str(value)
-    except Exception:
+    except BaseException as exc:
+        _reraise_if_foreign(exc)
         return f"<unprintable {type(value).__name__}>"
 
 
 def _safe_repr(value: object) -> str:
     try:
         return repr(value)
-    except Exception:
+    except BaseException as exc:
+        _reraise_if_foreign(exc)
         return f"<unrepresentable {type(value).__name__}>"
+
+
+def _reraise_if_foreign(exc: BaseException) -> None:
+    """Re-raise what did not come from the record being encoded.
+
+    Anything a record's own code raises while it is encoded (a `__str__` raising
+    KeyboardInterrupt, say) is the record's: the value or the line is substituted and the
+    encoding goes on. The one exception is the main thread, where KeyboardInterrupt and what a
+    signal handler raises arrive from outside: a record written through there re-raises them
+    to the caller. The writer thread is never the main thread."""
+    if not isinstance(exc, Exception) and threading.current_thread() is threading.main_thread():
+        raise exc
+
+
+def describe_exception(exc: BaseException) -> str:
+    """`Type: message` for asynclog's own notices; never raises."""
+    return f"{type(exc).__name__}: {_safe_str(exc)}"
 
 
 def format_exception(exc_info: Any) -> tuple[dict[str, str], str | None]:
@@ -139,10 +161,18 @@ class Encoder:
     One instance lives on the writer thread; it is not thread-safe.
     """
 
-    def __init__(self, redactor: Redactor, console: bool = False, color: bool = False) -> None:
+    def __init__(
+        self,
+        redactor: Redactor,
+        console: bool = False,
+        color: bool = False,
+        on_fault: Callable[[], None] | None = None,
+    ) -> None:
         self.redactor = redactor
         self.console = console
         self.color = color
+        # Called for each record that could not be built or encoded at all (see `encode`).
+        self.on_fault = on_fault
         # The C fast path of encode_into, when built (see _speedups.c).
         self._c_encode_into = _speedups.encode_into if _speedups is not None else None
         # Records per write() and per hold of the GIL: ~0.3 ms of encoding either way. Each
@@ -183,19 +213,22 @@ class Encoder:
             reserved = key in RESERVED_KEYS
             name = RENAME_PREFIX + key if reserved else key
             secret = self.redactor.is_secret(key)
-            if not (reserved or secret) and len(plain) < 10_000:
+            # Exact str only: the C path looks names up in this set, and a str subclass could
+            # run code of its own there (`__hash__`, `__eq__`).
+            if not (reserved or secret) and type(key) is str and len(plain) < 10_000:
                 plain.add(key)
             if secret:
                 value = REDACTED
             elif type(value) is Frozen:
-                value = self._decode(value)
+                value = self._frozen(value)
             # A dict or list here is a finished span's (masked when its fields were built) or one
             # orjson refused on the caller (a cycle, a huge int...): orjson refuses that here too,
             # and the fallback (_thaw) makes it safe, then masks it.
             line[name] = value
 
-    def build(self, record: tuple[Any, ...]) -> dict[str, Any]:
+    def build(self, record: Record) -> dict[str, Any]:
         """The line as a dict, keys in schema order."""
+        # RECORD_FIELDS order
         created, levelno, logger, msg, args, fields, bound, context, otel, exc_info = record
         if args is None and type(msg) is str:
             message, problem = msg, None
@@ -232,7 +265,7 @@ class Encoder:
             line[SUBSTITUTED_KEY] = notes
         return line
 
-    def encode_into(self, records: list[tuple[Any, ...]], buffer: bytearray) -> list[int]:
+    def encode_into(self, records: list[Record], buffer: bytearray) -> list[int]:
         """Append the lines of `records` to `buffer`, as `encode` would write them; returns
         where each line ends in it. Never raises.
 
@@ -254,7 +287,8 @@ class Encoder:
         if self._c_encode_into is not None:
             ends, self._checked_context = self._c_encode_into(
                 records, buffer, self._checked_context, self._plain_keys, _LEVEL_NAMES,
-                self._span_ids, orjson.dumps, self._default, options, self.encode,
+                self._span_ids, orjson.dumps, self._default, options, self.redactor.json_rule,
+                self.encode,
             )  # fmt: skip
             return ends
         dumps = orjson.dumps
@@ -274,28 +308,33 @@ class Encoder:
                     and type(msg) is str
                     and type(fields) is dict
                     and type(created) is float
-                    and (context is checked or known(context))
-                    and (not bound or known(bound))
-                    and known(fields)
                 ):
-                    checked = context
+                    # What may run the record's own code (`%` with its arguments' __str__)
+                    # runs before the name checks, so the names checked are those written.
                     if args:  # as in `logging`: empty args leave the message as it is ("100%")
                         msg = msg % args  # a mismatch raises: `encode` writes the reason
-                    stamp = stamp_of(created)
                     ids = self._span_ids(otel) if otel else None
-                    if ids is None:
-                        line = {
-                            "time": stamp, "level": level, "logger": logger, "message": msg,
-                            **context, **bound, **fields,
-                        }  # fmt: skip
-                    else:
-                        line = {
-                            "time": stamp, "level": level, "logger": logger, "message": msg,
-                            "trace_id": ids[0], "span_id": ids[1],
-                            **context, **bound, **fields,
-                        }  # fmt: skip
-                    data = dumps(line, default, options)
-            except Exception:
+                    if (
+                        (context is checked or known(context))
+                        and (not bound or known(bound))
+                        and known(fields)
+                    ):
+                        checked = context
+                        stamp = stamp_of(created)
+                        if ids is None:
+                            line = {
+                                "time": stamp, "level": level, "logger": logger, "message": msg,
+                                **context, **bound, **fields,
+                            }  # fmt: skip
+                        else:
+                            line = {
+                                "time": stamp, "level": level, "logger": logger, "message": msg,
+                                "trace_id": ids[0], "span_id": ids[1],
+                                **context, **bound, **fields,
+                            }  # fmt: skip
+                        data = dumps(line, default, options)
+            except BaseException as exc:  # `encode` writes the reason, or substitutes the line
+                _reraise_if_foreign(exc)
                 data = None
             buffer += self.encode(record) if data is None else data
             end(len(buffer))
@@ -303,12 +342,16 @@ class Encoder:
         self._checked_context = checked
         return ends
 
-    def encode(self, record: tuple[Any, ...]) -> bytes:
-        """One complete line (with `\\n`) for a record; never raises."""
+    def encode(self, record: Record) -> bytes:
+        """One complete line (with `\\n`) for a record; never raises, whatever the record's own
+        code does (see `_reraise_if_foreign` for the one exception). A record that cannot be
+        built or encoded at all is written as its time, level, logger and message, marked, and
+        counted as a fault."""
         try:
             line = self.build(record)
-        except Exception as exc:
-            line = _minimal(record, f"building the line failed: {type(exc).__name__}")
+        except BaseException as exc:
+            _reraise_if_foreign(exc)
+            line = self._fault(record, "building the line failed", exc)
         try:
             if self.console:
                 return _console_line(self._thaw(line), self.color)
@@ -317,15 +360,28 @@ class Encoder:
                 return orjson.dumps(line, default=self._default, option=options)
             except Exception:
                 return encode_line(self._thaw(line))
-        except Exception as exc:  # a gap in the fallback itself: still one line, never a raise
-            line = _minimal(record, f"encoding the line failed: {type(exc).__name__}")
+        except BaseException as exc:  # a gap in the fallback, or the record's own raise
+            _reraise_if_foreign(exc)
+            line = self._fault(record, "encoding the line failed", exc)
             return _console_line(line, self.color) if self.console else encode_line(line)
 
+    def _fault(self, record: Any, problem: str, exc: BaseException) -> dict[str, Any]:
+        if self.on_fault is not None:
+            self.on_fault()
+        return _minimal(record, f"{problem}: {type(exc).__name__}")
+
     def _default(self, obj: Any) -> Any:
-        # A value frozen on the caller is decoded here, so redaction sees inside it.
         if type(obj) is Frozen:
-            return self._decode(obj)
+            return self._frozen(obj)
         return _default(obj)
+
+    def _frozen(self, frozen: Frozen) -> Any:
+        """A value frozen on the caller, for the line: its bytes as they are when redaction
+        could not change them (no secret-like name, not too deep: `may_mask_json`), else
+        decoded so redaction sees inside it. The C path makes the same choice."""
+        if self.redactor.may_mask_json(frozen.data):
+            return self._decode(frozen)
+        return orjson.Fragment(frozen.data)
 
     def _decode(self, frozen: Frozen) -> Any:
         try:
@@ -455,12 +511,16 @@ def _sanitize(value: Any, notes: list[str], path: str, depth: int, seen: set[int
     return _sanitize(text, notes, path, depth, seen)
 
 
-def _minimal(record: tuple[Any, ...], problem: str) -> dict[str, Any]:
-    created, levelno, logger, msg = record[:4]
+def _minimal(record: Any, problem: str) -> dict[str, Any]:
+    """What can be written of a record without running any of its own code but `str(msg)`."""
+    head = tuple(record[:4]) if type(record) is tuple else ()
+    created, levelno, logger, msg = (*head, None, None, None, None)[:4]
+    if not (type(created) is float and 0.0 <= created < _LAST_TIME):
+        created = time.time()
     return {
-        "time": format_time(created) if isinstance(created, float) else format_time(time.time()),
-        "level": level_name(levelno) if isinstance(levelno, int) else "error",
-        "logger": logger if isinstance(logger, str) else _safe_str(logger),
+        "time": format_time(created),
+        "level": level_name(levelno) if type(levelno) is int else "error",
+        "logger": logger if type(logger) is str else _safe_str(logger),
         "message": _sanitize(_safe_str(msg), [], "message", 0, set()),
         SUBSTITUTED_KEY: [problem],
     }

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import inspect
 import logging
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import fields
 from typing import Any
 
+from opentelemetry import trace
+
 from ._checks import run_startup_checks
+from ._compat import degraded
 from ._middleware import AccessLogMiddleware, RequestLogConfig
-from ._pipeline import Pipeline, capture_logger, current, start_pipeline
+from ._pipeline import Pipeline, current, start_pipeline
 from ._redact import Redactor
 from ._settings import AppSettings, Settings, resolve_settings
-from ._tracing import flush_spans, setup_tracing, skip_unused_native_telemetry
+from ._tracing import flush_spans, setup_tracing, skip_unused_native_telemetry, tracing_disabled
 from ._watchdog import LoopWatchdog
 
 __all__ = ["install"]
@@ -27,66 +27,90 @@ SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "gunicorn.error", "gunicorn.access
 
 
 class _Installation:
-    """What install() keeps on the app; a later install() call replaces its parts in place."""
+    """What install() keeps on the app; a later install() call replaces its parts in place. It
+    is also the app's lifespan hooks (see `LifespanHooks`)."""
 
     def __init__(self, core: Settings, app: AppSettings, fastapi_app: Any) -> None:
         self.core = core
         self.app = app
-        self.request = self._request_config(core, app, fastapi_app)
+        self.fastapi_app = fastapi_app
+        self.request = self._request_config(core, app)
+        self.watchdog: LoopWatchdog | None = None
 
     @staticmethod
-    def _request_config(core: Settings, app: AppSettings, fastapi_app: Any) -> RequestLogConfig:
-        return RequestLogConfig(
-            settings=app,
-            redactor=Redactor(core.redact_keys, core.redact_depth),
-            error_handler=_error_handler(fastapi_app),
-        )
+    def _request_config(core: Settings, app: AppSettings) -> RequestLogConfig:
+        redactor = Redactor(core.redact_keys, core.redact_depth)
+        return RequestLogConfig(settings=app, redactor=redactor)
 
-    def update(self, core: Settings, app: AppSettings, fastapi_app: Any) -> None:
+    def update(self, core: Settings, app: AppSettings) -> None:
         self.core, self.app = core, app
-        request = self._request_config(core, app, fastapi_app)
+        request = self._request_config(core, app)
         for item in fields(RequestLogConfig):
             setattr(self.request, item.name, getattr(request, item.name))
 
+    # --- lifespan hooks -----------------------------------------------------------------------
 
-def _keep_outermost(fastapi_app: Any, middleware: Any) -> None:
-    """Keep asynclog's middleware the outermost of the app's own middleware, even for middleware
-    added after install(): their lines get request ids and trace ids too."""
-    build = fastapi_app.build_middleware_stack
+    def starting(self) -> None:
+        """Before the app's startup code: the writer runs (again, after an earlier drain)."""
+        pipeline = current()  # the running one, if any
+        if pipeline is None:
+            pipeline = start_pipeline(self.core)
+        # gunicorn's worker resets the server loggers after --preload imported the app.
+        capture_server_loggers(pipeline, self.app)
+        if self.request.tracer is None and self.app.tracing_backend == "instrumentor":
+            self._check_instrumented()
+        run_startup_checks(self.core, self.app, pipeline.format, sys._getframe(1))
 
-    def build_middleware_stack() -> Any:
-        stack = fastapi_app.user_middleware
-        if middleware in stack:
-            stack.remove(middleware)
-        stack.insert(0, middleware)
-        return build()
+    def _check_instrumented(self) -> None:
+        """FastAPIInstrumentor skips an app whose stack does not start with Starlette's
+        ServerErrorMiddleware (it logs an error, nothing more): then asynclog makes the server
+        span itself, so lines keep their trace ids."""
+        if not self.app.tracing or tracing_disabled():
+            return
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-    fastapi_app.build_middleware_stack = build_middleware_stack
+        stack = getattr(self.fastapi_app, "middleware_stack", None)
+        for _ in range(100):  # the layers outside asynclog's middleware
+            if stack is None or isinstance(stack, AccessLogMiddleware):
+                break
+            if isinstance(stack, OpenTelemetryMiddleware):
+                return
+            stack = getattr(stack, "app", None)
+        if stack is None:
+            return  # asynclog's middleware was not found either (added inside): nothing to say
+        degraded(
+            "opentelemetry-instrumentation-fastapi: FastAPIInstrumentor's middleware stack",
+            "asynclog makes the server span itself (as with tracing_backend='asynclog')",
+        )
+        self.request.tracer = trace.get_tracer_provider().get_tracer("asynclog")
 
+    def started(self) -> None:
+        """Once the app's own startup has run: drop per-request work nothing will use (undone by
+        `gc.unfreeze()` at shutdown)."""
+        skip_unused_native_telemetry(self.fastapi_app)
+        if self.app.gc_freeze:
+            # What exists now (modules, routes, models, clients) lives as long as the worker.
+            # Frozen, it leaves the collector's full passes, which otherwise scan all of it: tens
+            # of ms each, the p99 of every request they pause. Collected first: no garbage kept.
+            gc.collect()
+            gc.freeze()
+        # Watching from here: nothing is served before, and the full collection above (100s of
+        # ms with a big heap) would be reported as a stall.
+        self.watchdog = _start_watchdog(self.app)
 
-def _error_handler(fastapi_app: Any) -> Any:
-    """Render an unhandled exception the way Starlette's ServerErrorMiddleware would: the app's
-    own handler for 500/Exception if it has one, else a plain 500. Debug mode keeps Starlette's
-    traceback page (None leaves the exception to it)."""
-    if getattr(fastapi_app, "debug", False):
-        return None
-    from starlette.concurrency import run_in_threadpool
-    from starlette.requests import Request
-    from starlette.responses import PlainTextResponse
-
-    async def handle(scope: Any, receive: Any, send: Any, exc: Exception) -> None:
-        handlers = fastapi_app.exception_handlers
-        handler = handlers.get(500) or handlers.get(Exception)
-        request = Request(scope, receive)
-        if handler is None:
-            response = PlainTextResponse("Internal Server Error", status_code=500)
-        elif inspect.iscoroutinefunction(handler):
-            response = await handler(request, exc)
-        else:
-            response = await run_in_threadpool(handler, request, exc)
-        await response(scope, receive, send)
-
-    return handle
+    def stopped(self) -> None:
+        """After the app's own shutdown code: drain."""
+        if self.app.gc_freeze:
+            gc.unfreeze()
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
+        flush_spans(self.core.shutdown_timeout)
+        # atexit never runs in a gunicorn worker killed by its re-raised SIGTERM: drain now.
+        # Lines logged after this (the server's last words) are written synchronously.
+        running = current()
+        if running is not None:
+            running.stop(restore=False)
 
 
 def _skip_logged_exceptions(record: logging.LogRecord) -> bool:
@@ -95,77 +119,66 @@ def _skip_logged_exceptions(record: logging.LogRecord) -> bool:
     return not getattr(exc, "__asynclog_logged__", False)
 
 
-def capture_server_loggers(settings: AppSettings) -> None:
+def capture_server_loggers(pipeline: Pipeline, settings: AppSettings) -> None:
     """Send uvicorn's and gunicorn's loggers through asynclog; switch uvicorn's access line off
-    (uvicorn skips it entirely when its logger has no handlers)."""
+    (uvicorn skips it entirely when its logger has no handlers). `shutdown()` gives them back."""
+    routing = pipeline.routing
     for name in SERVER_LOGGERS:
-        capture_logger(name)
-    error = logging.getLogger("uvicorn.error")
-    if _skip_logged_exceptions not in error.filters:
-        error.addFilter(_skip_logged_exceptions)
-    access = logging.getLogger("uvicorn.access")
-    access.handlers.clear()
-    access.propagate = settings.uvicorn_access_log
+        routing.capture(name)
+    routing.add_filter("uvicorn.error", _skip_logged_exceptions)
+    routing.capture("uvicorn.access", propagate=settings.uvicorn_access_log)
 
 
-def _ensure_pipeline(installation: _Installation) -> Pipeline:
-    pipeline = current()
-    if pipeline is None or pipeline.stopped:
-        pipeline = start_pipeline(installation.core)
-    return pipeline
-
-
-def _wrap_lifespan(app: Any, installation: _Installation) -> None:
-    original: Callable[[Any], AbstractAsyncContextManager[Any]] = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(app_: Any) -> AsyncIterator[Any]:
-        pipeline = _ensure_pipeline(installation)
-        # gunicorn's worker resets the server loggers after --preload imported the app.
-        capture_server_loggers(installation.app)
-        watchdog = _start_watchdog(installation)
-        run_startup_checks(installation.core, installation.app, pipeline.format, sys._getframe())
-        try:
-            async with original(app_) as state:
-                _after_startup(app, installation.app)
-                yield state
-        finally:
-            if installation.app.gc_freeze:
-                gc.unfreeze()
-            if watchdog is not None:
-                watchdog.stop()
-            flush_spans(installation.core.shutdown_timeout)
-            # atexit never runs in a gunicorn worker killed by its re-raised SIGTERM: drain now.
-            # Lines logged after this (the server's last words) are written synchronously.
-            running = current()
-            if running is not None:
-                running.stop(restore=False)
-
-    app.router.lifespan_context = lifespan
-
-
-def _after_startup(app: Any, settings: AppSettings) -> None:
-    """Once the app's own startup has run: drop per-request work nothing will use (undone by
-    `gc.unfreeze()` at shutdown)."""
-    skip_unused_native_telemetry(app)
-    if settings.gc_freeze:
-        # What exists now (modules, routes, models, clients) lives as long as the worker. Frozen,
-        # it leaves the collector's full passes, which otherwise scan all of it: tens of ms
-        # each, the p99 of every request they pause. Collected first, so no garbage is kept.
-        gc.collect()
-        gc.freeze()
-
-
-def _start_watchdog(installation: _Installation) -> LoopWatchdog | None:
-    if not installation.app.watchdog:
+def _start_watchdog(settings: AppSettings) -> LoopWatchdog | None:
+    if not settings.watchdog:
         return None
     watchdog = LoopWatchdog(
         asyncio.get_running_loop(),
-        threshold=installation.app.watchdog_threshold_ms / 1000,
-        interval=installation.app.watchdog_interval_ms / 1000,
+        threshold=settings.watchdog_threshold_ms / 1000,
+        interval=settings.watchdog_interval_ms / 1000,
     )
     watchdog.start()
     return watchdog
+
+
+_NOT_BUILT = object()
+
+
+def _wrap_whole_stack(fastapi_app: Any, installation: _Installation) -> None:
+    """Put asynclog's middleware around the app's whole middleware stack, outside Starlette's
+    `ServerErrorMiddleware`, so it sees the 500 that answers an unhandled exception and every
+    middleware the app adds, before or after install().
+
+    Starlette builds that stack lazily with `build_middleware_stack()` into `middleware_stack`
+    (not a documented extension point): without them, asynclog's middleware is added with the
+    public `add_middleware()`, first among the app's own, inside `ServerErrorMiddleware`."""
+    build = getattr(fastapi_app, "build_middleware_stack", None)
+    built = getattr(fastapi_app, "middleware_stack", _NOT_BUILT)
+    if built is not None and built is not _NOT_BUILT:
+        raise RuntimeError("asynclog: install(app) must run before the app serves requests")
+    if built is _NOT_BUILT or not callable(build):
+        degraded(
+            "starlette: Starlette.build_middleware_stack / middleware_stack",
+            "asynclog's middleware sits inside ServerErrorMiddleware: a 500 carries no "
+            "X-Request-ID and lines of the app's 500 handler no trace ids",
+        )
+        fastapi_app.add_middleware(
+            AccessLogMiddleware, config=installation.request, lifespan=installation
+        )
+        return
+
+    def build_middleware_stack() -> Any:
+        stack = AccessLogMiddleware(build(), installation.request, installation)
+        if installation.app.tracing_backend == "instrumentor":
+            from starlette.middleware.errors import ServerErrorMiddleware
+
+            # FastAPIInstrumentor (applied after this) wants ServerErrorMiddleware on top, and
+            # moves what that wraps inside its span: asynclog's middleware, which then logs
+            # with the instrumentor's trace ids.
+            return ServerErrorMiddleware(stack, debug=fastapi_app.debug)
+        return stack
+
+    fastapi_app.build_middleware_stack = build_middleware_stack
 
 
 def install(app: Any, **settings: Any) -> Pipeline:
@@ -177,15 +190,13 @@ def install(app: Any, **settings: Any) -> Pipeline:
     """
     core, app_settings = resolve_settings(settings)
     pipeline = start_pipeline(core)
-    capture_server_loggers(app_settings)
+    capture_server_loggers(pipeline, app_settings)
     installation: _Installation | None = getattr(app.state, "asynclog", None)
     if installation is None:
         installation = _Installation(core, app_settings, app)
         app.state.asynclog = installation
-        app.add_middleware(AccessLogMiddleware, config=installation.request)
-        _keep_outermost(app, app.user_middleware[0])
-        _wrap_lifespan(app, installation)
+        _wrap_whole_stack(app, installation)
     else:
-        installation.update(core, app_settings, app)
+        installation.update(core, app_settings)
     installation.request.tracer, installation.request.ids_only = setup_tracing(app, app_settings)
     return pipeline

@@ -7,11 +7,21 @@ from collections.abc import Callable, Mapping
 from time import time
 from typing import Any
 
+import orjson
+
 from ._accel import speedups
 from ._context import bound_fields
 from ._queue import QUEUE
-from ._record import OTEL_CONTEXT_VAR, current_otel_context
-from ._snapshot import IMMUTABLE_TYPES, all_immutable, snapshot_args, snapshot_fields
+from ._record import OTEL_CONTEXT_VAR, current_otel_context, make_record
+from ._snapshot import (
+    FREEZE_NUMPY_OPTIONS,
+    FREEZE_OPTIONS,
+    IMMUTABLE_TYPES,
+    all_immutable,
+    snapshot_args,
+    snapshot_fields,
+    snapshot_value,
+)
 
 __all__ = ["Logger"]
 
@@ -31,7 +41,10 @@ def _level_method(level: int, name: str) -> Callable[..., None]:
         OTEL_CONTEXT_VAR,
         current_otel_context,
         IMMUTABLE_TYPES,
-        snapshot_fields,
+        orjson.dumps,
+        FREEZE_OPTIONS,
+        FREEZE_NUMPY_OPTIONS,
+        snapshot_value,
         snapshot_args,
     )
 
@@ -44,9 +57,7 @@ def _python_level_method(level: int, name: str) -> Callable[..., None]:
         queue = QUEUE
         if queue.level > level:
             return
-        next(queue.emitted)
-        items = queue.items
-        record = (
+        record = make_record(
             time(),
             level,
             self.name,
@@ -58,11 +69,13 @@ def _python_level_method(level: int, name: str) -> Callable[..., None]:
             current_otel_context(),
             None,
         )
+        # Counted once the record exists: a snapshot that raises leaves no phantom behind.
+        next(queue.emitted)
+        items = queue.items
         if len(items) < queue.maxsize:
             items.append(record)
             if queue.idle:
-                queue.idle = False  # one wake per sleep; see RecordQueue.put
-                queue.wake.set()
+                queue.wake_writer()
         else:
             queue.overflow(record)
 
@@ -102,7 +115,7 @@ class Logger:
         self, level: int, msg: object, fields: dict[str, Any], exc_info: Any, args: Any = None
     ) -> None:
         QUEUE.put(
-            (
+            make_record(
                 time(),
                 level,
                 self.name,

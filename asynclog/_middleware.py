@@ -1,16 +1,15 @@
-"""A pure ASGI middleware: request ids, the server span, one access line per request, and the
-one line for an unhandled exception."""
+"""A pure ASGI middleware: request ids, the server span, one access line per request, the one
+line for an unhandled exception, and hooks on the ASGI lifespan."""
 
 from __future__ import annotations
 
 import random
 import re
-import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import Token
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -19,18 +18,17 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from ._context import bound_fields
 from ._logger import Logger
 from ._queue import QUEUE
-from ._record import current_otel_context
+from ._record import current_otel_context, make_record
 from ._redact import Redactor
 from ._settings import AppSettings
 
-__all__ = ["AccessLogMiddleware", "RequestLogConfig"]
+__all__ = ["AccessLogMiddleware", "LifespanHooks", "RequestLogConfig"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-ErrorHandler = Callable[[Scope, Receive, Send, Exception], Awaitable[None]]
 
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # uuid4() reads os.urandom: a getrandom() syscall per request (~15 us on a VM here). Request ids
@@ -55,8 +53,6 @@ class RequestLogConfig:
     # True when no span would ever be recorded or exported (spans="none" with asynclog's own
     # provider and sampler): the request then gets ids only, without an SDK span.
     ids_only: bool = False
-    # Renders an unhandled exception as the app would (its own 500 handler), inside the span.
-    error_handler: ErrorHandler | None = None
     request_id_header: bytes = field(init=False)
     # Header names the global propagator reads (W3C trace context and baggage by default).
     propagation_headers: frozenset[bytes] = field(init=False)
@@ -66,6 +62,20 @@ class RequestLogConfig:
         self.propagation_headers = frozenset(
             name.encode("latin-1") for name in propagate.get_global_textmap().fields
         )
+
+
+class LifespanHooks(Protocol):
+    """What runs around the app's own lifespan (the ASGI lifespan protocol, so it holds for any
+    server and any lifespan style the app uses)."""
+
+    def starting(self) -> None:
+        """The server asked the app to start; the app's own startup code has not run yet."""
+
+    def started(self) -> None:
+        """The app's own startup code has run."""
+
+    def stopped(self) -> None:
+        """The app's own shutdown code has run, or its startup failed: the server is ending."""
 
 
 class _Request:
@@ -98,15 +108,27 @@ class _Request:
 class AccessLogMiddleware:
     """Binds a request id for every line of the request and echoes it in the response; with a
     tracer, makes the request's server span; writes one access line when the response completes
-    (or the request ends without one)."""
+    (or the request ends without one).
 
-    def __init__(self, app: ASGIApp, config: RequestLogConfig) -> None:
+    It wraps the whole Starlette stack, outside `ServerErrorMiddleware`: an unhandled exception
+    is answered by the app's own 500 handler (or the plain 500) through this middleware, so the
+    response carries the request id and the handler's lines the trace ids; this middleware
+    writes the one error line and re-raises the exception to the server, as Starlette does.
+    """
+
+    def __init__(
+        self, app: ASGIApp, config: RequestLogConfig, lifespan: LifespanHooks | None = None
+    ) -> None:
         self.app = app
         self.config = config
+        self.lifespan = lifespan
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            if scope["type"] == "lifespan" and self.lifespan is not None:
+                await _run_lifespan(self.app, self.lifespan, scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         request = self._begin(scope)
         header = (self.config.request_id_header, request.request_id.encode("latin-1"))
@@ -124,13 +146,10 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
+            if request.status is None:
+                request.status = 500  # what the server (or ServerErrorMiddleware) answers
             self._log_exception(scope, request, exc)
-            if request.status is not None or not await self._send_error(
-                scope, receive, send_with_id, exc
-            ):
-                if request.status is None:
-                    request.status = 500
-                raise
+            raise
         except BaseException:
             if request.status is None:
                 request.status = _CLIENT_CLOSED  # cancelled: the client went away
@@ -183,22 +202,10 @@ class AccessLogMiddleware:
         if request.context_token is not None:
             bound_fields.reset(request.context_token)
 
-    async def _send_error(self, scope: Scope, receive: Receive, send: Send, exc: Exception) -> bool:
-        """Answer an unhandled exception here, with the app's own 500 handler when it has one,
-        so the error response carries the request id and the handler's lines the trace ids.
-        False leaves it to Starlette's ServerErrorMiddleware (debug mode, or no handler)."""
-        handler = self.config.error_handler
-        if handler is None:
-            return False
-        try:
-            await handler(scope, receive, send, exc)
-        except Exception:
-            return False
-        return True
-
     def _log_exception(self, scope: Scope, request: _Request, exc: Exception) -> None:
-        # Logged here, inside the request's span, so it carries the trace ids; the exception is
-        # marked so the server's own "Exception in ASGI application" line is not written again.
+        # Called in the `except` block. Logged here, inside the request's span, so it carries
+        # the trace ids; the exception is marked so the server's own "Exception in ASGI
+        # application" line is not written again.
         try:
             exc.__asynclog_logged__ = True  # type: ignore[attr-defined]
         except Exception:
@@ -213,7 +220,7 @@ class AccessLogMiddleware:
             "http.route": _route(scope),
             "request_id": request.request_id,
         }
-        _errors._log(40, "unhandled exception", fields, sys.exc_info())
+        _errors.exception("unhandled exception", **fields)
 
     def _log(self, scope: Scope, request: _Request) -> None:
         request.logged = True
@@ -260,7 +267,7 @@ class AccessLogMiddleware:
         # The record is put as a level method puts one, without the snapshot step: every value
         # here is a str, a number or None. The message is rendered on the writer thread.
         queue.put(
-            (
+            make_record(
                 time.time(),
                 level,
                 "asynclog.access",
@@ -273,6 +280,41 @@ class AccessLogMiddleware:
                 None,
             )
         )
+
+
+async def _run_lifespan(
+    app: ASGIApp, hooks: LifespanHooks, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Run the app's lifespan with `hooks` called at its steps (each at most once)."""
+    steps = {"stopped": False, "stopping": False}
+
+    def stop() -> None:
+        if not steps["stopped"]:
+            steps["stopped"] = True
+            hooks.stopped()
+
+    async def receive_with_hooks() -> Message:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            hooks.starting()
+        elif message["type"] == "lifespan.shutdown":
+            steps["stopping"] = True
+        return message
+
+    async def send_with_hooks(message: Message) -> None:
+        kind = message["type"]
+        if kind == "lifespan.startup.complete":
+            hooks.started()
+        elif kind in ("lifespan.startup.failed", "lifespan.shutdown.complete",
+                      "lifespan.shutdown.failed"):  # fmt: skip
+            stop()
+        await send(message)
+
+    try:
+        await app(scope, receive_with_hooks, send_with_hooks)
+    finally:
+        if steps["stopping"]:  # an app that raised out of its shutdown still gets drained
+            stop()
 
 
 def _ids_only_span(parent: otel_context.Context | None) -> trace.Span:

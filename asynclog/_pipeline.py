@@ -3,26 +3,67 @@
 from __future__ import annotations
 
 import atexit
-import logging
+import enum
 import os
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from ._encoder import Encoder, notice_line
 from ._logger import Logger
 from ._queue import QUEUE, read_count
+from ._record import Record
 from ._redact import Redactor
 from ._settings import Settings, resolve_settings
 from ._sinks import SinkError, open_sink, report
-from ._stdlib import AsyncLogHandler
+from ._stdlib import AsyncLogHandler, StdlibRouting
 from ._writer import Counters, Writer
 
-__all__ = ["Pipeline", "configure", "current", "flush", "get_logger", "reopen", "shutdown", "stats"]
+__all__ = [
+    "Pipeline",
+    "State",
+    "configure",
+    "current",
+    "flush",
+    "get_logger",
+    "reopen",
+    "shutdown",
+    "stats",
+]
+
+
+class State(enum.Enum):
+    """Where a pipeline is in its life. `_TRANSITIONS` lists every change there is."""
+
+    RUNNING = "running"  # the writer thread drains the queue
+    STOPPING = "stopping"  # stop(): new records wait to be written through; the writer drains
+    STOPPED = "stopped"  # no writer: each record is written through on the caller's thread
+    CLOSED = "closed"  # replaced by a newer pipeline, its sink released
+
+
+_TRANSITIONS: dict[State | None, set[State]] = {
+    None: {State.RUNNING},  # a new pipeline starts
+    State.RUNNING: {State.STOPPING},
+    State.STOPPING: {State.STOPPED},
+    State.STOPPED: {State.CLOSED},
+    State.CLOSED: set(),
+}
+# In a forked child the writer thread, and any stop in progress, stayed in the parent.
+_AFTER_FORK = {
+    State.RUNNING: State.RUNNING,  # with a new writer
+    State.STOPPING: State.STOPPED,
+    State.STOPPED: State.STOPPED,
+    State.CLOSED: State.CLOSED,
+}
 
 
 class Pipeline:
-    """One configured pipeline: the handle `configure()` and `install()` return."""
+    """One configured pipeline: the handle `configure()` and `install()` return.
+
+    Its state changes only through `_enter`; the queue's mode follows the state: queued while
+    running, written through from the moment a stop begins.
+    """
 
     def __init__(self, settings: Settings, counters: Counters) -> None:
         self.settings = settings
@@ -34,98 +75,128 @@ class Pipeline:
             Redactor(settings.redact_keys, settings.redact_depth),
             console=console,
             color=console and self.sink.isatty,
+            on_fault=self._count_fault,
         )
         self.handler = AsyncLogHandler()
         self.writer = self._new_writer()
-        self._previous_root: tuple[list[logging.Handler], int] | None = None
-        self.stopped = False
+        # What this pipeline (and the ones it replaced) changed in `logging`.
+        self.routing = StdlibRouting()
+        self.state: State | None = None
+        # Held while a record is written through, and through a whole stop: callers that log
+        # while the writer drains wait their turn, so each thread's lines stay in order.
+        self._through_lock = threading.Lock()
+        self._state_lock = threading.Lock()
 
     def _new_writer(self) -> Writer:
         s = self.settings
-        return Writer(QUEUE, self.sink, self.encoder, self.counters, s.batch_size, s.flush_interval)
+        return Writer(
+            QUEUE,
+            self.sink,
+            self.encoder,
+            self.counters,
+            s.batch_size,
+            s.flush_interval,
+            on_death=self._revive_writer,
+        )
 
     def __repr__(self) -> str:
-        return f"<asynclog.Pipeline sink={self.settings.sink!r} format={self.format!r}>"
+        state = self.state.value if self.state is not None else "new"
+        return f"<asynclog.Pipeline sink={self.settings.sink!r} format={self.format!r} {state}>"
+
+    @property
+    def running(self) -> bool:
+        return self.state is State.RUNNING
+
+    def _enter(self, state: State) -> None:
+        """The one place a pipeline changes state (a fork aside: see `after_fork_in_child`)."""
+        with self._state_lock:
+            if state not in _TRANSITIONS[self.state]:
+                raise RuntimeError(f"asynclog: pipeline cannot go from {self.state} to {state}")
+            self.state = state
 
     def start(self) -> None:
         s = self.settings
-        QUEUE.maxsize = s.queue_size
-        QUEUE.block = s.overflow == "block"
-        QUEUE.block_timeout = s.block_timeout
-        QUEUE.level = s.level
+        self._enter(State.RUNNING)
+        QUEUE.queued_mode(s.queue_size, s.overflow == "block", s.block_timeout, s.level)
         if s.capture_stdlib:
             self._route_stdlib()
         self.writer.start()
 
     def _route_stdlib(self) -> None:
-        root = logging.getLogger()
-        self._previous_root = (list(root.handlers), root.level)
-        if not self.settings.stdlib_caller_info:
-            _set_record_options(_LEAN_RECORDS)
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        root.addHandler(self.handler)
-        root.setLevel(self.settings.level)
-        for name in self.settings.capture_loggers:
-            capture_logger(name)
-
-    def _unroute_stdlib(self) -> None:
-        root = logging.getLogger()
-        root.removeHandler(self.handler)
-        _set_record_options(_STDLIB_RECORDS)
-        if self._previous_root is not None:
-            handlers, level = self._previous_root
-            for handler in handlers:
-                if not isinstance(handler, AsyncLogHandler):
-                    root.addHandler(handler)
-            root.setLevel(level)
+        s = self.settings
+        self.routing.route_root(self.handler, s.level, lean_records=not s.stdlib_caller_info)
+        for name in s.capture_loggers:
+            self.routing.capture(name)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record enqueued before the call is written (or dropped)."""
         target = read_count(QUEUE.emitted)
         drops = read_count(QUEUE.dropped)
-        writer = self.writer
         deadline = None if timeout is None else time.monotonic() + timeout
-        with writer.progress:
-            while writer.processed() < target or writer.reported_drops < drops:
-                if not writer.is_alive():
-                    return False
+        revived = False
+        while self.running:
+            writer = self.writer
+            if not writer.is_alive():
+                if revived:
+                    return False  # it died again at once: never wait on a dead writer
+                self._revive_writer()
+                revived = True
+                continue
+            with writer.progress:
+                if writer.processed() >= target and writer.reported_drops >= drops:
+                    return True
                 writer.urgent = True
                 QUEUE.wake.set()
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
                 writer.progress.wait(0.05 if remaining is None else min(0.05, remaining))
+        # Stopping or stopped: records are written through; a stop in progress is waited for,
+        # and records a mode change left in the queue are written now.
+        remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._through_lock.acquire(timeout=remaining):
+            return False
+        try:
+            if self.state is State.STOPPED:
+                self._write_left_behind()
+        finally:
+            self._through_lock.release()
         return True
 
     def stop(self, timeout: float | None = None, restore: bool = True) -> bool:
-        """Flush and stop the writer; True if everything was written in time.
+        """Drain the queue, stop the writer and write later records through; True if
+        everything was written in time.
 
-        `restore` gives the root logger its previous handlers back; without it, stdlib records
-        keep coming here and are written through synchronously.
+        New records are written through from the moment the stop begins; callers wait (at most
+        `timeout`) while the writer drains what was queued before, so nothing is left in the
+        queue and each thread's lines stay in order. `restore` gives back what was changed in
+        `logging` (see `StdlibRouting`); without it, stdlib records keep coming here too.
         """
-        if self.stopped:
-            return True
-        self.stopped = True
         wait = self.settings.shutdown_timeout if timeout is None else timeout
         lost_before = self.counters.dropped_write
-        self.sink.deadline = time.monotonic() + wait
-        self.writer.stopping = True
-        QUEUE.wake.set()
-        self.writer.join(wait + 0.5)
-        self.writer.abandoned = True  # a writer stuck past this point takes nothing more
-        if not self.writer.is_alive() and QUEUE.items:
-            # Nothing will take these now (later records are written through): count them.
-            self.counters.dropped_write += len(QUEUE.take(len(QUEUE.items)))
-        drained = (
-            not self.writer.is_alive()
-            and not QUEUE.items
-            and self.counters.dropped_write == lost_before
-        )
+        deadline = time.monotonic() + wait
+        with self._through_lock:  # a stop already in progress is waited for
+            if self.state is not State.RUNNING:
+                if restore:  # stopped by the lifespan drain, now by shutdown(): give it back
+                    self.routing.restore()
+                return True
+            self._enter(State.STOPPING)
+            QUEUE.write_through_mode(self._write_through)
+            self.sink.deadline = deadline
+            writer = self.writer
+            writer.stopping = True
+            QUEUE.wake.set()
+            writer.join(wait + 0.5)
+            if writer.is_alive():
+                writer.abandoned = True  # stuck in a write: it takes nothing more
+                # Its sink is stuck too: what it left is lost, not written through.
+                self.counters.dropped_write += len(QUEUE.take(len(QUEUE.items)))
+            self._write_left_behind()
+            self._enter(State.STOPPED)
+        drained = not writer.is_alive() and self.counters.dropped_write == lost_before
         self._report_losses()
-        if self.settings.capture_stdlib and restore:
-            self._unroute_stdlib()
-        self._write_through()
+        if restore:
+            self.routing.restore()
         return drained
 
     def _report_losses(self) -> None:
@@ -145,73 +216,91 @@ class Pipeline:
         )
         report(line)
 
-    def _write_through(self) -> None:
-        """After the writer stops, records are written on the caller's thread: the process is
-        ending, and the server's last lines (after the lifespan shutdown) must not be lost. A
-        writer that missed the stop deadline takes no more records; the sink keeps its last
-        write and these from interleaving."""
-        lock = threading.Lock()
-        counters, encoder, sink = self.counters, self.encoder, self.sink
+    def _write_through(self, record: Record) -> None:
+        """A stopped pipeline writes each record on the caller's thread: the process is
+        ending, and the server's last lines (after the lifespan shutdown) must not be lost.
+        The sink keeps these and an abandoned writer's last write from interleaving."""
+        if not self._through_lock.acquire(timeout=self.settings.shutdown_timeout + 1.0):
+            # A stop that never ends (a writer blocked on its own log call): lost, counted.
+            self.counters.dropped_write += 1
+            self.counters.errors += 1
+            return
+        try:
+            self._write_left_behind()
+            self._write_one(record)
+        finally:
+            self._through_lock.release()
 
-        def write(record: tuple[Any, ...]) -> None:
-            with lock:
-                data = encoder.encode(record)
-                try:
-                    sink.write(data, deadline=time.monotonic() + _WRITE_THROUGH_WAIT)
-                except SinkError:
-                    counters.dropped_write += 1
-                    counters.errors += 1
-                    return
-                counters.written += 1
-                counters.bytes_written += len(data)
+    def _write_left_behind(self) -> None:
+        """Records a caller appended while the mode changed under it (held by the caller)."""
+        while QUEUE.items:
+            self._write_one(QUEUE.items.popleft())
 
-        QUEUE.start_writing_through(write)
+    def _write_one(self, record: Record) -> None:
+        counters = self.counters
+        try:
+            data = self.encoder.encode(record)
+        except BaseException:  # KeyboardInterrupt on the main thread: the caller's, not ours
+            counters.dropped_write += 1
+            counters.errors += 1
+            raise
+        try:
+            self.sink.write(data, deadline=time.monotonic() + _WRITE_THROUGH_WAIT)
+        except SinkError:
+            counters.dropped_write += 1
+            counters.errors += 1
+            return
+        counters.written += 1
+        counters.bytes_written += len(data)
+
+    def _count_fault(self) -> None:
+        self.counters.errors += 1
+
+    def _revive_writer(self) -> None:
+        """The writer thread ended without being stopped (a bug): say so once, start another."""
+        with self._state_lock:
+            if self.state is not State.RUNNING or self.writer.is_alive():
+                return
+            report(
+                notice_line(
+                    "error",
+                    "writer thread died; a new one was started",
+                    written=self.counters.written,
+                    dropped_write=self.counters.dropped_write,
+                )
+            )
+            self.writer = self._new_writer()
+            self.writer.start()
 
     def close(self) -> None:
-        """Release the sink of a stopped pipeline."""
-        QUEUE.stop_writing_through(self.settings.queue_size)
-        self.sink.close()
+        """Release the sink of a stopped pipeline (a newer one has taken over the queue)."""
+        with self._through_lock:
+            self._enter(State.CLOSED)
+            self.sink.close()
 
     def stats(self) -> dict[str, Any]:
         return _collect(self.counters)
 
     def after_fork_in_child(self, counters: Counters) -> None:
-        """A forked child gets its own empty queue and a fresh writer; nothing is written twice."""
+        """A forked child gets its own empty queue, fresh locks and, if running, a new
+        writer; nothing is written twice. The locks may have been held by a thread that did
+        not come along (the writer inside a write, a caller writing through, a stop)."""
         self.counters = counters
+        self._through_lock = threading.Lock()
+        self._state_lock = threading.Lock()
         self.sink.reset_after_fork()
+        if self.state is not None:
+            self.state = _AFTER_FORK[self.state]
         self.writer = self._new_writer()
-        if not self.stopped:
+        if self.state is State.RUNNING:
             self.writer.start()
+        elif self.state is State.STOPPED:
+            QUEUE.write_through_mode(self._write_through)
 
 
-# The logging module's documented switches for what a LogRecord collects ("Optimization" in the
-# logging HOWTO); `_srcfile = None` turns off findCaller's stack walk.
-_RECORD_OPTIONS = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
-_STDLIB_RECORDS = {name: getattr(logging, name) for name in _RECORD_OPTIONS}
-_LEAN_RECORDS = {
-    "_srcfile": None,
-    "logThreads": False,
-    "logProcesses": False,
-    "logMultiprocessing": False,
-}
-
-
-def capture_logger(name: str) -> None:
-    """Remove a named logger's own handlers so it propagates to asynclog (on the root)."""
-    logger = logging.getLogger(name)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-    logger.propagate = True
-
-
-def _set_record_options(options: dict[str, Any]) -> None:
-    for name, value in options.items():
-        setattr(logging, name, value)
-
-
+# The latest pipeline of this process, running or stopped (a stopped one writes late records
+# through until the next configure()).
 _current: Pipeline | None = None
-# A pipeline stopped by shutdown() keeps writing late records through until the next configure().
-_stopped: Pipeline | None = None
 _WRITE_THROUGH_WAIT = 0.5
 # Counters outlive a pipeline: reconfiguring carries them over, and stats() still reads them after
 # shutdown.
@@ -221,7 +310,8 @@ _lock = threading.RLock()
 
 def current() -> Pipeline | None:
     """The running pipeline, if any."""
-    return _current
+    pipeline = _current
+    return pipeline if pipeline is not None and pipeline.running else None
 
 
 def configure(**settings: Any) -> Pipeline:
@@ -235,34 +325,33 @@ def configure(**settings: Any) -> Pipeline:
 
 
 def start_pipeline(core: Settings) -> Pipeline:
-    global _current, _last_counters, _stopped
+    global _current, _last_counters
     with _lock:
         previous = _current
-        if previous is None:
+        if previous is None or not previous.running:
             # A fresh start after shutdown (or the first one) counts from zero.
             _last_counters = Counters()
             QUEUE.reset_counters()
         pipeline = Pipeline(core, _last_counters)  # opens the sink: fails before changing anything
         if previous is not None:
             previous.stop(restore=False)
-            pipeline._previous_root = previous._previous_root
-        if _stopped is not None:
-            _stopped.close()
-            _stopped = None
+            pipeline.routing = previous.routing  # what to give back stays what it was at first
+        pipeline.start()  # the queue is queued again: records wait for the new writer
         if previous is not None:
             previous.close()
-        pipeline.start()
         _current = pipeline
         return pipeline
 
 
 def get_logger(name: str | None = None) -> Logger:
-    """A native logger. If asynclog was never configured in this process, this configures it
-    from the environment (after `shutdown()`, records are written through instead)."""
-    if _current is None and _stopped is None:
+    """A native logger. If asynclog was never configured in this process, this starts it from
+    the environment for native lines only: the stdlib's configuration is left as it is (only
+    `configure()` and `install()` capture it). After `shutdown()`, records are written through."""
+    if _current is None:
         with _lock:
-            if _current is None and _stopped is None:
-                configure()
+            if _current is None:
+                core, _ = resolve_settings({}, core_only=True)
+                start_pipeline(replace(core, capture_stdlib=False))
     return Logger(name or "root")
 
 
@@ -274,28 +363,27 @@ def flush(timeout: float | None = None) -> bool:
 
 def shutdown(timeout: float | None = None) -> bool:
     """Flush, stop the writer thread and restore the root logger's handlers."""
-    global _current, _stopped
     with _lock:
-        pipeline, _current = _current, None
-        if pipeline is None:
-            return True
-        _stopped = pipeline
-        return pipeline.stop(timeout)
+        pipeline = _current
+        return True if pipeline is None else pipeline.stop(timeout)
 
 
 def reset() -> None:
     """Shut down and forget every pipeline: back to the never-configured state (for tests)."""
-    global _stopped
-    shutdown()
+    global _current
     with _lock:
-        if _stopped is not None:
-            _stopped.close()
-            _stopped = None
+        pipeline = _current
+        if pipeline is not None:
+            pipeline.stop()
+            pipeline.close()
+            defaults = Settings()
+            QUEUE.queued_mode(defaults.queue_size, False, defaults.block_timeout, defaults.level)
+            _current = None
 
 
 def reopen() -> None:
     """Reopen a file sink (after external log rotation) at the writer's next round."""
-    pipeline = _current
+    pipeline = current()
     if pipeline is not None:
         pipeline.writer.reopen_requested = True
         QUEUE.wake.set()
@@ -304,8 +392,7 @@ def reopen() -> None:
 def stats() -> dict[str, Any]:
     """Counters since the process (or forked child) started: emitted == written + dropped after a
     flush."""
-    pipeline = _current
-    return _collect(pipeline.counters if pipeline is not None else _last_counters)
+    return _collect(_last_counters)
 
 
 def _collect(c: Counters) -> dict[str, Any]:
@@ -318,7 +405,7 @@ def _collect(c: Counters) -> dict[str, Any]:
         "dropped_write": c.dropped_write,
         "errors": c.errors,
         "queue_depth": len(QUEUE.items),
-        "queue_size": QUEUE.maxsize,
+        "queue_size": QUEUE.limit,
         "bytes_written": c.bytes_written,
         "notices": c.notices,
     }
@@ -329,10 +416,8 @@ def _after_fork_in_child() -> None:
     _lock = threading.RLock()
     QUEUE.reset_after_fork()
     _last_counters = Counters()
-    # A stopped pipeline still writes late lines through its sink, under the same lock.
-    for pipeline in (_current, _stopped):
-        if pipeline is not None:
-            pipeline.after_fork_in_child(_last_counters)
+    if _current is not None:
+        _current.after_fork_in_child(_last_counters)
 
 
 def _at_exit() -> None:

@@ -7,9 +7,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
-__all__ = ["RecordQueue", "read_count"]
+if TYPE_CHECKING:  # annotations only: the record module's guard (_compat) imports this one
+    from ._record import Record
+
+__all__ = ["QUEUE", "RecordQueue", "read_count"]
 
 
 def read_count(counter: itertools.count[int]) -> int:
@@ -24,10 +27,17 @@ class RecordQueue:
 
     `put` never blocks in drop mode: a full queue drops the new record and counts it. In block mode
     it waits up to `block_timeout` for space, then drops. Only the writer thread takes records out.
+
+    Two modes, switched only by the pipeline's state changes (see `_pipeline.State`): queued, and
+    write-through, where `maxsize` is 0 so that every record, however it was put (the level
+    methods inline `put`), reaches `overflow()` and from there `write_through`. `limit` is the
+    configured bound; `maxsize`, what a put compares with, is also 0 while taps are set
+    (`asynclog.testing.capture_logs`): `overflow()` hands each record to them, then on its way.
     """
 
     def __init__(self, maxsize: int = 20_000, block: bool = False, block_timeout: float = 0.25):
-        self.items: deque[tuple[Any, ...]] = deque()
+        self.items: deque[Record] = deque()
+        self.limit = maxsize
         self.maxsize = maxsize
         self.block = block
         self.block_timeout = block_timeout
@@ -38,38 +48,56 @@ class RecordQueue:
         self.idle = False
         self.wake = threading.Event()
         self.space = threading.Condition(threading.Lock())
-        # Set by a stopped pipeline: records are written on the caller's thread instead.
-        self.write_through: Callable[[tuple[Any, ...]], None] | None = None
+        # In write-through mode: writes a record on the caller's thread.
+        self.write_through: Callable[[Record], None] | None = None
+        # Callables that see every record on the caller's thread before it goes on its way.
+        self.taps: tuple[Callable[[Record], None], ...] = ()
+        # Left by a writer thread that died: the next wake starts a new one instead.
+        self.revive: Callable[[], None] | None = None
 
-    def put(self, record: tuple[Any, ...]) -> None:
+    def put(self, record: Record) -> None:
         """Enqueue one record (the caller's side)."""
         next(self.emitted)
         items = self.items
         if len(items) < self.maxsize:
             items.append(record)
             if self.idle:
-                # Only the first caller wakes the writer: Event.set takes a lock and notifies,
-                # and until the writer gets the GIL every later caller would pay for it again.
-                self.idle = False
-                self.wake.set()
+                self.wake_writer()
         else:
             self.overflow(record)
 
-    def overflow(self, record: tuple[Any, ...]) -> None:
+    def wake_writer(self) -> None:
+        """Wake the idle writer. Only the first caller after it went idle does: Event.set takes
+        a lock and notifies, and until the writer gets the GIL every later caller would pay for
+        it again. A writer that died (it only does through a bug) is replaced here."""
+        self.idle = False
+        revive, self.revive = self.revive, None
+        if revive is not None:
+            revive()
+        else:
+            self.wake.set()
+
+    def overflow(self, record: Record) -> None:
         """The queue was full: drop (counted), or in block mode wait for space first. In
-        write-through mode `maxsize` is 0, so every record, however it was put, comes here."""
+        write-through mode, and while tapped, every record comes here."""
+        for tap in self.taps:
+            tap(record)
         if self.write_through is not None:
             self.write_through(record)
+        elif self.taps and len(self.items) < self.limit:
+            self.items.append(record)
+            if self.idle:
+                self.wake_writer()
         elif self.block:
             self._put_blocking(record)
         else:
             next(self.dropped)
 
-    def _put_blocking(self, record: tuple[Any, ...]) -> None:
+    def _put_blocking(self, record: Record) -> None:
         deadline = time.monotonic() + self.block_timeout
         self.wake.set()
         with self.space:
-            while len(self.items) >= self.maxsize:
+            while len(self.items) >= self.limit:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     next(self.dropped)
@@ -77,7 +105,7 @@ class RecordQueue:
                 self.space.wait(remaining)
             self.items.append(record)
 
-    def take(self, limit: int) -> list[tuple[Any, ...]]:
+    def take(self, limit: int) -> list[Record]:
         """Remove and return up to `limit` records (the writer's side)."""
         items = self.items
         popleft = items.popleft
@@ -87,14 +115,32 @@ class RecordQueue:
                 self.space.notify_all()
         return batch
 
-    def start_writing_through(self, write: Callable[[tuple[Any, ...]], None]) -> None:
-        """From now on every record (already counted as emitted) goes to `write`."""
-        self.write_through = write
-        self.maxsize = 0
-
-    def stop_writing_through(self, maxsize: int) -> None:
+    def queued_mode(self, maxsize: int, block: bool, block_timeout: float, level: int) -> None:
+        """Records wait here for the writer thread."""
+        self.block = block
+        self.block_timeout = block_timeout
+        self.level = level
         self.write_through = None
-        self.maxsize = maxsize
+        self.limit = maxsize
+        self._route()
+
+    def write_through_mode(self, write: Callable[[Record], None]) -> None:
+        """Every record from now on (already counted as emitted) goes to `write`."""
+        self.write_through = write
+        self._route()
+
+    def add_tap(self, tap: Callable[[Record], None]) -> None:
+        """Hand every record put from now on to `tap` too, on the caller's thread, before it
+        goes on its way; whatever the mode, which may change meanwhile. A tap must not raise."""
+        self.taps = (*self.taps, tap)
+        self._route()
+
+    def remove_tap(self, tap: Callable[[Record], None]) -> None:
+        self.taps = tuple(t for t in self.taps if t is not tap)
+        self._route()
+
+    def _route(self) -> None:
+        self.maxsize = 0 if self.write_through is not None or self.taps else self.limit
 
     def reset_counters(self) -> None:
         """Count from zero; records still queued count as emitted."""
@@ -107,10 +153,12 @@ class RecordQueue:
         self.emitted = itertools.count()
         self.dropped = itertools.count()
         self.idle = False
+        self.revive = None
         self.wake = threading.Event()
         self.space = threading.Condition(threading.Lock())
 
 
 # The one queue of this process: loggers and the stdlib handler put into it, the pipeline's writer
-# drains it. `configure()` changes its limits in place, so loggers made earlier keep working.
+# drains it. The pipeline changes its limits and mode in place, so loggers made earlier keep
+# working.
 QUEUE = RecordQueue()

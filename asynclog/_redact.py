@@ -16,6 +16,32 @@ _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _SEPARATORS = str.maketrans({"-": "_", ".": "_", " ": "_"})
 
 
+def _json_rule(
+    keys: frozenset[str], depth: int
+) -> tuple[int | None, tuple[tuple[bytes, ...], ...]] | None:
+    """What `may_mask_json` looks for: (most brackets, the words of each key), (None, ()) when
+    there are no keys, or None when the bytes can never be trusted as they are.
+
+    A name inside the JSON that `is_secret` matches holds every `_`-separated word of the key
+    in its text, case aside: normalizing only lowercases, turns separators into `_` and puts
+    `_` between words, so a word never spans one. The words are then found in the ASCII text
+    as they are, unless they hold what JSON escapes (`"`, `\\`, control characters) or
+    non-ASCII (whose case rules differ): such keys never let bytes through."""
+    if not keys:
+        return None, ()
+    every = {frozenset(word.encode() for word in key.split("_") if word) for key in keys}
+    # A key whose words include all of another's adds nothing: `token` finds `access_token`.
+    words = tuple(
+        tuple(sorted(key))
+        for key in sorted(every, key=sorted)
+        if not any(other < key for other in every)
+    )
+    for key in keys:
+        if not key.isascii() or any(c in key for c in '"\\') or not key.isprintable():
+            return None
+    return depth, words
+
+
 def _normalize(name: str) -> str:
     """`X-Api-Key`, `x.api_key` and `xApiKey` all become `x_api_key`; `JWTToken` `jwt_token`."""
     return _CAMEL_BOUNDARY.sub("_", name).lower().translate(_SEPARATORS)
@@ -34,6 +60,23 @@ class Redactor:
         self._suffixes = tuple("_" + k for k in self.keys)
         self.depth = depth
         self._hits: dict[str, bool] = {}
+        self.json_rule = _json_rule(self.keys, depth)
+
+    def may_mask_json(self, data: bytes) -> bool:
+        """Whether `nested()` could change the JSON value `data` (a value frozen on the
+        caller): False means its bytes can go into the line as they are. Conservative: True
+        for any non-ASCII byte, for more `{`/`[` than `depth`, and wherever every word of some
+        key occurs in the text, in any case. `_speedups` applies `json_rule` the same way."""
+        rule = self.json_rule
+        if rule is None:
+            return True
+        brackets, words = rule
+        if brackets is None:
+            return False  # no keys: nested() changes nothing
+        if not data.isascii() or data.count(b"{") + data.count(b"[") > brackets:
+            return True
+        text = data.lower()
+        return any(all(word in text for word in key) for key in words)
 
     def is_secret(self, key: object) -> bool:
         """Whether a field of this name is masked (cached: field names repeat)."""

@@ -10,10 +10,26 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <structmember.h>
+#include <datetime.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
+
+/* ---- the record ---------------------------------------------------------------------------
+ * The captured tuple's layout, as asynclog/_record.py defines it. The module checks it against
+ * `_record.RECORD_FIELDS` when it loads and refuses to load on a difference, so a stale build
+ * can never read one field as another: the pure-Python path runs instead. */
+
+enum {
+    F_CREATED, F_LEVELNO, F_LOGGER, F_MSG, F_ARGS, F_FIELDS, F_BOUND, F_CONTEXT, F_OTEL,
+    F_EXC_INFO, RECORD_SIZE
+};
+
+static const char *const RECORD_FIELDS[RECORD_SIZE] = {
+    "created", "levelno", "logger", "msg", "args", "fields", "bound", "context", "otel",
+    "exc_info",
+};
 
 /* ---- output buffer ------------------------------------------------------------------------ */
 
@@ -211,13 +227,33 @@ put_int(Buffer *buf, PyObject *number)
     return put(buf, p, end - p) < 0 ? -1 : 1;
 }
 
-/* A float as orjson writes it (shortest round trip; NaN and infinities as null): written by
- * orjson itself, as repr() differs in exponents and CPython's dtoa is ~4x slower. */
+/* What one `encode_into` call works with. */
+typedef struct {
+    PyObject *known;       /* field names needing neither renaming nor masking (a set) */
+    PyObject *level_names; /* levelno -> name (a dict) */
+    PyObject *span_ids;    /* otel context -> (trace_id, span_id) or None */
+    PyObject *dumps;       /* orjson.dumps */
+    PyObject *default_;    /* its default hook */
+    PyObject *options;     /* its options (an int) */
+    PyObject *json_rule;   /* Redactor.json_rule: when a frozen value's bytes go in as they are */
+    PyObject *checked;     /* the last context seen to hold only known names (owned) */
+    Buffer message;        /* the current record's message, as a JSON string */
+} Job;
+
+/* A value as orjson writes it inside a line, written by orjson itself: floats (shortest round
+ * trip; NaN and infinities as null: repr() differs in exponents, and CPython's dtoa is ~4x
+ * slower), datetimes, dates, times, UUIDs and enum members. No default hook: a value orjson
+ * does not write by itself (an enum member whose value it cannot write) is left to the dict
+ * path (0), which calls the hook. */
 static int
-put_float(Buffer *buf, PyObject *number, PyObject *dumps)
+put_dumped(Buffer *buf, PyObject *value, PyObject *dumps)
 {
-    PyObject *data = PyObject_Vectorcall(dumps, &number, 1, NULL);
+    PyObject *data = PyObject_Vectorcall(dumps, &value, 1, NULL);
     if (data == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) { /* orjson.JSONEncodeError */
+            PyErr_Clear();
+            return 0;
+        }
         return -1;
     }
     int result = PyBytes_Check(data)
@@ -227,17 +263,128 @@ put_float(Buffer *buf, PyObject *number, PyObject *dumps)
     return result;
 }
 
-static int
-put_value(Buffer *buf, PyObject *value, PyObject *dumps)
+static inline unsigned char
+ascii_lower(unsigned char c)
 {
-    if (PyUnicode_CheckExact(value)) {
+    return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
+}
+
+/* Whether `word` (lowercase ASCII) occurs in `data`, ASCII case aside. */
+static int
+contains_word(const char *data, Py_ssize_t size, const char *word, Py_ssize_t length)
+{
+    for (Py_ssize_t i = 0; i + length <= size; i++) {
+        Py_ssize_t j = 0;
+        while (j < length && ascii_lower((unsigned char)data[i + j]) == (unsigned char)word[j]) {
+            j++;
+        }
+        if (j == length) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* `Redactor.may_mask_json(data)`, by `Redactor.json_rule`: 1 yes, 0 no, -1 error. */
+static int
+may_mask_json(PyObject *rule, const char *data, Py_ssize_t size)
+{
+    if (rule == Py_None) {
+        return 1;
+    }
+    if (!PyTuple_CheckExact(rule) || PyTuple_GET_SIZE(rule) != 2) {
+        PyErr_SetString(PyExc_TypeError, "json_rule must be None or a pair");
+        return -1;
+    }
+    PyObject *brackets = PyTuple_GET_ITEM(rule, 0), *keys = PyTuple_GET_ITEM(rule, 1);
+    if (brackets == Py_None) {
+        return 0;
+    }
+    Py_ssize_t limit = PyLong_AsSsize_t(brackets), count = 0;
+    if (limit == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < size; i++) {
+        unsigned char c = (unsigned char)data[i];
+        if (c >= 0x80) {
+            return 1;
+        }
+        count += c == '{' || c == '[';
+    }
+    if (count > limit) {
+        return 1;
+    }
+    if (!PyTuple_CheckExact(keys)) {
+        PyErr_SetString(PyExc_TypeError, "json_rule's keys must be a tuple");
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(keys); k++) {
+        PyObject *words = PyTuple_GET_ITEM(keys, k);
+        if (!PyTuple_CheckExact(words)) {
+            PyErr_SetString(PyExc_TypeError, "json_rule's words must be tuples of bytes");
+            return -1;
+        }
+        int all = 1;
+        for (Py_ssize_t w = 0; all && w < PyTuple_GET_SIZE(words); w++) {
+            PyObject *word = PyTuple_GET_ITEM(words, w);
+            if (!PyBytes_CheckExact(word)) {
+                PyErr_SetString(PyExc_TypeError, "json_rule's words must be bytes");
+                return -1;
+            }
+            all = contains_word(data, size, PyBytes_AS_STRING(word), PyBytes_GET_SIZE(word));
+        }
+        if (all) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* ---- frozen values --------------------------------------------------------------------------
+ * `Frozen(data)`: the JSON bytes of a mutable value, taken on the caller (`_snapshot`). */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *data; /* bytes */
+} FrozenObject;
+
+static PyTypeObject FrozenType;
+
+static PyObject *
+new_frozen(PyObject *data)
+{
+    FrozenObject *self = PyObject_New(FrozenObject, &FrozenType);
+    if (self != NULL) {
+        self->data = Py_NewRef(data);
+    }
+    return (PyObject *)self;
+}
+
+/* Its bytes straight into the line when the redactor could not change them (1), else 0: the
+ * dict path decodes and masks it. */
+static int
+put_frozen(Buffer *buf, PyObject *value, Job *job)
+{
+    PyObject *data = ((FrozenObject *)value)->data;
+    int look = may_mask_json(job->json_rule, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
+    if (look != 0) {
+        return look < 0 ? -1 : 0;
+    }
+    return put(buf, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)) < 0 ? -1 : 1;
+}
+
+/* Types imported when the module loads. */
+static PyObject *UUID_TYPE, *ENUM_META, *DECIMAL_TYPE;
+
+static int
+put_value(Buffer *buf, PyObject *value, Job *job)
+{
+    PyTypeObject *type = Py_TYPE(value);
+    if (type == &PyUnicode_Type) {
         return put_str(buf, value);
     }
-    if (PyLong_CheckExact(value)) {
+    if (type == &PyLong_Type) {
         return put_int(buf, value);
-    }
-    if (PyFloat_CheckExact(value)) {
-        return put_float(buf, value, dumps);
     }
     if (value == Py_None) {
         return PUT_LITERAL(buf, "null") < 0 ? -1 : 1;
@@ -248,49 +395,74 @@ put_value(Buffer *buf, PyObject *value, PyObject *dumps)
     if (value == Py_False) {
         return PUT_LITERAL(buf, "false") < 0 ? -1 : 1;
     }
+    if (type == &FrozenType) {
+        return put_frozen(buf, value, job);
+    }
+    if (type == &PyFloat_Type || type == PyDateTimeAPI->DateTimeType
+        || type == PyDateTimeAPI->DateType || type == PyDateTimeAPI->TimeType
+        || (PyObject *)type == UUID_TYPE
+        || PyType_IsSubtype(Py_TYPE(type), (PyTypeObject *)ENUM_META)) {
+        return put_dumped(buf, value, job->dumps);
+    }
+    if ((PyObject *)type == DECIMAL_TYPE) { /* as the default hook writes it: str() */
+        PyObject *text = PyObject_Str(value);
+        if (text == NULL) {
+            return -1;
+        }
+        int done = put_str(buf, text);
+        Py_DECREF(text);
+        return done;
+    }
     return 0;
 }
 
 /* `,"key":value` for each item of `fields`. A key already written by an earlier mapping is
  * skipped when it holds the very same value (the line dict would keep one, in the first
- * place); any other repeat is left to the dict path. */
+ * place); any other repeat is left to the dict path. Keys are exact str (checked by
+ * `all_known`), so looking them up runs no Python code; key and value are held while a value
+ * is written all the same. */
 static int
-put_fields(Buffer *buf, PyObject *fields, PyObject *earlier, PyObject *earliest, PyObject *dumps)
+put_field(Buffer *buf, PyObject *key, PyObject *value, PyObject *earlier, PyObject *earliest,
+          Job *job)
+{
+    PyObject *before[2] = {earlier, earliest};
+    for (int i = 0; i < 2; i++) {
+        if (before[i] == NULL || PyDict_GET_SIZE(before[i]) == 0) {
+            continue;
+        }
+        PyObject *seen = PyDict_GetItemWithError(before[i], key); /* borrowed, compared only */
+        if (seen == NULL && PyErr_Occurred()) {
+            return -1;
+        }
+        if (seen != NULL) {
+            return seen == value ? 1 : 0;
+        }
+    }
+    int done;
+    if (PUT_LITERAL(buf, ",") < 0) {
+        return -1;
+    }
+    if ((done = put_str(buf, key)) != 1) {
+        return done;
+    }
+    if (PUT_LITERAL(buf, ":") < 0) {
+        return -1;
+    }
+    return put_value(buf, value, job);
+}
+
+static int
+put_fields(Buffer *buf, PyObject *fields, PyObject *earlier, PyObject *earliest, Job *job)
 {
     Py_ssize_t pos = 0;
     PyObject *key, *value;
     while (PyDict_Next(fields, &pos, &key, &value)) {
-        PyObject *before[2] = {earlier, earliest};
-        int repeat = 0;
-        for (int i = 0; i < 2 && !repeat; i++) {
-            if (before[i] == NULL || PyDict_GET_SIZE(before[i]) == 0) {
-                continue;
-            }
-            PyObject *seen = PyDict_GetItemWithError(before[i], key);
-            if (seen == NULL && PyErr_Occurred()) {
-                return -1;
-            }
-            if (seen != NULL) {
-                if (seen != value) {
-                    return 0;
-                }
-                repeat = 1;
-            }
-        }
-        if (repeat) {
-            continue;
-        }
-        if (PUT_LITERAL(buf, ",") < 0) {
-            return -1;
-        }
-        int done = put_str(buf, key);
+        Py_INCREF(key);
+        Py_INCREF(value);
+        int done = put_field(buf, key, value, earlier, earliest, job);
+        Py_DECREF(key);
+        Py_DECREF(value);
         if (done != 1) {
-            return done;
-        }
-        if (PUT_LITERAL(buf, ":") < 0) {
-            return -1;
-        }
-        if ((done = put_value(buf, value, dumps)) != 1) {
             return done;
         }
     }
@@ -401,25 +573,21 @@ format_time(double created, char *stamp)
 
 /* ---- lines --------------------------------------------------------------------------------- */
 
-typedef struct {
-    PyObject *known;       /* field names needing neither renaming nor masking (a set) */
-    PyObject *level_names; /* levelno -> name (a dict) */
-    PyObject *span_ids;    /* otel context -> (trace_id, span_id) or None */
-    PyObject *dumps;       /* orjson.dumps */
-    PyObject *default_;    /* its default hook */
-    PyObject *options;     /* its options (an int) */
-    PyObject *checked;     /* the last context seen to hold only known names (owned) */
-} Job;
-
 static PyObject *KEY_TIME, *KEY_LEVEL, *KEY_LOGGER, *KEY_MESSAGE, *KEY_TRACE_ID, *KEY_SPAN_ID;
 
-/* 1 if every key of the dict `mapping` is known, 0 if not, -1 on error. */
+/* 1 if every key of the dict `mapping` is an exact str and known, 0 if not, -1 on error.
+ * `known` holds exact str only (see Encoder._merge_slowly): with exact str keys, hashing and
+ * comparing run no Python code, so nothing can change `mapping` while it is walked. A str
+ * subclass, whose `__hash__` or `__eq__` could, goes to the fallback. */
 static int
 all_known(PyObject *known, PyObject *mapping)
 {
     Py_ssize_t pos = 0;
     PyObject *key, *value;
     while (PyDict_Next(mapping, &pos, &key, &value)) {
+        if (!PyUnicode_CheckExact(key)) {
+            return 0;
+        }
         int found = PySet_Contains(known, key);
         if (found != 1) {
             return found;
@@ -461,28 +629,13 @@ done:
     return data;
 }
 
-/* `msg % args` (`args` NULL: `msg`) as a JSON string. `*message` receives the rendered text
- * when it had to be built, for the dict path to reuse. */
+/* The line written directly: 1 written, 0 left to the dict path (nothing written), -1 error.
+ * What it calls (orjson, for floats, datetimes, UUIDs and enum members) runs none of the
+ * record's own code but an enum member's `value`; keys and values are held all the same. */
 static int
-put_rendered(Buffer *buf, PyObject *msg, PyObject *args, PyObject **message)
-{
-    if (args == NULL) {
-        return put_str(buf, msg);
-    }
-    int done = put_message(buf, msg, args);
-    if (done != 0) {
-        return done;
-    }
-    /* A mismatch raises, and `encode` writes the reason. */
-    *message = PyNumber_Remainder(msg, args);
-    return *message == NULL ? -1 : put_str(buf, *message);
-}
-
-/* The line written directly: 1 written, 0 left to the dict path (nothing written), -1 error. */
-static int
-put_line(Buffer *buf, const char *stamp, PyObject *level, PyObject *logger, PyObject *msg,
-         PyObject *args, PyObject **message, PyObject *ids, PyObject *context, PyObject *bound,
-         PyObject *fields, PyObject *dumps)
+put_line(Buffer *buf, const char *stamp, PyObject *level, PyObject *logger,
+         const Buffer *message, PyObject *ids, PyObject *context, PyObject *bound,
+         PyObject *fields, Job *job)
 {
     Py_ssize_t start = buf->size;
     int done;
@@ -498,16 +651,16 @@ put_line(Buffer *buf, const char *stamp, PyObject *level, PyObject *logger, PyOb
     STEP(PUT_LITERAL(buf, ",\"logger\":") < 0 ? -1 : 1);
     STEP(put_str(buf, logger));
     STEP(PUT_LITERAL(buf, ",\"message\":") < 0 ? -1 : 1);
-    STEP(put_rendered(buf, msg, args, message));
+    STEP(put(buf, message->data, message->size) < 0 ? -1 : 1);
     if (ids != Py_None) {
         STEP(PUT_LITERAL(buf, ",\"trace_id\":") < 0 ? -1 : 1);
         STEP(put_str(buf, PyTuple_GET_ITEM(ids, 0)));
         STEP(PUT_LITERAL(buf, ",\"span_id\":") < 0 ? -1 : 1);
         STEP(put_str(buf, PyTuple_GET_ITEM(ids, 1)));
     }
-    STEP(put_fields(buf, context, NULL, NULL, dumps));
-    STEP(put_fields(buf, bound, context, NULL, dumps));
-    STEP(put_fields(buf, fields, bound, context, dumps));
+    STEP(put_fields(buf, context, NULL, NULL, job));
+    STEP(put_fields(buf, bound, context, NULL, job));
+    STEP(put_fields(buf, fields, bound, context, job));
     STEP(PUT_LITERAL(buf, "}\n") < 0 ? -1 : 1);
 #undef STEP
     return 1;
@@ -516,59 +669,83 @@ stop:
     return done;
 }
 
+/* The message of a record as a JSON string into `job->message`: `msg` as it is without
+ * arguments, `msg % args` with them (`%s` of str and int written straight, anything else
+ * rendered by `%`, whose mismatch raises: `encode` then writes the reason). `*rendered`
+ * receives the text when `%` had to build it. 1 done, 0 not for this path, -1 error. */
+static int
+render_message(Job *job, PyObject *msg, PyObject *args, PyObject **rendered)
+{
+    job->message.size = 0;
+    if (args == NULL) {
+        return put_str(&job->message, msg);
+    }
+    int done = put_message(&job->message, msg, args);
+    if (done != 0) {
+        return done;
+    }
+    *rendered = PyNumber_Remainder(msg, args);
+    return *rendered == NULL ? -1 : put_str(&job->message, *rendered);
+}
+
 /* Write one record's line if the fast path takes it: 1 written, 0 not taken (nothing written,
- * no error), -1 error (nothing written). */
+ * no error), -1 error (nothing written).
+ *
+ * What may run Python code (the truth of `args`, `%` rendering with the arguments' own
+ * `__str__`, the span ids) runs first, and every object the record lends is held by the record
+ * itself, which the caller holds. The name checks and the writing that follow run none, so a
+ * value's code cannot change a mapping between its check and its writing. */
 static int
 encode_record(Job *job, Buffer *buf, PyObject *record)
 {
-    if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != 10) {
+    if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != RECORD_SIZE) {
         return 0;
     }
-    PyObject *created = PyTuple_GET_ITEM(record, 0);
-    PyObject *levelno = PyTuple_GET_ITEM(record, 1);
-    PyObject *logger = PyTuple_GET_ITEM(record, 2);
-    PyObject *msg = PyTuple_GET_ITEM(record, 3);
-    PyObject *args = PyTuple_GET_ITEM(record, 4);
-    PyObject *fields = PyTuple_GET_ITEM(record, 5);
-    PyObject *bound = PyTuple_GET_ITEM(record, 6);
-    PyObject *context = PyTuple_GET_ITEM(record, 7);
-    PyObject *otel = PyTuple_GET_ITEM(record, 8);
-    PyObject *exc_info = PyTuple_GET_ITEM(record, 9);
+    PyObject *created = PyTuple_GET_ITEM(record, F_CREATED);
+    PyObject *levelno = PyTuple_GET_ITEM(record, F_LEVELNO);
+    PyObject *logger = PyTuple_GET_ITEM(record, F_LOGGER);
+    PyObject *msg = PyTuple_GET_ITEM(record, F_MSG);
+    PyObject *args = PyTuple_GET_ITEM(record, F_ARGS);
+    PyObject *fields = PyTuple_GET_ITEM(record, F_FIELDS);
+    PyObject *bound = PyTuple_GET_ITEM(record, F_BOUND);
+    PyObject *context = PyTuple_GET_ITEM(record, F_CONTEXT);
+    PyObject *otel = PyTuple_GET_ITEM(record, F_OTEL);
+    PyObject *exc_info = PyTuple_GET_ITEM(record, F_EXC_INFO);
 
     if (exc_info != Py_None || !PyUnicode_CheckExact(msg) || !PyDict_CheckExact(fields)
         || !PyFloat_CheckExact(created) || !PyLong_CheckExact(levelno)
-        || !PyDict_CheckExact(context) || !PyDict_CheckExact(bound)) {
+        || !PyUnicode_CheckExact(logger) || !PyDict_CheckExact(context)
+        || !PyDict_CheckExact(bound)) {
         return 0;
     }
     char stamp[27];
     if (!format_time(PyFloat_AS_DOUBLE(created), stamp)) {
         return 0;
     }
-    PyObject *level = PyDict_GetItemWithError(job->level_names, levelno); /* borrowed */
+    int result = -1, ok;
+    PyObject *level = NULL, *rendered = NULL, *ids = NULL, *stamp_text = NULL, *data = NULL;
+    /* An exact int key in a dict of int keys: the lookup runs no Python code. */
+    level = PyDict_GetItemWithError(job->level_names, levelno);
     if (level == NULL) {
         return PyErr_Occurred() ? -1 : 0;
     }
-    int ok;
-    if (context != job->checked && (ok = all_known(job->known, context)) != 1) {
-        return ok;
+    Py_INCREF(level);
+    if (!PyUnicode_CheckExact(level)) {
+        result = 0;
+        goto done;
     }
-    if (PyDict_GET_SIZE(bound) && (ok = all_known(job->known, bound)) != 1) {
-        return ok;
-    }
-    if ((ok = all_known(job->known, fields)) != 1) {
-        return ok;
-    }
-    Py_INCREF(context);
-    Py_SETREF(job->checked, context);
 
-    int result = -1;
-    PyObject *message = NULL, *ids = NULL, *stamp_text = NULL, *data = NULL, *given = NULL;
+    /* 1. What may run Python code. */
     int truth = PyObject_IsTrue(args);
     if (truth < 0) {
         goto done;
     }
     /* As in `logging`: empty args leave the message as it is ("100%"). */
-    given = truth ? args : NULL;
+    PyObject *given = truth ? args : NULL;
+    if ((ok = render_message(job, msg, given, &rendered)) != 1) {
+        result = ok;
+        goto done;
+    }
     if ((truth = PyObject_IsTrue(otel)) < 0) {
         goto done;
     }
@@ -576,19 +753,35 @@ encode_record(Job *job, Buffer *buf, PyObject *record)
     if (ids == NULL) {
         goto done;
     }
-    if (ids != Py_None && (!PyTuple_CheckExact(ids) || PyTuple_GET_SIZE(ids) != 2)) {
-        PyErr_SetString(PyExc_TypeError, "span ids are not a pair");
+    if (ids != Py_None
+        && (!PyTuple_CheckExact(ids) || PyTuple_GET_SIZE(ids) != 2
+            || !PyUnicode_CheckExact(PyTuple_GET_ITEM(ids, 0))
+            || !PyUnicode_CheckExact(PyTuple_GET_ITEM(ids, 1)))) {
+        PyErr_SetString(PyExc_TypeError, "span ids are not a pair of str");
         goto done;
     }
-    result = put_line(buf, stamp, level, logger, msg, given, &message, ids, context, bound,
-                      fields, job->dumps);
+
+    /* 2. The checks, then the writing: no Python code from here to `dumps_line`. */
+    if ((context != job->checked && (ok = all_known(job->known, context)) != 1)
+        || (PyDict_GET_SIZE(bound) && (ok = all_known(job->known, bound)) != 1)
+        || (ok = all_known(job->known, fields)) != 1) {
+        result = ok;
+        goto done;
+    }
+    Py_INCREF(context);
+    Py_SETREF(job->checked, context);
+    result = put_line(buf, stamp, level, logger, &job->message, ids, context, bound, fields, job);
     if (result) {
         goto done; /* written, or an error */
     }
+
+    /* 3. A value the direct path does not write: the same line as a dict, through orjson.
+     * The message is rendered here only if `%s` of str and int wrote it above, which runs no
+     * Python code; the dict holds its own references to what the mappings held. */
     result = -1;
-    if (message == NULL) {
-        message = given ? PyNumber_Remainder(msg, given) : Py_NewRef(msg);
-        if (message == NULL) {
+    if (rendered == NULL) {
+        rendered = given ? PyNumber_Remainder(msg, given) : Py_NewRef(msg);
+        if (rendered == NULL) {
             goto done;
         }
     }
@@ -596,12 +789,13 @@ encode_record(Job *job, Buffer *buf, PyObject *record)
     if (stamp_text == NULL) {
         goto done;
     }
-    data = dumps_line(job, stamp_text, level, logger, message, ids, context, bound, fields);
+    data = dumps_line(job, stamp_text, level, logger, rendered, ids, context, bound, fields);
     if (data != NULL && put(buf, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)) == 0) {
         result = 1;
     }
 done:
-    Py_XDECREF(message);
+    Py_XDECREF(level);
+    Py_XDECREF(rendered);
     Py_XDECREF(ids);
     Py_XDECREF(stamp_text);
     Py_XDECREF(data);
@@ -610,7 +804,7 @@ done:
 
 PyDoc_STRVAR(encode_into_doc,
 "encode_into(records, buffer, checked, known, level_names, span_ids, dumps, default, options,\n"
-"            fallback) -> (ends, checked)\n"
+"            json_rule, fallback) -> (ends, checked)\n"
 "\n"
 "Append the lines of `records` to the bytearray `buffer` as Encoder.encode_into does, and\n"
 "return where each ends and the last context found to hold only known names.\n"
@@ -619,36 +813,31 @@ PyDoc_STRVAR(encode_into_doc,
 static PyObject *
 encode_into(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
 {
-    if (argc != 10) {
-        PyErr_SetString(PyExc_TypeError, "encode_into takes 10 arguments");
+    if (argc != 11) {
+        PyErr_SetString(PyExc_TypeError, "encode_into takes 11 arguments");
         return NULL;
     }
-    PyObject *records = argv[0], *target = argv[1], *fallback = argv[9];
-    Job job = {argv[3], argv[4], argv[5], argv[6], argv[7], argv[8], Py_NewRef(argv[2])};
+    PyObject *records = argv[0], *target = argv[1], *fallback = argv[10];
     if (!PyList_CheckExact(records) || !PyByteArray_CheckExact(target)
-        || !PySet_CheckExact(job.known) || !PyDict_CheckExact(job.level_names)) {
+        || !PySet_CheckExact(argv[3]) || !PyDict_CheckExact(argv[4])) {
         PyErr_SetString(PyExc_TypeError,
                         "encode_into: records, buffer, known and level_names must be a list, a "
                         "bytearray, a set and a dict");
-        Py_DECREF(job.checked);
         return NULL;
     }
-    Py_ssize_t count = PyList_GET_SIZE(records);
-    Py_ssize_t offset = PyByteArray_GET_SIZE(target);
+    Job job = {argv[3], argv[4], argv[5], argv[6], argv[7], argv[8], argv[9], Py_NewRef(argv[2]),
+               {NULL, 0, 0}};
     Buffer buf = {NULL, 0, 0};
-    PyObject *result = NULL;
-    PyObject *ends = PyList_New(count);
-    if (ends == NULL) {
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < count; i++) {
+    Py_ssize_t *line_ends = NULL, lines = 0, capacity = 0;
+    PyObject *result = NULL, *ends = NULL;
+    /* The fallback runs Python code, which could change `records`: its size is read anew
+     * each time and each record is held while it is encoded. */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(records); i++) {
         PyObject *record = Py_NewRef(PyList_GET_ITEM(records, i));
         int taken = encode_record(&job, &buf, record);
         if (taken < 0) {
-            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
-                Py_DECREF(record); /* KeyboardInterrupt and the like are not the record's */
-                goto done;
-            }
+            /* Whatever the record's own code raised (KeyboardInterrupt included): the
+             * reference encoder writes it, substituting what it must. */
             PyErr_Clear();
         }
         if (taken != 1) {
@@ -664,7 +853,23 @@ encode_into(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
             }
         }
         Py_DECREF(record);
-        PyObject *end = PyLong_FromSsize_t(offset + buf.size);
+        if (lines == capacity) {
+            capacity = capacity ? capacity * 2 : 64;
+            Py_ssize_t *grown = PyMem_Realloc(line_ends, (size_t)capacity * sizeof(Py_ssize_t));
+            if (grown == NULL) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            line_ends = grown;
+        }
+        line_ends[lines++] = buf.size;
+    }
+    Py_ssize_t offset = PyByteArray_GET_SIZE(target);
+    if ((ends = PyList_New(lines)) == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < lines; i++) {
+        PyObject *end = PyLong_FromSsize_t(offset + line_ends[i]);
         if (end == NULL) {
             goto done;
         }
@@ -679,6 +884,8 @@ encode_into(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
     result = PyTuple_Pack(2, ends, job.checked);
 done:
     PyMem_Free(buf.data);
+    PyMem_Free(job.message.data);
+    PyMem_Free(line_ends);
     Py_XDECREF(ends);
     Py_DECREF(job.checked);
     return result;
@@ -702,14 +909,17 @@ typedef struct {
     PyObject *context_var; /* _context.bound_fields */
     PyObject *otel_var;    /* OpenTelemetry's current-context ContextVar, or None */
     PyObject *otel_get;    /* else the callable that returns that context */
-    PyObject *immutable;   /* _snapshot.IMMUTABLE_TYPES */
-    PyObject *snapshot_fields;
+    PyObject *immutable;   /* _snapshot.IMMUTABLE_TYPES (enum classes are added as met) */
+    PyObject *dumps;       /* orjson.dumps: freezes a mutable value into JSON bytes */
+    PyObject *options;     /* its options for freezing, without numpy imported, and with */
+    PyObject *numpy_options;
+    PyObject *snapshot_value; /* what freezes the values orjson refuses */
     PyObject *snapshot_args;
     vectorcallfunc vectorcall;
 } LevelMethod;
 
-static PyObject *S_LEVEL, *S_EMITTED, *S_ITEMS, *S_MAXSIZE, *S_IDLE, *S_WAKE, *S_SET, *S_APPEND,
-    *S_OVERFLOW, *S_NAME, *S_BOUND;
+static PyObject *S_LEVEL, *S_EMITTED, *S_ITEMS, *S_MAXSIZE, *S_IDLE, *S_WAKE_WRITER, *S_APPEND,
+    *S_OVERFLOW, *S_NAME, *S_BOUND, *S_NUMPY;
 
 /* time.time() */
 static PyObject *
@@ -796,18 +1006,75 @@ put_record(PyObject *queue, PyObject *record)
     if (asleep <= 0) {
         return asleep;
     }
-    /* Only the first caller wakes the writer; see RecordQueue.put. */
-    if (PyObject_SetAttr(queue, S_IDLE, Py_False) < 0) {
-        return -1;
-    }
-    PyObject *wake = PyObject_GetAttr(queue, S_WAKE);
-    if (wake == NULL) {
-        return -1;
-    }
-    done = PyObject_CallMethodNoArgs(wake, S_SET);
-    Py_DECREF(wake);
+    /* Only the first caller wakes the writer (or replaces a dead one); see RecordQueue. */
+    done = PyObject_CallMethodNoArgs(queue, S_WAKE_WRITER);
     Py_XDECREF(done);
     return done == NULL ? -1 : 0;
+}
+
+/* 1 if a call field of this value needs no freezing, 0 if it does, -1 on error: its exact type
+ * is known to be immutable, or it is an enum member (a constant), whose class is then added to
+ * the known ones. */
+static int
+is_immutable(LevelMethod *self, PyObject *value)
+{
+    PyObject *type = (PyObject *)Py_TYPE(value);
+    int found = PySet_Contains(self->immutable, type);
+    if (found != 0) {
+        return found;
+    }
+    if (!PyType_IsSubtype(Py_TYPE(type), (PyTypeObject *)ENUM_META)) {
+        return 0;
+    }
+    return PySet_Add(self->immutable, type) < 0 ? -1 : 1;
+}
+
+/* orjson makes its output in a buffer of 1 KB or more and shrinks it in place: kept alive in
+ * the queue, each such buffer costs the allocator ~2 us (measured here), where a copy of a
+ * small one costs ~0.05 us. Up to this size (pymalloc's limit), frozen bytes are copied. */
+#define SMALL_OBJECT 512
+
+/* `_snapshot.snapshot_value(value)`, its common case in C: a tuple of immutable values as it
+ * is, else the JSON bytes orjson makes of it (no default hook: orjson runs no Python code and
+ * holds the GIL throughout, so no thread can change the value meanwhile) as a Frozen. What
+ * orjson refuses goes to `snapshot_value`. Returns a new reference. */
+static PyObject *
+freeze(LevelMethod *self, PyObject *value)
+{
+    if (PyTuple_CheckExact(value)) {
+        int all = 1;
+        for (Py_ssize_t i = 0; all == 1 && i < PyTuple_GET_SIZE(value); i++) {
+            all = PySet_Contains(self->immutable, (PyObject *)Py_TYPE(PyTuple_GET_ITEM(value, i)));
+        }
+        if (all < 0) {
+            return NULL;
+        }
+        if (all) {
+            return Py_NewRef(value);
+        }
+    }
+    PyObject *numpy = PyDict_GetItemWithError(PyImport_GetModuleDict(), S_NUMPY);
+    if (numpy == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *call[3] = {value, Py_None, numpy != NULL ? self->numpy_options : self->options};
+    PyObject *data = PyObject_Vectorcall(self->dumps, call, 3, NULL);
+    if (data != NULL && PyBytes_CheckExact(data) && PyBytes_GET_SIZE(data) <= SMALL_OBJECT) {
+        Py_SETREF(data, PyBytes_FromStringAndSize(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)));
+    }
+    if (data != NULL) {
+        PyObject *frozen = PyBytes_CheckExact(data) ? new_frozen(data) : NULL;
+        if (frozen == NULL && !PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "dumps did not return bytes");
+        }
+        Py_DECREF(data);
+        return frozen;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_TypeError)) { /* orjson.JSONEncodeError is one */
+        return NULL;
+    }
+    PyErr_Clear();
+    return PyObject_CallOneArg(self->snapshot_value, value);
 }
 
 static PyObject *
@@ -828,34 +1095,19 @@ level_method_call(PyObject *callable, PyObject *const *argv, size_t nargsf, PyOb
     PyObject *name = NULL, *bound = NULL, *context = NULL, *otel = NULL, *record = NULL;
     PyObject *result = NULL;
 
-    if ((emitted = PyObject_GetAttr(self->queue, S_EMITTED)) == NULL
-        || (count = PyIter_Next(emitted)) == NULL) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_RuntimeError, "the emitted counter ran out");
-        }
-        goto done;
-    }
     if ((fields = PyDict_New()) == NULL) {
         goto done;
     }
     Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    int immutable = 1;
     for (Py_ssize_t i = 0; i < nkw; i++) {
-        PyObject *value = argv[nargs + i];
-        if (PyDict_SetItem(fields, PyTuple_GET_ITEM(kwnames, i), value) < 0) {
+        PyObject *value = argv[nargs + i], *frozen = NULL;
+        int immutable = is_immutable(self, value);
+        if (immutable < 0 || (!immutable && (frozen = freeze(self, value)) == NULL)) {
             goto done;
         }
-        if (immutable) {
-            int found = PySet_Contains(self->immutable, (PyObject *)Py_TYPE(value));
-            if (found < 0) {
-                goto done;
-            }
-            immutable = found;
-        }
-    }
-    if (!immutable) {
-        Py_SETREF(fields, PyObject_CallOneArg(self->snapshot_fields, fields));
-        if (fields == NULL) {
+        int failed = PyDict_SetItem(fields, PyTuple_GET_ITEM(kwnames, i), frozen ? frozen : value);
+        Py_XDECREF(frozen);
+        if (failed < 0) {
             goto done;
         }
     }
@@ -879,12 +1131,27 @@ level_method_call(PyObject *callable, PyObject *const *argv, size_t nargsf, PyOb
     if ((created = now()) == NULL || (name = PyObject_GetAttr(logger, S_NAME)) == NULL
         || (bound = PyObject_GetAttr(logger, S_BOUND)) == NULL
         || (context = context_value(self->context_var, NULL)) == NULL
-        || (otel = context_value(self->otel_var, self->otel_get)) == NULL) {
+        || (otel = context_value(self->otel_var, self->otel_get)) == NULL
+        || (record = PyTuple_New(RECORD_SIZE)) == NULL) {
         goto done;
     }
-    record = PyTuple_Pack(10, created, self->levelno, name, msg, args, fields, bound, context,
-                          otel, Py_None);
-    if (record == NULL || put_record(self->queue, record) < 0) {
+    PyObject *items[RECORD_SIZE] = {
+        [F_CREATED] = created, [F_LEVELNO] = self->levelno, [F_LOGGER] = name, [F_MSG] = msg,
+        [F_ARGS] = args, [F_FIELDS] = fields, [F_BOUND] = bound, [F_CONTEXT] = context,
+        [F_OTEL] = otel, [F_EXC_INFO] = Py_None,
+    };
+    for (int i = 0; i < RECORD_SIZE; i++) {
+        PyTuple_SET_ITEM(record, i, Py_NewRef(items[i]));
+    }
+    /* Counted once the record exists: a snapshot that raised above left no phantom. */
+    if ((emitted = PyObject_GetAttr(self->queue, S_EMITTED)) == NULL
+        || (count = PyIter_Next(emitted)) == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "the emitted counter ran out");
+        }
+        goto done;
+    }
+    if (put_record(self->queue, record) < 0) {
         goto done;
     }
     result = Py_NewRef(Py_None);
@@ -906,16 +1173,18 @@ static PyObject *
 level_method_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *names[] = {"level", "name", "queue", "context_var", "otel_var", "otel_get",
-                            "immutable", "snapshot_fields", "snapshot_args", NULL};
+                            "immutable", "dumps", "options", "numpy_options", "snapshot_value",
+                            "snapshot_args", NULL};
     long level;
-    PyObject *name, *queue, *context_var, *otel_var, *otel_get, *immutable, *snapshot_fields,
-        *snapshot_args;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "lUOOOOOOO:LevelMethod", names, &level, &name,
-                                     &queue, &context_var, &otel_var, &otel_get, &immutable,
-                                     &snapshot_fields, &snapshot_args)) {
+    PyObject *name, *queue, *context_var, *otel_var, *otel_get, *immutable, *dumps, *options,
+        *numpy_options, *snapshot_value, *snapshot_args;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "lUOOOOOOOOOO:LevelMethod", names, &level,
+                                     &name, &queue, &context_var, &otel_var, &otel_get,
+                                     &immutable, &dumps, &options, &numpy_options,
+                                     &snapshot_value, &snapshot_args)) {
         return NULL;
     }
-    if (!PyAnySet_Check(immutable)) {
+    if (!PySet_CheckExact(immutable)) {
         PyErr_SetString(PyExc_TypeError, "LevelMethod: immutable must be a set");
         return NULL;
     }
@@ -944,7 +1213,10 @@ level_method_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->otel_var = Py_NewRef(otel_var);
     self->otel_get = Py_NewRef(otel_get);
     self->immutable = Py_NewRef(immutable);
-    self->snapshot_fields = Py_NewRef(snapshot_fields);
+    self->dumps = Py_NewRef(dumps);
+    self->options = Py_NewRef(options);
+    self->numpy_options = Py_NewRef(numpy_options);
+    self->snapshot_value = Py_NewRef(snapshot_value);
     self->snapshot_args = Py_NewRef(snapshot_args);
     return (PyObject *)self;
 }
@@ -957,7 +1229,10 @@ level_method_traverse(LevelMethod *self, visitproc visit, void *arg)
     Py_VISIT(self->otel_var);
     Py_VISIT(self->otel_get);
     Py_VISIT(self->immutable);
-    Py_VISIT(self->snapshot_fields);
+    Py_VISIT(self->dumps);
+    Py_VISIT(self->options);
+    Py_VISIT(self->numpy_options);
+    Py_VISIT(self->snapshot_value);
     Py_VISIT(self->snapshot_args);
     return 0;
 }
@@ -970,7 +1245,10 @@ level_method_clear(LevelMethod *self)
     Py_CLEAR(self->otel_var);
     Py_CLEAR(self->otel_get);
     Py_CLEAR(self->immutable);
-    Py_CLEAR(self->snapshot_fields);
+    Py_CLEAR(self->dumps);
+    Py_CLEAR(self->options);
+    Py_CLEAR(self->numpy_options);
+    Py_CLEAR(self->snapshot_value);
     Py_CLEAR(self->snapshot_args);
     return 0;
 }
@@ -1001,20 +1279,31 @@ level_method_repr(LevelMethod *self)
     return PyUnicode_FromFormat("<asynclog level method %U>", self->name);
 }
 
-static PyMemberDef level_method_members[] = {
-    {"__name__", T_OBJECT, offsetof(LevelMethod, name), READONLY, NULL},
-    {"__qualname__", T_OBJECT, offsetof(LevelMethod, name), READONLY, NULL},
-    {"__doc__", T_OBJECT, offsetof(LevelMethod, doc), READONLY, NULL},
-    {"__vectorcalloffset__", T_PYSSIZET, offsetof(LevelMethod, vectorcall), READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
+static PyObject *
+level_method_name(LevelMethod *self, void *closure)
+{
+    return Py_NewRef(self->name);
+}
+
+static PyObject *
+level_method_doc(LevelMethod *self, void *closure)
+{
+    return Py_NewRef(self->doc);
+}
+
+static PyGetSetDef level_method_getset[] = {
+    {"__name__", (getter)level_method_name, NULL, NULL, NULL},
+    {"__qualname__", (getter)level_method_name, NULL, NULL, NULL},
+    {"__doc__", (getter)level_method_doc, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyTypeObject LevelMethodType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "asynclog._speedups.LevelMethod",
     .tp_doc = PyDoc_STR("LevelMethod(level, name, queue, context_var, otel_var, otel_get, "
-                        "immutable, snapshot_fields, snapshot_args): one level's method of "
-                        "Logger, in C."),
+                        "immutable, dumps, options, numpy_options, snapshot_value, "
+                        "snapshot_args): one level's method of Logger, in C."),
     .tp_basicsize = sizeof(LevelMethod),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL
         | Py_TPFLAGS_METHOD_DESCRIPTOR,
@@ -1026,7 +1315,63 @@ static PyTypeObject LevelMethodType = {
     .tp_vectorcall_offset = offsetof(LevelMethod, vectorcall),
     .tp_descr_get = level_method_get,
     .tp_repr = (reprfunc)level_method_repr,
-    .tp_members = level_method_members,
+    .tp_getset = level_method_getset,
+};
+
+/* ---- the Frozen type ------------------------------------------------------------------------ */
+
+static PyObject *
+frozen_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"data", NULL};
+    PyObject *data;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!:Frozen", names, &PyBytes_Type, &data)) {
+        return NULL;
+    }
+    FrozenObject *self = (FrozenObject *)type->tp_alloc(type, 0);
+    if (self != NULL) {
+        self->data = Py_NewRef(data);
+    }
+    return (PyObject *)self;
+}
+
+static void
+frozen_dealloc(FrozenObject *self)
+{
+    Py_XDECREF(self->data);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+frozen_data(FrozenObject *self, void *closure)
+{
+    return Py_NewRef(self->data);
+}
+
+static PyObject *
+frozen_repr(FrozenObject *self)
+{
+    return PyUnicode_FromFormat("Frozen(%R)", self->data);
+}
+
+static PyGetSetDef frozen_getset[] = {
+    {"data", (getter)frozen_data, NULL, "the value's JSON bytes", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+/* Holds bytes only, which cannot be part of a cycle: not tracked by the garbage collector. */
+static PyTypeObject FrozenType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "asynclog._speedups.Frozen",
+    .tp_doc = PyDoc_STR("Frozen(data): the JSON bytes of a mutable value, taken on the caller; "
+                        "the writer puts them in the line as they are, or decodes and masks "
+                        "them."),
+    .tp_basicsize = sizeof(FrozenObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = frozen_new,
+    .tp_dealloc = (destructor)frozen_dealloc,
+    .tp_repr = (reprfunc)frozen_repr,
+    .tp_getset = frozen_getset,
 };
 
 static PyMethodDef methods[] = {
@@ -1034,46 +1379,130 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* ---- the module ---------------------------------------------------------------------------- */
+
+/* Interned once per process: they are only ever compared and looked up. */
+static int
+intern_strings(void)
+{
+    struct {
+        PyObject **target;
+        const char *text;
+    } strings[] = {
+        {&KEY_TIME, "time"}, {&KEY_LEVEL, "level"}, {&KEY_LOGGER, "logger"},
+        {&KEY_MESSAGE, "message"}, {&KEY_TRACE_ID, "trace_id"}, {&KEY_SPAN_ID, "span_id"},
+        {&S_LEVEL, "level"}, {&S_EMITTED, "emitted"}, {&S_ITEMS, "items"},
+        {&S_MAXSIZE, "maxsize"}, {&S_IDLE, "idle"}, {&S_WAKE_WRITER, "wake_writer"},
+        {&S_APPEND, "append"}, {&S_OVERFLOW, "overflow"}, {&S_NAME, "name"},
+        {&S_BOUND, "_bound"}, {&S_NUMPY, "numpy"},
+    };
+    for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++) {
+        if (*strings[i].target == NULL
+            && (*strings[i].target = PyUnicode_InternFromString(strings[i].text)) == NULL) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The compiled-in layout against asynclog._record's: ImportError on any difference. */
+static int
+check_record_layout(PyObject *mod)
+{
+    PyObject *ours = PyTuple_New(RECORD_SIZE);
+    if (ours == NULL) {
+        return -1;
+    }
+    for (int i = 0; i < RECORD_SIZE; i++) {
+        PyObject *name = PyUnicode_FromString(RECORD_FIELDS[i]);
+        if (name == NULL) {
+            Py_DECREF(ours);
+            return -1;
+        }
+        PyTuple_SET_ITEM(ours, i, name);
+    }
+    if (PyModule_AddObjectRef(mod, "RECORD_FIELDS", ours) < 0) {
+        Py_DECREF(ours);
+        return -1;
+    }
+    PyObject *record = PyImport_ImportModule("asynclog._record");
+    PyObject *theirs = record == NULL ? NULL : PyObject_GetAttrString(record, "RECORD_FIELDS");
+    Py_XDECREF(record);
+    int same = theirs == NULL ? -1 : PyObject_RichCompareBool(ours, theirs, Py_EQ);
+    if (same == 0) {
+        PyErr_Format(PyExc_ImportError,
+                     "asynclog._speedups was built for the record layout %R, but "
+                     "asynclog._record defines %R: rebuild the extension (pip install again)",
+                     ours, theirs);
+    }
+    Py_XDECREF(theirs);
+    Py_DECREF(ours);
+    return same == 1 ? 0 : -1;
+}
+
+/* `module.name`, kept for the life of the process. */
+static int
+import_type(PyObject **target, const char *module, const char *name)
+{
+    if (*target != NULL) {
+        return 0;
+    }
+    PyObject *imported = PyImport_ImportModule(module);
+    if (imported == NULL) {
+        return -1;
+    }
+    *target = PyObject_GetAttrString(imported, name);
+    Py_DECREF(imported);
+    if (*target != NULL && !PyType_Check(*target)) {
+        PyErr_Format(PyExc_ImportError, "%s.%s is not a type", module, name);
+        Py_CLEAR(*target);
+    }
+    return *target == NULL ? -1 : 0;
+}
+
+static int
+speedups_exec(PyObject *mod)
+{
+    PyDateTime_IMPORT;
+    if (PyDateTimeAPI == NULL || intern_strings() < 0
+        || import_type(&UUID_TYPE, "uuid", "UUID") < 0
+        || import_type(&ENUM_META, "enum", "EnumMeta") < 0
+        || import_type(&DECIMAL_TYPE, "decimal", "Decimal") < 0
+        || PyType_Ready(&LevelMethodType) < 0 || PyType_Ready(&FrozenType) < 0
+        || PyModule_AddObjectRef(mod, "LevelMethod", (PyObject *)&LevelMethodType) < 0
+        || PyModule_AddObjectRef(mod, "Frozen", (PyObject *)&FrozenType) < 0) {
+        return -1;
+    }
+    return check_record_layout(mod);
+}
+
+static PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, speedups_exec},
+#ifdef Py_mod_multiple_interpreters
+    /* One static type and process-wide caches: one interpreter only. */
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+#ifdef Py_mod_gil
+    /* The GIL is relied on, as the Python code relies on it: the level methods' check-then-
+     * append on the queue, the time-stamp cache, the encoder's caches. On a free-threaded
+     * build, importing this module turns the GIL back on (with a RuntimeWarning); set
+     * ASYNCLOG_NO_EXTENSIONS=1 there to keep it off and run the pure-Python path. */
+    {Py_mod_gil, Py_MOD_GIL_USED},
+#endif
+    {0, NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    "asynclog._speedups",
-    "The writer's fast path in C (optional: asynclog writes the same bytes without it).",
-    -1,
-    methods,
+    .m_name = "asynclog._speedups",
+    .m_doc = "The writer's fast path in C (optional: asynclog writes the same bytes without it).",
+    .m_size = 0,
+    .m_methods = methods,
+    .m_slots = slots,
 };
 
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    if ((KEY_TIME = PyUnicode_InternFromString("time")) == NULL
-        || (KEY_LEVEL = PyUnicode_InternFromString("level")) == NULL
-        || (KEY_LOGGER = PyUnicode_InternFromString("logger")) == NULL
-        || (KEY_MESSAGE = PyUnicode_InternFromString("message")) == NULL
-        || (KEY_TRACE_ID = PyUnicode_InternFromString("trace_id")) == NULL
-        || (KEY_SPAN_ID = PyUnicode_InternFromString("span_id")) == NULL
-        || (S_LEVEL = PyUnicode_InternFromString("level")) == NULL
-        || (S_EMITTED = PyUnicode_InternFromString("emitted")) == NULL
-        || (S_ITEMS = PyUnicode_InternFromString("items")) == NULL
-        || (S_MAXSIZE = PyUnicode_InternFromString("maxsize")) == NULL
-        || (S_IDLE = PyUnicode_InternFromString("idle")) == NULL
-        || (S_WAKE = PyUnicode_InternFromString("wake")) == NULL
-        || (S_SET = PyUnicode_InternFromString("set")) == NULL
-        || (S_APPEND = PyUnicode_InternFromString("append")) == NULL
-        || (S_OVERFLOW = PyUnicode_InternFromString("overflow")) == NULL
-        || (S_NAME = PyUnicode_InternFromString("name")) == NULL
-        || (S_BOUND = PyUnicode_InternFromString("_bound")) == NULL) {
-        return NULL;
-    }
-    if (PyType_Ready(&LevelMethodType) < 0) {
-        return NULL;
-    }
-    PyObject *mod = PyModule_Create(&module);
-    if (mod == NULL) {
-        return NULL;
-    }
-    if (PyModule_AddObjectRef(mod, "LevelMethod", (PyObject *)&LevelMethodType) < 0) {
-        Py_DECREF(mod);
-        return NULL;
-    }
-    return mod;
+    return PyModuleDef_Init(&module);
 }

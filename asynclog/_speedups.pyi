@@ -1,4 +1,4 @@
-from collections.abc import Callable, Set
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -12,6 +12,7 @@ def encode_into(
     dumps: Callable[..., bytes],
     default: Callable[[Any], Any],
     options: int,
+    json_rule: tuple[int | None, tuple[tuple[bytes, ...], ...]] | None,
     fallback: Callable[[tuple[Any, ...]], bytes],
 ) -> tuple[list[int], Any]: ...
 
@@ -24,9 +25,19 @@ class LevelMethod:
         context_var: ContextVar[Any],
         otel_var: ContextVar[Any] | None,
         otel_get: Callable[[], Any],
-        immutable: Set[type],
-        snapshot_fields: Callable[[dict[str, Any]], dict[str, Any]],
+        immutable: set[type],
+        dumps: Callable[..., bytes],
+        options: int,
+        numpy_options: int,
+        snapshot_value: Callable[[Any], Any],
         snapshot_args: Callable[[Any], Any],
     ) -> None: ...
     def __call__(self, logger: Any, msg: object, /, *args: Any, **fields: Any) -> None: ...
     def __get__(self, obj: Any, owner: Any = None) -> Callable[..., None]: ...
+
+class Frozen:
+    def __init__(self, data: bytes) -> None: ...
+    @property
+    def data(self) -> bytes: ...
+
+RECORD_FIELDS: tuple[str, ...]

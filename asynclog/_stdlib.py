@@ -8,10 +8,10 @@ from typing import Any
 
 from ._context import bound_fields
 from ._queue import QUEUE
-from ._record import current_otel_context
+from ._record import current_otel_context, make_record
 from ._snapshot import snapshot_args, snapshot_fields
 
-__all__ = ["AsyncLogHandler"]
+__all__ = ["AsyncLogHandler", "StdlibRouting"]
 
 _EMPTY: Mapping[str, Any] = {}
 _context_get = bound_fields.get
@@ -47,7 +47,7 @@ class AsyncLogHandler(logging.Handler):
             fields = {**(fields or {}), "stack_info": record.stack_info}
         args = record.args
         QUEUE.put(
-            (
+            make_record(
                 record.created,
                 record.levelno,
                 record.name,
@@ -60,3 +60,88 @@ class AsyncLogHandler(logging.Handler):
                 record.exc_info if record.exc_info and record.exc_info[0] is not None else None,
             )
         )
+
+
+# The logging module's documented switches for what a LogRecord collects ("Optimization" in the
+# logging HOWTO); `_srcfile = None` turns off findCaller's stack walk.
+_LEAN_RECORDS: dict[str, Any] = {
+    "_srcfile": None,
+    "logThreads": False,
+    "logProcesses": False,
+    "logMultiprocessing": False,
+}
+
+
+class StdlibRouting:
+    """What asynclog changed in `logging` to capture the stdlib, kept so that `restore()` gives
+    back exactly that: the root's handlers and level, the record options (`logging._srcfile`
+    and the like), and the handlers, filters and `propagate` of every logger it captured.
+
+    The state of each logger is saved the first time it is changed, so capturing it again (a
+    second `configure()`, gunicorn's worker resetting its loggers) never saves asynclog's own
+    changes as the state to go back to. Changes others make meanwhile are kept.
+    """
+
+    def __init__(self) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
+        # name -> (handlers, propagate) before asynclog's first change
+        self._saved: dict[str | None, tuple[list[logging.Handler], bool]] = {}
+        self._root_level: int | None = None
+        self._added_handlers: list[tuple[logging.Logger, logging.Handler]] = []
+        self._added_filters: list[tuple[logging.Logger, Any]] = []
+        self._options: dict[str, Any] | None = None
+
+    def _save(self, name: str | None) -> logging.Logger:
+        logger = logging.getLogger(name)
+        if name not in self._saved:
+            self._saved[name] = (list(logger.handlers), logger.propagate)
+        return logger
+
+    def route_root(self, handler: logging.Handler, level: int, lean_records: bool) -> None:
+        """Make `handler` the root logger's only handler, at `level`."""
+        root = self._save(None)
+        if self._root_level is None:
+            self._root_level = root.level
+        for old in list(root.handlers):
+            root.removeHandler(old)
+        root.addHandler(handler)
+        self._added_handlers.append((root, handler))
+        root.setLevel(level)
+        if lean_records:
+            if self._options is None:
+                self._options = {name: getattr(logging, name) for name in _LEAN_RECORDS}
+            for name, value in _LEAN_RECORDS.items():
+                setattr(logging, name, value)
+
+    def capture(self, name: str, propagate: bool = True) -> None:
+        """Remove a named logger's own handlers; with `propagate` it reaches the root."""
+        logger = self._save(name)
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        logger.propagate = propagate
+
+    def add_filter(self, name: str, filter_: Any) -> None:
+        logger = self._save(name)
+        if filter_ not in logger.filters:
+            logger.addFilter(filter_)
+            self._added_filters.append((logger, filter_))
+
+    def restore(self) -> None:
+        """Give back everything changed; a second call does nothing."""
+        for logger, handler in self._added_handlers:
+            logger.removeHandler(handler)
+        for logger, filter_ in self._added_filters:
+            logger.removeFilter(filter_)
+        for name, (handlers, propagate) in self._saved.items():
+            logger = logging.getLogger(name)
+            added_since = [h for h in logger.handlers if h not in handlers]
+            logger.handlers[:] = [*handlers, *added_since]
+            logger.propagate = propagate
+        if self._root_level is not None:
+            logging.getLogger().setLevel(self._root_level)
+        if self._options is not None:
+            for name, value in self._options.items():
+                setattr(logging, name, value)
+        self._clear()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+import importlib
+import inspect
 import os
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
@@ -12,7 +15,9 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider, sampling
 from opentelemetry.sdk.trace.sampling import Sampler, SamplingResult
 
+from ._compat import degraded
 from ._queue import QUEUE
+from ._record import make_record
 from ._redact import Redactor
 
 if TYPE_CHECKING:
@@ -83,7 +88,7 @@ class LogSpanProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         end = span.end_time or 0
         QUEUE.put(
-            (
+            make_record(
                 end / 1e9,
                 20,
                 "asynclog.span",
@@ -154,11 +159,36 @@ class _SwitchableSampler(Sampler):
         return f"asynclog({self.inner.get_description()})"
 
 
+def _ratio_from_env() -> float:
+    try:
+        return float(os.environ.get("OTEL_TRACES_SAMPLER_ARG", ""))
+    except ValueError:
+        return 1.0  # as the SDK does with a missing or bad argument
+
+
+# The values of OTEL_TRACES_SAMPLER the SDK knows, built from its public sampler classes.
+_ENV_SAMPLERS: dict[str, Callable[[], Sampler]] = {
+    "always_on": lambda: sampling.ALWAYS_ON,
+    "always_off": lambda: sampling.ALWAYS_OFF,
+    "parentbased_always_on": lambda: sampling.ParentBased(sampling.ALWAYS_ON),
+    "parentbased_always_off": lambda: sampling.ParentBased(sampling.ALWAYS_OFF),
+    "traceidratio": lambda: sampling.TraceIdRatioBased(_ratio_from_env()),
+    "parentbased_traceidratio": lambda: sampling.ParentBasedTraceIdRatio(_ratio_from_env()),
+}
+
+
+def _sampler_from_env(name: str) -> Sampler:
+    """OTEL_TRACES_SAMPLER as the SDK reads it (an unknown name means parentbased_always_on)."""
+    make = _ENV_SAMPLERS.get(name.strip().lower(), _ENV_SAMPLERS["parentbased_always_on"])
+    return make()
+
+
 def _sampler(settings: AppSettings) -> Sampler:
     if settings.trace_ratio is not None:
         return sampling.ParentBased(sampling.TraceIdRatioBased(settings.trace_ratio))
-    if os.environ.get("OTEL_TRACES_SAMPLER"):
-        return sampling._get_from_env_or_default()
+    from_env = os.environ.get("OTEL_TRACES_SAMPLER")
+    if from_env:
+        return _sampler_from_env(from_env)
     if settings.spans == "none":
         # Nothing is exported, so record nothing: ids are still generated (and logged) for
         # every request, and an upstream's sampled flag is still honoured.
@@ -183,12 +213,32 @@ def _exporting_processor(spans: str) -> Any:
 
 
 _ours: tuple[TracerProvider, _SwitchableProcessor, _SwitchableSampler] | None = None
+# Apps asynclog gave to FastAPIInstrumentor: instrumented once, whatever install() does again.
+_instrumented: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _has_native_telemetry(app: Any) -> bool:
+    """Whether this FastAPI has built-in telemetry (its public `telemetry=` argument)."""
+    try:
+        return "telemetry" in inspect.signature(type(app).__init__).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _native_config(app: Any) -> dict[str, Any] | None:
-    """FastAPI's own telemetry settings (FastAPI >= 0.16x), None on versions without it."""
+    """FastAPI's own telemetry settings (`app._telemetry`, FastAPI >= 0.16x; private), None on
+    versions without it. Set only through `FastAPI(telemetry=...)` publicly."""
     config = getattr(app, "_telemetry", None)
-    return config if isinstance(config, dict) and "operation_spans" in config else None
+    if isinstance(config, dict) and "operation_spans" in config:
+        return config
+    if _has_native_telemetry(app):
+        degraded(
+            "fastapi: FastAPI._telemetry",
+            "FastAPI's built-in telemetry is left as the app configured it (a second server "
+            "span if it traces; FastAPI(telemetry={'tracing': False}) avoids it); "
+            "tracing_backend='native' falls back to 'asynclog'",
+        )
+    return None
 
 
 def setup_tracing(app: Any, settings: AppSettings) -> tuple[trace.Tracer | None, bool]:
@@ -208,6 +258,8 @@ def setup_tracing(app: Any, settings: AppSettings) -> tuple[trace.Tracer | None,
         return None, False
     provider = _provider(settings)
     backend = settings.tracing_backend
+    if backend == "native" and native is None and _has_native_telemetry(app):
+        backend = "asynclog"  # FastAPI has it, but its settings moved: said by _native_config
     if backend == "native":
         if native is None:
             raise ValueError(
@@ -219,28 +271,44 @@ def setup_tracing(app: Any, settings: AppSettings) -> tuple[trace.Tracer | None,
         )
         return None, False
     if backend == "instrumentor":
-        if not getattr(app, "_is_instrumented_by_opentelemetry", False):
+        if app not in _instrumented:
             from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
             FastAPIInstrumentor.instrument_app(
                 app, tracer_provider=provider, exclude_spans=["send", "receive"]
             )
+            _instrumented.add(app)
         return None, False
     ours = _ours is not None and provider is _ours[0]
     return provider.get_tracer("asynclog"), ours and settings.spans == "none"
 
 
-# The OpenTelemetry API's stand-ins for a provider nobody has set (the same test FastAPI makes).
-_UNSET_PROVIDERS = frozenset(
-    {
-        ("opentelemetry.metrics._internal", "_ProxyMeterProvider"),
-        ("opentelemetry._logs._internal", "ProxyLoggerProvider"),
-    }
+# The OpenTelemetry API's stand-ins for a provider nobody has set (private classes; the same
+# test FastAPI makes): the API has no public "is a provider set" query.
+_UNSET_PROVIDERS = (
+    ("opentelemetry.metrics._internal", "_ProxyMeterProvider"),
+    ("opentelemetry._logs._internal", "ProxyLoggerProvider"),
 )
 
 
-def _unset(provider: object) -> bool:
-    return (type(provider).__module__, type(provider).__name__) in _UNSET_PROVIDERS
+_KEEPS_LOOKING = (
+    "FastAPI's built-in telemetry keeps looking for meter and logger providers on every "
+    "request (~10 us each)"
+)
+
+
+def _unset_provider_types() -> tuple[type, ...] | None:
+    found = []
+    for module, name in _UNSET_PROVIDERS:
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            cls = None
+        if not isinstance(cls, type):
+            degraded(f"opentelemetry: {module}.{name}", _KEEPS_LOOKING)
+            return None
+        found.append(cls)
+    return tuple(found)
 
 
 def skip_unused_native_telemetry(app: Any) -> None:
@@ -250,11 +318,21 @@ def skip_unused_native_telemetry(app: Any) -> None:
     native = _native_config(app)
     if native is None:
         return
-    from opentelemetry import _logs, metrics
+    unset = _unset_provider_types()
+    if unset is None:
+        return
+    from opentelemetry import metrics
 
-    if native.get("meter_provider") is None and _unset(metrics.get_meter_provider()):
+    try:  # the logs API is still a private module of OpenTelemetry
+        from opentelemetry import _logs
+
+        logger_provider = _logs.get_logger_provider()
+    except (ImportError, AttributeError):
+        degraded("opentelemetry: _logs.get_logger_provider", _KEEPS_LOOKING)
+        return
+    if native.get("meter_provider") is None and isinstance(metrics.get_meter_provider(), unset):
         native["metrics"] = False
-    if native.get("logger_provider") is None and _unset(_logs.get_logger_provider()):
+    if native.get("logger_provider") is None and isinstance(logger_provider, unset):
         native["logs"] = False
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import bisect
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from ._encoder import Encoder, notice_line
+from ._encoder import Encoder, describe_exception, notice_line
 from ._queue import RecordQueue, read_count
+from ._record import Record
 from ._sinks import FdSink, SinkError, report
 
 __all__ = ["Counters", "Writer"]
@@ -28,7 +29,6 @@ class Counters:
     dropped_write: int = 0
     errors: int = 0
     notices: int = 0
-    substituted: int = 0
 
 
 class Writer(threading.Thread):
@@ -43,6 +43,7 @@ class Writer(threading.Thread):
         counters: Counters,
         batch_size: int,
         flush_interval: float,
+        on_death: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(name="asynclog-writer", daemon=True)
         self.queue = queue
@@ -57,6 +58,11 @@ class Writer(threading.Thread):
         self.abandoned = False
         self.urgent = False
         self.reopen_requested = False
+        self.on_death = on_death
+        # True once the loop ended as asked; a thread that ends otherwise has died.
+        self.finished = False
+        # Records taken from the queue and not yet counted as written or dropped.
+        self._in_hand = 0
         self.reported_drops = read_count(queue.dropped)
         self._last_drop_notice = 0.0
         self._last_error_report = 0.0
@@ -65,6 +71,35 @@ class Writer(threading.Thread):
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> None:
+        """The loop, supervised. Records' own faults are substituted by the encoder; a fault
+        of the loop itself (a bug) costs the records in hand, counted as dropped, is reported
+        on stderr, and the loop goes on. Should the thread end anyway, the next caller that
+        wakes it, or the next flush, starts a new one (`on_death`)."""
+        try:
+            while not self._loop_once_supervised():
+                pass
+        finally:
+            if not self.finished:
+                # Before `idle`: a caller that sees the writer idle must find the reviver.
+                self.queue.revive = self.on_death
+                self.queue.idle = True
+
+    def _loop_once_supervised(self) -> bool:
+        """Run the loop; True when it ended as asked (stop or abandon), False after a fault."""
+        try:
+            self._loop()
+        except BaseException as exc:
+            self.counters.dropped_write += self._in_hand
+            self._in_hand = 0
+            self.counters.errors += 1
+            self._report_error(exc, "writer loop failed; it goes on")
+            # A fault that repeats must not spin: wait as a batch would.
+            self.queue.wake.wait(self.flush_interval)
+            return False
+        self.finished = True
+        return True
+
+    def _loop(self) -> None:
         queue = self.queue
         wake = queue.wake
         busy = False  # the last turn wrote records
@@ -83,17 +118,18 @@ class Writer(threading.Thread):
             busy = bool(queue.items)
             while queue.items and not self.abandoned:
                 batch = queue.take(self.batch_size)
+                self._in_hand = len(batch)
                 self._notify_drops(urgent)  # the notice goes before the records after the loss
                 self._write_batch(batch)
             self._notify_drops(urgent)
             with self.progress:
                 self.progress.notify_all()
             if self.abandoned:
-                break
+                return
             if queue.items or self.urgent:
                 continue
             if self.stopping:
-                break
+                return
             if busy:
                 continue
             queue.idle = True
@@ -109,8 +145,7 @@ class Writer(threading.Thread):
 
     # --- writing ----------------------------------------------------------------------------
 
-    def _write_batch(self, batch: list[tuple[Any, ...]]) -> None:
-        encode_into = self.encoder.encode_into
+    def _write_batch(self, batch: list[Record]) -> None:
         size = self.encoder.slice_size
         for start in range(0, len(batch), size):
             if start:
@@ -121,11 +156,28 @@ class Writer(threading.Thread):
             if deadline is not None and time.monotonic() > deadline:
                 # Shutting down and out of time: count the rest as lost without encoding it.
                 self.counters.dropped_write += len(batch) - start
+                self._in_hand = 0
                 return
             # One write per slice (~30-150 KB of whole lines).
-            data = bytearray()
-            ends = encode_into(batch[start : start + size], data)
+            records = batch[start : start + size]
+            data, ends = self._encode(records)
             self._write_lines(data, ends)
+            self._in_hand -= len(ends)
+
+    def _encode(self, records: list[Record]) -> tuple[bytearray, list[int]]:
+        data = bytearray()
+        try:
+            return data, self.encoder.encode_into(records, data)
+        except BaseException:
+            # The batch encoder itself failed (it never should): one record at a time, through
+            # the reference encoder, which substitutes whatever a record throws.
+            data = bytearray()
+            ends = []
+            encode = self.encoder.encode
+            for record in records:
+                data += encode(record)
+                ends.append(len(data))
+            return data, ends
 
     def _write_lines(self, data: bytes | bytearray, ends: list[int]) -> None:
         """Write whole lines; `ends` says where each line of `data` ends."""
@@ -180,7 +232,7 @@ class Writer(threading.Thread):
         )
         self._write_lines(notice, [len(notice)])
 
-    def _report_error(self, exc: BaseException) -> None:
+    def _report_error(self, exc: BaseException, message: str = "write to sink failed") -> None:
         """Write errors go to stderr (not the failing sink), at most once a second."""
         self._unreported_errors += 1
         now = time.monotonic()
@@ -189,9 +241,9 @@ class Writer(threading.Thread):
         self._last_error_report = now
         line = notice_line(
             "error",
-            "write to sink failed",
+            message,
             sink=self.sink.target,
-            error=f"{type(exc).__name__}: {exc}",
+            error=describe_exception(exc),
             errors=self._unreported_errors,
             dropped_total=self.counters.dropped_write,
         )

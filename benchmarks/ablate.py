@@ -7,7 +7,10 @@ A variant is a mode of ``e2e.MODES`` with, after a colon, extra environment for 
 record at the queue, so the writer has nothing to do). ``BENCH_ASYNCLOG_APP=bench`` serves the
 asynclog modes from ``benchmarks/apps.py``, whose knobs take a request apart further:
 ``BENCH_LINES`` (route lines, 2 or 0), ``BENCH_ACCESS`` (1 or 0: the access line) and
-``BENCH_SETTINGS`` (install() settings: ``flush_interval=0.02;watchdog=False``). Every
+``BENCH_SETTINGS`` (install() settings: ``flush_interval=0.02;watchdog=False``).
+``BENCH_TREE=/path/to/checkout`` serves a variant from another checkout of the project (with
+its C extension built in place: ``python setup.py build_ext --inplace``), for a before/after
+comparison in one run. Every
 server boots first; then each round loads them in a shuffled order (fixed seed), so neither
 drift on the machine nor a server's place or neighbour in the round favours one variant.
 Printed per variant: median requests/s and its ratio to the first variant, median p99, and

@@ -303,11 +303,14 @@ class Server:
 
     def boot(self) -> None:
         """Start gunicorn and wait until the route answers; raises RuntimeError if not."""
-        env = {**os.environ, "PYTHONPATH": str(REPO), **self.target.env}
+        # BENCH_TREE serves the app from another checkout (its extension built in place), so
+        # `benchmarks.ablate` can run before and after a change side by side.
+        tree = self.target.env.get("BENCH_TREE", str(REPO))
+        env = {**os.environ, "PYTHONPATH": tree, **self.target.env}
         stdout: IO[bytes] | int | None = self.reader.stdin if self.reader else subprocess.DEVNULL
         with self.server_log.open("wb") as stderr:
             self.proc = subprocess.Popen(
-                self.cmd, env=env, cwd=REPO, stdout=stdout, stderr=stderr
+                self.cmd, env=env, cwd=tree, stdout=stdout, stderr=stderr
             )  # fmt: skip
         try:
             _wait_ready(self.proc, self.port, self.profile.boot_timeout)

@@ -15,25 +15,36 @@ from typing import Any
 import pytest
 
 import asynclog
-from asynclog import _accel, _encoder, _pipeline
+from asynclog import _accel, _compat, _encoder, _pipeline
 from asynclog._logger import Logger, _python_level_method
 
 ROOT = Path(__file__).resolve().parent.parent
 _FIGURES: list[tuple[str, dict[str, Any]]] = []
 
 
+# Loggers that tests (or install()) change: each test gets them back as they were.
+_KEPT_LOGGERS = (None, "uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.error",
+                 "gunicorn.access", "lib.noisy")  # fmt: skip
+_RECORD_OPTIONS = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
+
+
 @pytest.fixture(autouse=True)
 def _reset_asynclog() -> Iterator[None]:
     asynclog.clear_contextvars()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+    loggers = [logging.getLogger(name) for name in _KEPT_LOGGERS]
+    kept = [(list(x.handlers), list(x.filters), x.propagate, x.level) for x in loggers]
+    options = {name: getattr(logging, name) for name in _RECORD_OPTIONS}
     yield
     _pipeline.reset()
+    _compat._said.clear()
     asynclog.clear_contextvars()
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.error"):
-        logging.getLogger(name).propagate = True
+    for logger, (handlers, filters, propagate, level) in zip(loggers, kept, strict=True):
+        logger.handlers[:] = handlers
+        logger.filters[:] = filters
+        logger.propagate = propagate
+        logger.setLevel(level)
+    for name, value in options.items():
+        setattr(logging, name, value)
 
 
 @pytest.fixture(name="implementation", params=["c", "python"])

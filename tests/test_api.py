@@ -26,3 +26,9 @@ def test_all_is_the_documented_api() -> None:
 def test_every_name_exists() -> None:
     for name in asynclog.__all__:
         assert getattr(asynclog, name) is not None
+
+
+def test_the_testing_module_holds_capture_logs() -> None:
+    import asynclog.testing
+
+    assert asynclog.testing.__all__ == ["capture_logs"]

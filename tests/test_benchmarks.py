@@ -18,6 +18,8 @@ from benchmarks.e2e import CASES
 from benchmarks.peers import PEERS
 from benchmarks.records import MESSAGE, check_json_lines, check_records, fields
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -83,7 +84,7 @@ def _client(log_path: Path, request: pytest.FixtureRequest) -> Iterator[TestClie
     """The same checks for every tracing backend: asynclog's own server span, FastAPI's
     built-in telemetry and the contrib FastAPIInstrumentor."""
     app = make_app(log_path, tracing_backend=request.param)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app) as client:  # the default: server exceptions are raised into the test
         yield client
 
 
@@ -116,7 +117,7 @@ def test_one_access_line_with_semantic_convention_fields(
 
 def test_methods_outside_the_known_set_are_logged_as_other(log_path: Path) -> None:
     app = make_app(log_path, http_known_methods={"GET", "PURGE"})
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app) as client:
         for method in ("GET", "PURGE", "POST", "X-" + "A" * 40):
             client.request(method, "/items/7")
     methods = [
@@ -136,7 +137,8 @@ def test_methods_outside_the_known_set_are_logged_as_other(log_path: Path) -> No
 def test_level_follows_status(client: TestClient, log_path: Path) -> None:
     client.get("/items/1")
     client.get("/missing")
-    client.get("/boom")
+    with pytest.raises(RuntimeError, match="boom"):
+        client.get("/boom")
     levels = {
         line["http.response.status_code"]: line["level"]
         for line in lines_of(log_path, "asynclog.access")
@@ -146,9 +148,11 @@ def test_level_follows_status(client: TestClient, log_path: Path) -> None:
 
 def test_level_setting_applies_to_access_lines(log_path: Path) -> None:
     app = make_app(log_path, level="WARNING")
-    with TestClient(app, raise_server_exceptions=False) as client:
-        for path in ("/items/1", "/missing", "/boom"):
+    with TestClient(app) as client:
+        for path in ("/items/1", "/missing"):
             client.get(path)
+        with pytest.raises(RuntimeError):
+            client.get("/boom")
     statuses = [line["http.response.status_code"] for line in lines_of(log_path, "asynclog.access")]
     assert statuses == [404, 500]
 
@@ -203,22 +207,32 @@ def test_background_task_lines_share_the_trace(client: TestClient, log_path: Pat
     assert task_line["request_id"] == access["request_id"]
 
 
-def test_unhandled_exception_logged_once_and_client_gets_500(
+def test_unhandled_exception_is_raised_logged_once_and_the_client_gets_500(
     client: TestClient, log_path: Path
 ) -> None:
-    response = client.get("/boom")
-    assert response.status_code == 500
-    assert response.text == "Internal Server Error"
+    with pytest.raises(RuntimeError, match="boom"):
+        client.get("/boom")  # as without asynclog: TestClient raises the route's exception
     lines = lines_of(log_path)
     errors = [line for line in lines if "exception" in line]
     assert len(errors) == 1
     [error] = errors
+    assert error["logger"] == "asynclog.error"
     assert error["exception"]["type"] == "RuntimeError"
+    assert error["exception"]["message"] == "boom"
+    assert "in boom" in error["exception"]["stacktrace"]
     assert error["http.route"] == "/boom"
     [access] = [line for line in lines if line["logger"] == "asynclog.access"]
+    assert len(error["trace_id"]) == 32
     assert error["trace_id"] == access["trace_id"]
-    assert error["request_id"] == access["request_id"] == response.headers["x-request-id"]
+    assert error["request_id"] == access["request_id"]
     assert access["http.response.status_code"] == 500
+
+    quiet = TestClient(client.app, raise_server_exceptions=False)
+    response = quiet.get("/boom")
+    assert (response.status_code, response.text) == (500, "Internal Server Error")
+    assert (
+        response.headers["x-request-id"] == lines_of(log_path, "asynclog.access")[-1]["request_id"]
+    )
 
 
 @pytest.mark.parametrize("backend", ["asynclog", "native", "instrumentor"])
@@ -248,10 +262,13 @@ def test_apps_own_exception_handlers_log_with_trace_ids(log_path: Path, backend:
         raise ValueError("crash")
 
     asynclog.install(app, sink=str(log_path), tracing_backend=backend, **QUIET)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app) as client:
         assert client.get("/teapot").status_code == 418
-        crash = client.get("/crash")
+        with pytest.raises(ValueError, match="crash"):
+            client.get("/crash")
+        crash = TestClient(app, raise_server_exceptions=False).get("/crash")
     assert (crash.status_code, crash.text) == (500, "custom")
+    assert crash.headers["x-request-id"]
     lines = lines_of(log_path)
     access = {line["url.path"]: line for line in lines if line["logger"] == "asynclog.access"}
     handled = {line["message"]: line for line in lines if line["logger"] == "handler"}
@@ -303,12 +320,13 @@ def test_client_disconnect_gives_exactly_one_line(log_path: Path) -> None:
 
 def test_excluded_paths_and_sampling(log_path: Path) -> None:
     app = make_app(log_path, exclude_paths={"/health"}, sample_rate=0.0, slow_threshold_ms=30)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app) as client:
         client.get("/health")
         for n in range(5):
             client.get(f"/items/{n}")  # sampled away
         client.get("/missing")  # errors are always kept
-        client.get("/boom")
+        with pytest.raises(RuntimeError):
+            client.get("/boom")
         client.get("/slow")  # slower than the threshold: kept
     paths = [line["url.path"] for line in lines_of(log_path, "asynclog.access")]
     assert paths == ["/missing", "/boom", "/slow"]
@@ -495,6 +513,34 @@ def test_watchdog_runs_with_the_app(log_path: Path) -> None:
     assert warning["blocked_ms"] >= 250
 
 
+def test_the_collection_before_the_startup_freeze_is_not_reported_as_a_blocked_loop(
+    log_path: Path,
+) -> None:
+    # install()'s gc.collect() before gc.freeze() visits every object the worker holds: with a
+    # big heap it outlasts the threshold. It is asynclog's own work at boot, not the app's stall.
+    heap = [[n] for n in range(2_000_000)]
+    started = time.perf_counter()
+    gc.collect()
+    collect_ms = (time.perf_counter() - started) * 1000
+    app = FastAPI()
+
+    @app.get("/")
+    async def root() -> dict[str, bool]:
+        return {"ok": True}
+
+    asynclog.install(
+        app,
+        sink=str(log_path),
+        format="json",
+        startup_checks=False,
+        watchdog_threshold_ms=min(100.0, collect_ms / 2),
+    )
+    with TestClient(app) as client:
+        assert client.get("/").status_code == 200
+    del heap
+    assert lines_of(log_path, "asynclog.watchdog") == []
+
+
 def test_middleware_added_after_install_still_runs_inside_the_request(log_path: Path) -> None:
     app = make_app(log_path)
     seen: dict[str, Any] = {}
@@ -540,3 +586,107 @@ def test_ids_only_when_nothing_is_exported(log_path: Path, monkeypatch: pytest.M
     assert first["trace_id"] == trace_id
     assert len(second["trace_id"]) == 32 and second["trace_id"] != trace_id
     assert first["span_id"] != "00f067aa0ba902b7"
+
+
+# What sits outside the app (a test client, an error tracker, an outer ASGI middleware) sees an
+# unhandled exception exactly as it would without asynclog. tests/_sentry_app.py is the app.
+
+_THROUGH_TESTCLIENT = """
+    import json
+    from fastapi.testclient import TestClient
+    from tests._sentry_app import app
+
+    seen = {"exceptions": [], "status": None, "headers": {}, "body": ""}
+
+    class Outer:
+        # An ASGI middleware around the whole app: what a server (or Sentry's) sees.
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            async def watch(message):
+                if message["type"] == "http.response.start":
+                    seen["status"] = message["status"]
+                    seen["headers"] = {k.decode(): v.decode() for k, v in message["headers"]}
+                elif message["type"] == "http.response.body":
+                    seen["body"] += message.get("body", b"").decode()
+                await send(message)
+
+            try:
+                await self.app(scope, receive, watch)
+            except Exception as exc:
+                seen["exceptions"].append(repr(exc))
+                raise
+
+    seen["raised"] = None
+    with TestClient(Outer(app)) as client:  # raise_server_exceptions=True: the default
+        try:
+            client.get("/fail")
+        except RuntimeError as exc:
+            seen["raised"] = repr(exc)
+    print(json.dumps(seen))
+"""
+
+
+def _fail_once(tmp_path: Path, variant: str, custom_500: bool) -> dict[str, Any]:
+    events = tmp_path / f"{variant}.events"
+    env = {
+        "SENTRY_EVENTS": str(events),
+        "WITH_ASYNCLOG": "1" if variant == "asynclog" else "0",
+        "CUSTOM_500": "1" if custom_500 else "0",
+        "ASYNCLOG_SINK": str(tmp_path / f"{variant}.log"),
+        "ASYNCLOG_FORMAT": "json",
+    }
+    result = run_python(_THROUGH_TESTCLIENT, env=env)
+    assert result.returncode == 0, result.stderr
+    seen: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
+    lines = events.read_text().splitlines() if events.exists() else []
+    seen["events"] = [json.loads(line) for line in lines]
+    return seen
+
+
+@pytest.mark.parametrize("custom_500", [False, True], ids=["plain-500", "custom-500"])
+def test_an_unhandled_exception_reaches_sentry_the_test_and_outer_middleware_once(
+    tmp_path: Path, custom_500: bool
+) -> None:
+    plain = _fail_once(tmp_path, "plain", custom_500)
+    ours = _fail_once(tmp_path, "asynclog", custom_500)
+    body = "custom" if custom_500 else "Internal Server Error"
+    for seen in (plain, ours):
+        assert seen["raised"] == "RuntimeError('boom')"  # TestClient raised it into the test
+        assert seen["exceptions"] == ["RuntimeError('boom')"]  # the outer middleware, once
+        assert (seen["status"], seen["body"]) == (500, body)  # the app's own 500 answered
+        assert [(e["type"], e["value"]) for e in seen["events"]] == [("RuntimeError", "boom")]
+    assert ours["events"][0]["mechanism"] == plain["events"][0]["mechanism"]
+    assert "x-request-id" not in plain["headers"]
+
+    lines = read_lines(tmp_path / "asynclog.log")
+    [error] = [line for line in lines if "exception" in line]
+    [access] = [line for line in lines if line["logger"] == "asynclog.access"]
+    assert (error["logger"], error["level"]) == ("asynclog.error", "error")
+    assert (error["exception"]["type"], error["exception"]["message"]) == ("RuntimeError", "boom")
+    assert (access["http.response.status_code"], access["level"]) == (500, "error")
+    assert error["request_id"] == access["request_id"] == ours["headers"]["x-request-id"]
+    assert len(error["trace_id"]) == 32
+    route_lines = [line for line in lines if line["logger"] == "app.library"]
+    expected = ["about to fail", "custom 500 page"] if custom_500 else ["about to fail"]
+    assert [line["message"] for line in route_lines] == expected
+    for line in (*route_lines, access):
+        assert (line["trace_id"], line["request_id"]) == (error["trace_id"], error["request_id"])
+
+
+def test_debug_mode_keeps_starlettes_traceback_page_and_still_raises(log_path: Path) -> None:
+    app = FastAPI(debug=True)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    asynclog.install(app, sink=str(log_path), **QUIET)
+    with TestClient(app) as client, pytest.raises(RuntimeError):
+        client.get("/boom")
+    response = TestClient(app, raise_server_exceptions=False).get("/boom")
+    assert response.status_code == 500
+    assert "RuntimeError: boom" in response.text  # Starlette's debug traceback
+    assert response.headers["x-request-id"]
+    assert len(lines_of(log_path, "asynclog.error")) == 2

@@ -28,7 +28,7 @@ from _server import gunicorn, http_get, rss_mb, wait_for_startup
 
 from conftest import read_lines
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 ARGS = ("--config", "sidecar/gunicorn.conf.py")
 ENV = {

@@ -199,7 +199,9 @@ def write_failures(
     assert failures and all(error in n["error"] for n in failures), failures
     times: dict[int, list[float]] = {}
     for n in failures:
-        times.setdefault(n["pid"], []).append(datetime.fromisoformat(n["time"]).timestamp())
+        # Python 3.10's fromisoformat() does not read the "Z" suffix (3.11 does).
+        stamp = datetime.fromisoformat(n["time"].replace("Z", "+00:00"))
+        times.setdefault(n["pid"], []).append(stamp.timestamp())
     assert set(times) <= workers, (times, workers)
     for pid_times in times.values():
         assert all(b - a > 0.9 for a, b in itertools.pairwise(sorted(pid_times))), times
@@ -211,6 +213,7 @@ def write_failures(
 STALL_S = 10.0
 
 
+@pytest.mark.integration
 def test_stalled_stdout_pipe_keeps_health_fast_and_memory_bounded(
     tmp_path: Path, figures: Any
 ) -> None:
@@ -286,6 +289,7 @@ def test_stalled_stdout_pipe_keeps_health_fast_and_memory_bounded(
 # --- 2. the pipe's reader goes away (EPIPE) ---------------------------------------------------
 
 
+@pytest.mark.integration
 def test_reader_closing_the_pipe_costs_lines_not_requests(tmp_path: Path, figures: Any) -> None:
     stderr = tmp_path / "server.err"
     with gunicorn_on_pipe({"ASYNCLOG_SINK": "stdout"}, stderr) as (port, proc, reader):
@@ -316,6 +320,7 @@ def test_reader_closing_the_pipe_costs_lines_not_requests(tmp_path: Path, figure
 # --- 3. the disk is full (ENOSPC) -------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_full_disk_costs_lines_not_requests(tmp_path: Path, figures: Any) -> None:
     stderr = tmp_path / "server.err"
     with gunicorn_on_pipe({"ASYNCLOG_SINK": "/dev/full"}, stderr) as (port, proc, _):

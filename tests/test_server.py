@@ -13,7 +13,7 @@ from _server import gunicorn, http_get, stop, wait_for_startup
 
 from conftest import read_lines
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 SERVER_ENV = {"ASYNCLOG_FORMAT": "json", "ASYNCLOG_LEVEL": "INFO"}
 
@@ -174,3 +174,60 @@ def test_spans_exported_over_otlp_before_the_worker_exits(tmp_path: Path) -> Non
     for line in access:
         if line["url.path"].startswith("/items/"):
             assert bytes.fromhex(line["trace_id"]) in payload  # protobuf carries raw id bytes
+
+
+def _fail_under_gunicorn(tmp_path: Path, variant: str) -> dict[str, Any]:
+    """One failing request to tests/_sentry_app.py under gunicorn + UvicornWorker (1 worker)."""
+    events, log, out = (tmp_path / f"{variant}.{kind}" for kind in ("events", "log", "out"))
+    env = {
+        **SERVER_ENV,
+        "SENTRY_EVENTS": str(events),
+        "WITH_ASYNCLOG": "1" if variant == "asynclog" else "0",
+        "ASYNCLOG_SINK": str(log),
+    }
+    args = ("-k", "uvicorn_worker.UvicornWorker", "-w", "1")
+    with gunicorn(env=env, args=args, app="tests._sentry_app:app", log_path=out) as (port, proc):
+        status, headers, body = asyncio.run(http_get(port, "/fail"))
+        assert stop(proc) == 0
+    return {
+        "status": status,
+        "headers": headers,
+        "body": body,
+        "events": [json.loads(line) for line in events.read_text().splitlines()],
+        "server_output": out.read_text(),
+        "lines": read_lines(log) if log.exists() else [],
+    }
+
+
+def test_an_unhandled_exception_under_gunicorn_as_without_asynclog(tmp_path: Path) -> None:
+    plain = _fail_under_gunicorn(tmp_path, "plain")
+    ours = _fail_under_gunicorn(tmp_path, "asynclog")
+    for seen in (plain, ours):
+        assert (seen["status"], seen["body"]) == (500, b"Internal Server Error")
+    # Sentry reports the exception once either way (its ASGI integration). Without asynclog its
+    # logging integration also makes an event of uvicorn's "Exception in ASGI application"
+    # record (a duplicate its dedupe misses: the two come from different contexts); asynclog
+    # suppresses that record, so the duplicate event goes too.
+    reported = [(e["type"], e["value"], e["mechanism"], e["logger"]) for e in ours["events"]]
+    assert reported == [("RuntimeError", "boom", "starlette", None)]
+    plain_reported = [(e["type"], e["value"], e["mechanism"], e["logger"]) for e in plain["events"]]
+    assert plain_reported == [*reported, ("RuntimeError", "boom", "logging", "uvicorn.error")]
+    # Without asynclog, uvicorn writes its traceback; with it, asynclog's one line replaces it.
+    assert plain["server_output"].count("Exception in ASGI application") == 1
+    assert "RuntimeError: boom" in plain["server_output"]
+    assert "Exception in ASGI application" not in ours["server_output"]
+    assert "Traceback" not in ours["server_output"]
+    lines = ours["lines"]
+    assert not [line for line in lines if "Exception in ASGI application" in line["message"]]
+    [error] = [line for line in lines if "exception" in line]
+    [access] = [
+        line
+        for line in lines
+        if line["logger"] == "asynclog.access" and line["url.path"] == "/fail"
+    ]
+    assert (error["logger"], error["exception"]["type"]) == ("asynclog.error", "RuntimeError")
+    assert access["http.response.status_code"] == 500
+    assert error["request_id"] == access["request_id"] == ours["headers"]["x-request-id"]
+    assert error["trace_id"] == access["trace_id"]
+    [before] = [line for line in lines if line["message"] == "about to fail"]
+    assert (before["trace_id"], before["request_id"]) == (error["trace_id"], error["request_id"])

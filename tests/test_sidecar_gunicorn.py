@@ -10,9 +10,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from _fluentbit import gunicorn_serving, http_get, wait_for
 
 from conftest import ROOT, read_lines
+
+pytestmark = pytest.mark.integration
 
 REQUESTS = 300
 FAILURES = 20

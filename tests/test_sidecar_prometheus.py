@@ -33,6 +33,7 @@ from _prometheus import PROMETHEUS, PROMTOOL, Prometheus, prometheus_scraping
 from conftest import ROOT, read_lines, run_python
 
 pytestmark = [
+    pytest.mark.integration,
     pytest.mark.skipif(
         not FLUENT_BIT,
         reason="no Fluent Bit: set FLUENT_BIT=/path/to/fluent-bit or put it on PATH",

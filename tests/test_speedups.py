@@ -3,8 +3,12 @@ method, the same bytes from the writer's batch encoder, whatever the values."""
 
 from __future__ import annotations
 
+import datetime
+import enum
+import json
 import math
 import os
+import zoneinfo
 from typing import Any
 
 import pytest
@@ -17,9 +21,9 @@ from asynclog._encoder import Encoder
 from asynclog._logger import Logger, _python_level_method
 from asynclog._queue import QUEUE, read_count
 from asynclog._redact import Redactor
-from asynclog._snapshot import Frozen
+from asynclog._snapshot import Frozen, snapshot_value
 
-from conftest import run_python
+from conftest import ROOT, run_python
 
 speedups = _accel.speedups
 needs_extension = pytest.mark.skipif(
@@ -60,6 +64,10 @@ _ANY_VALUE = st.one_of(
     st.lists(st.integers(), max_size=3),
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
     st.tuples(st.integers()),
+    st.tuples(st.integers(), st.lists(st.integers(), max_size=2)),  # not immutable: frozen
+    st.sampled_from([enum.Enum("Plan", "FREE PRO").PRO, datetime.date(2026, 12, 3)]),
+    st.builds(object),  # orjson refuses it: snapshot_value's own route
+    st.lists(st.integers(min_value=2**64), min_size=1, max_size=2),  # refused too
 )
 
 
@@ -93,11 +101,14 @@ def test_a_level_method_captures_the_record_the_python_one_does(
 
 
 def _comparable(value: Any) -> Any:
-    """Frozen values as their bytes, NaN as a string: what two equal captures have in common."""
+    """Frozen values as their bytes, NaN as a string, plain objects by kind: what two equal
+    captures have in common."""
     if isinstance(value, Frozen):
         return ("frozen", value.data)
     if isinstance(value, float) and math.isnan(value):
         return "nan"
+    if type(value) is object:  # `%` arguments are deep copies: equal only in kind
+        return "object"
     if isinstance(value, tuple):
         return tuple(_comparable(v) for v in value)
     if isinstance(value, dict):
@@ -203,6 +214,98 @@ def test_the_direct_writer_writes_what_orjson_writes(lines: list[Any], implement
         assert [bytes(buffer[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)] == expected
 
 
+class _Color(enum.Enum):
+    RED = "red"
+    BLUE = 2
+
+
+class _Opaque(enum.Enum):
+    OBJECT = object()  # a value orjson cannot write: the default hook's route
+
+
+def _zones() -> list[Any]:
+    zones: list[Any] = [
+        None,
+        datetime.timezone.utc,
+        datetime.timezone(datetime.timedelta(hours=5, minutes=30)),
+    ]
+    try:
+        zones.append(zoneinfo.ZoneInfo("Europe/Paris"))
+    except zoneinfo.ZoneInfoNotFoundError:  # no tz database on this machine
+        pass
+    return zones
+
+
+_SCALAR = st.one_of(st.none(), st.booleans(), _TEXT, _NUMBER)
+_SECRETISH = st.sampled_from(
+    ["plain", "password", "X-Api-Key", "accessToken", "token_count", "é", "ключ", "a", "n"]
+)
+_JSON_TREE = st.recursive(
+    _SCALAR,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_SECRETISH, inner, max_size=3),
+    max_leaves=8,
+)
+_RICH_VALUE = st.one_of(
+    _JSON_VALUE,
+    st.datetimes(timezones=st.sampled_from(_zones())),
+    st.dates(),
+    st.times(timezones=st.sampled_from([None, datetime.timezone.utc])),
+    st.uuids(),
+    st.sampled_from([*_Color, *_Opaque]),
+    st.decimals(allow_nan=True, places=None),
+    # what the caller freezes: nested dicts and lists, secret-like names inside some
+    st.builds(
+        snapshot_value,
+        st.lists(_JSON_TREE, max_size=3) | st.dictionaries(_SECRETISH, _JSON_TREE, max_size=3),
+    ),
+)
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    fields=st.lists(st.dictionaries(_NAME, _RICH_VALUE, max_size=4), min_size=1, max_size=4),
+    depth=st.sampled_from([1, 2, 256]),
+)
+def test_datetimes_uuids_enums_decimals_and_frozen_values_write_what_encode_writes(
+    fields: list[dict[str, Any]], depth: int, implementation: str
+) -> None:
+    """The direct path's newer values: datetimes (naive, UTC, fixed offsets, zones), dates,
+    times, UUIDs, enum members (one whose value orjson cannot write), Decimals and values
+    frozen on the caller, put in as their bytes unless a secret-like name or the depth could
+    be masked: the batch encoder writes `encode`'s bytes, and no secret."""
+    records = [
+        (1796084572.25, 20, "rich", "m", None, f, {}, {"request_id": "r"}, {}, None) for f in fields
+    ]
+    redactor = Redactor(frozenset({"password", "api_key", "token"}), depth)
+    expected = [Encoder(redactor).encode(record) for record in records]
+    encoder = Encoder(redactor)
+    for _ in range(2):  # the first pass meets the names, the second knows them
+        buffer = bytearray()
+        ends = encoder.encode_into(records, buffer)
+        assert [bytes(buffer[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)] == expected
+    # Putting frozen bytes in as they are changes nothing a reader sees: the same lines as
+    # decoding and masking every one of them.
+    looks_at_all = Redactor(redactor.keys, depth)
+    looks_at_all.json_rule = None
+    for line, record in zip(expected, records, strict=True):
+        assert json.loads(line) == json.loads(Encoder(looks_at_all).encode(record))
+        for name in ("password", "X-Api-Key", "accessToken"):
+            assert f'"{name}":' not in line.decode() or _masked(json.loads(line), name)
+
+
+def _masked(value: Any, name: str) -> bool:
+    """Whether every `name` key inside `value` holds the mask."""
+    if isinstance(value, dict):
+        return all((v == "[REDACTED]" if k == name else _masked(v, name)) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_masked(v, name) for v in value)
+    return True
+
+
 _TEMPLATE = st.lists(
     st.sampled_from(["%s", "%%", "%d", "%r", "%(a)s", "%", "x", ' "q" ', "\\", "\n", "é"]),
     max_size=5,
@@ -229,3 +332,145 @@ def test_percent_messages_are_written_as_percent_renders_them(
     buffer = bytearray()
     Encoder(Redactor(frozenset())).encode_into([record], buffer)
     assert bytes(buffer) == expected
+
+
+# Values whose own code changes what is being encoded -------------------------------------------
+# The C path reads dicts and lists it does not own; these check that it never reads one after
+# a value's code changed it (`make sanitize` runs them under AddressSanitizer).
+
+
+class _Mutating:
+    """A `%s` argument whose `__str__` runs `action` first."""
+
+    def __init__(self, action: Any) -> None:
+        self.action = action
+
+    def __str__(self) -> str:
+        self.action()
+        return "mutated"
+
+
+class _HashingKey(str):
+    """A field name whose `__hash__` and `__eq__`, once armed, empty and refill `owner`, the
+    dict that holds it (and alone keeps it alive)."""
+
+    armed = False
+
+    def __init__(self, text: str) -> None:
+        self.owner: dict[Any, Any] = {}
+
+    def _fire(self) -> None:
+        if _HashingKey.armed:
+            _HashingKey.armed = False
+            self.owner.clear()
+            self.owner.update({f"k{i}": i for i in range(40)})
+
+    def __hash__(self) -> int:
+        self._fire()
+        return str.__hash__(self)
+
+    def __eq__(self, other: object) -> bool:
+        self._fire()
+        return str.__eq__(self, other)
+
+
+def _lines(buffer: bytearray, ends: list[int]) -> list[dict[str, Any]]:
+    data = bytes(buffer)
+    assert ends and ends[-1] == len(data) and data.endswith(b"\n")
+    lines = data.split(b"\n")[:-1]
+    assert len(lines) == len(ends)
+    return [json.loads(line) for line in lines]
+
+
+def test_a_secret_added_while_the_message_renders_is_still_masked(implementation: str) -> None:
+    encoder = Encoder(Redactor(frozenset({"password"})))
+    context = {"request_id": "r1"}
+    bound = {"service": "shop"}
+    fields: dict[str, Any] = {"n": 1}
+    records: list[Any] = []
+
+    def add_secrets() -> None:
+        # The record's own mappings, grown past a resize, with a secret that was not there
+        # when the names were checked; and the batch itself, cut and grown.
+        for mapping in (context, bound, fields):
+            mapping.update({f"k{i}": "v" * i for i in range(40)})
+            mapping["password"] = "hunter2"
+        del records[2:]
+        records.extend(("appended",) for _ in range(2))
+
+    for _ in range(3):  # the first pass meets the names; later ones take the fast paths
+        for mapping in (context, bound, fields):
+            mapping.pop("password", None)
+        records[:] = [
+            (1796084572.25, 20, "m", "plain", None, fields, bound, context, None, None),
+            (1796084572.25, 20, "m", "%s", (_Mutating(add_secrets),), fields, bound, context,
+             None, None),
+            (1796084572.25, 20, "m", "dropped from the batch", None, {}, {}, {}, None, None),
+        ]  # fmt: skip
+        buffer = bytearray()
+        lines = _lines(buffer, encoder.encode_into(records, buffer))
+        assert lines[1]["message"] == "mutated"
+        assert "hunter2" not in buffer.decode()
+        assert all(line["password"] == "[REDACTED]" for line in lines[1:2])
+
+
+def test_a_name_whose_hash_changes_its_own_dict_never_corrupts_a_line(
+    implementation: str,
+) -> None:
+    encoder = Encoder(Redactor(frozenset({"password"})))
+    for _ in range(3):
+        key = _HashingKey("hk")
+        fields = key.owner
+        fields.update({"n": 1, key: 2})
+        del key  # the dict alone holds it: emptying the dict frees it
+        record = (1796084572.25, 20, "m", "hashing", None, fields, {}, {}, None, None)
+        buffer = bytearray()
+        _HashingKey.armed = True
+        try:
+            [line] = _lines(buffer, encoder.encode_into([record], buffer))
+        finally:
+            _HashingKey.armed = False
+        assert line["message"] == "hashing"
+
+
+# The record layout -------------------------------------------------------------------------------
+
+
+def test_every_python_producer_builds_the_one_layout() -> None:
+    from asynclog import _record
+
+    arguments = _record.make_record.__code__.co_varnames[: len(_record.RECORD_FIELDS)]
+    assert arguments == _record.RECORD_FIELDS
+    record = _record.make_record(*range(len(_record.RECORD_FIELDS)))
+    assert [record[getattr(_record, name.upper())] for name in _record.RECORD_FIELDS] == list(
+        range(len(_record.RECORD_FIELDS))
+    )
+
+
+@needs_extension
+def test_the_extension_refuses_another_record_layout() -> None:
+    assert speedups is not None and speedups.RECORD_FIELDS == asynclog._record.RECORD_FIELDS
+    result = run_python(
+        """
+        import importlib.util, pathlib, sys, warnings
+        # asynclog._record with a layout this build was not made for, in place before the
+        # package (and so the extension) is imported.
+        path = pathlib.Path("asynclog/_record.py").resolve()
+        spec = importlib.util.spec_from_file_location("asynclog._record", path)
+        record = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(record)
+        record.RECORD_FIELDS = record.RECORD_FIELDS[::-1]
+        sys.modules["asynclog._record"] = record
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            from asynclog import _accel
+        from asynclog._logger import Logger
+        print(_accel.speedups, type(Logger.info).__name__)
+        print(*[str(w.message) for w in caught], sep="\\n")
+        """,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    first, warning = result.stdout.splitlines()[:2]
+    assert first.split() == ["None", "function"]
+    assert "built for the record layout" in warning and "pure-Python path runs" in warning

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 import asynclog
 
-from conftest import read_lines
+from conftest import read_lines, run_python
 
 # Each test runs on the C extension and on the pure-Python code (see conftest).
 pytestmark = pytest.mark.usefixtures("implementation")
@@ -105,3 +106,127 @@ def test_lean_records_by_default_and_restored_at_shutdown(log_path: Path) -> Non
 def test_caller_info_can_be_kept(log_path: Path) -> None:
     asynclog.configure(sink=str(log_path), format="json", stdlib_caller_info=True)
     assert logging._srcfile is not None  # type: ignore[attr-defined]
+
+
+# No silent takeover: only configure()/install() capture the stdlib, and shutdown() gives back
+# everything they changed.
+
+_RECORD_OPTIONS = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
+_SERVER_LOGGERS = (
+    "uvicorn",
+    "uvicorn.error",
+    "uvicorn.access",
+    "gunicorn.error",
+    "gunicorn.access",
+)
+
+
+def _logger_state(name: str | None) -> tuple[list[logging.Handler], list[object], bool, int]:
+    logger = logging.getLogger(name)
+    return list(logger.handlers), list(logger.filters), logger.propagate, logger.level
+
+
+def _record_options() -> dict[str, object]:
+    return {name: getattr(logging, name) for name in _RECORD_OPTIONS}
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_an_implicit_start_writes_native_lines_and_leaves_the_stdlib_alone(
+    log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASYNCLOG_SINK", str(log_path))
+    monkeypatch.setenv("ASYNCLOG_FORMAT", "json")
+    root = logging.getLogger()
+    mine = _Collect()
+    root.addHandler(mine)
+    root.setLevel(logging.WARNING)
+    before, options = _logger_state(None), _record_options()
+
+    log = asynclog.get_logger("lib")  # no configure(): asynclog starts by itself
+    assert _logger_state(None) == before
+    assert _record_options() == options
+    log.warning("native line")
+    logging.getLogger("app").warning("stdlib line")
+    asynclog.flush(5)
+    assert [line["message"] for line in read_lines(log_path)] == ["native line"]
+    assert mine.messages == ["stdlib line"]
+
+
+def test_a_library_calling_get_logger_at_import_keeps_the_apps_basic_config() -> None:
+    result = run_python(
+        """
+        import logging, sys
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="plain %(message)s")
+        import asynclog
+        log = asynclog.get_logger("lib")   # what a library would do at import
+        log.info("from the library")
+        logging.getLogger("app").info("from the app")
+        asynclog.shutdown()
+        """,
+        env={"ASYNCLOG_FORMAT": "json"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == ["plain from the app"]
+    [line] = [json.loads(text) for text in result.stdout.splitlines()]
+    assert (line["logger"], line["message"]) == ("lib", "from the library")
+
+
+def test_shutdown_after_configure_restores_the_root_and_the_record_options(
+    log_path: Path,
+) -> None:
+    root = logging.getLogger()
+    mine = _Collect()
+    root.addHandler(mine)
+    root.setLevel(logging.WARNING)
+    before, options = _logger_state(None), _record_options()
+    asynclog.configure(sink=str(log_path), format="json", level="INFO")
+    asynclog.configure(sink=str(log_path), format="json", level="DEBUG")  # a second one too
+    assert root.handlers != before[0] and root.level == logging.DEBUG
+    assert _record_options() != options
+    asynclog.shutdown()
+    assert _logger_state(None) == before
+    assert _record_options() == options
+    logging.getLogger("app").warning("after shutdown")
+    assert mine.messages == ["after shutdown"]
+
+
+def test_shutdown_after_install_restores_the_server_loggers(log_path: Path) -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    def skip_nothing(record: logging.LogRecord) -> bool:
+        return True
+
+    for name in (*_SERVER_LOGGERS, "lib.noisy"):
+        logger = logging.getLogger(name)
+        logger.addHandler(logging.NullHandler())
+        logger.addFilter(skip_nothing)
+        logger.propagate = False
+    before = {name: _logger_state(name) for name in (None, *_SERVER_LOGGERS, "lib.noisy")}
+    options = _record_options()
+
+    app = FastAPI()
+    asynclog.install(
+        app,
+        sink=str(log_path),
+        format="json",
+        watchdog=False,
+        startup_checks=False,
+        capture_loggers=("lib.noisy",),
+    )
+    with TestClient(app):
+        assert logging.getLogger("uvicorn.error").propagate
+        assert not logging.getLogger("uvicorn.access").handlers
+        assert not logging.getLogger("lib.noisy").handlers
+    asynclog.shutdown()
+    after = {name: _logger_state(name) for name in before}
+    assert after == before
+    assert _record_options() == options

@@ -167,7 +167,7 @@ def test_a_fastapi_route_is_named_by_its_template(
     warnings: Callable[[], list[dict[str, Any]]],
 ) -> None:
     from fastapi import FastAPI
-    from httpx import ASGITransport, AsyncClient
+    from httpx2 import ASGITransport, AsyncClient
 
     app = FastAPI()
 

@@ -1,0 +1,202 @@
+"""The writer thread cannot be stopped by what it writes: faults are substituted, counted, and
+survived; a writer that dies anyway is replaced by the next caller or flush."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import asynclog
+from asynclog._writer import Writer
+
+from conftest import read_lines
+
+pytestmark = pytest.mark.usefixtures("implementation")
+
+# What a value's own code may raise that is not an Exception: the writer must survive each.
+NOT_EXCEPTIONS = [KeyboardInterrupt, SystemExit, GeneratorExit]
+
+
+class RaisingStr:
+    def __init__(self, error: type[BaseException]) -> None:
+        self.error = error
+
+    def __str__(self) -> str:
+        raise self.error()
+
+    def __repr__(self) -> str:
+        return "<RaisingStr>"
+
+
+class RaisingRepr:
+    def __init__(self, error: type[BaseException]) -> None:
+        self.error = error
+
+    def __repr__(self) -> str:
+        raise self.error()
+
+
+def _writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "asynclog-writer"]
+
+
+def _assert_accounted() -> dict[str, Any]:
+    stats = asynclog.stats()
+    assert stats["emitted"] == stats["written"] + stats["dropped"], stats
+    assert stats["queue_depth"] == 0, stats
+    return stats
+
+
+@pytest.mark.parametrize("error", NOT_EXCEPTIONS, ids=lambda e: e.__name__)
+def test_a_percent_argument_whose_str_raises_does_not_stop_the_writer(
+    log_path: Path, error: type[BaseException]
+) -> None:
+    asynclog.configure(sink=str(log_path), format="json")
+    log = asynclog.get_logger("faults")
+    log.info("before")
+    log.info("bad %s", RaisingStr(error))
+    logging.getLogger("std").warning("bad stdlib %s", RaisingStr(error))
+    log.info("after")
+    assert asynclog.flush(5)
+    lines = read_lines(log_path)
+    assert [line["message"] for line in lines] == ["before", "bad %s", "bad stdlib %s", "after"]
+    for bad in lines[1:3]:
+        assert any(error.__name__ in note for note in bad["asynclog.substituted"]), bad
+    stats = _assert_accounted()
+    assert stats["written"] == 4
+    assert stats["errors"] == 2  # each faulty record counted once
+    assert len(_writer_threads()) == 1
+
+
+@pytest.mark.parametrize("error", NOT_EXCEPTIONS, ids=lambda e: e.__name__)
+def test_a_field_whose_repr_raises_does_not_stop_the_writer(
+    log_path: Path, error: type[BaseException]
+) -> None:
+    asynclog.configure(sink=str(log_path), format="json")
+    log = asynclog.get_logger("faults")
+    log.info("bad field", obj=RaisingRepr(error), n=1)
+    log.info("after", n=2)
+    assert asynclog.flush(5)
+    bad, after = read_lines(log_path)
+    assert bad["message"] == "bad field" and bad["asynclog.substituted"]
+    assert after == {**after, "message": "after", "n": 2}
+    stats = _assert_accounted()
+    assert stats["written"] == 2 and stats["errors"] == 1
+
+
+def test_a_bug_in_the_writer_loop_costs_only_the_records_in_hand(
+    log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = asynclog.configure(sink=str(log_path), format="json")
+    log = asynclog.get_logger("faults")
+    write_batch = Writer._write_batch
+    failures = []
+
+    def fail_once(self: Writer, batch: list[Any]) -> None:
+        if not failures:
+            failures.append(len(batch))
+            raise SystemExit("a bug")
+        write_batch(self, batch)
+
+    monkeypatch.setattr(Writer, "_write_batch", fail_once)
+    log.info("lost to the bug")
+    assert asynclog.flush(5)
+    log.info("written")
+    assert asynclog.flush(5)
+    assert [line["message"] for line in read_lines(log_path)] == ["written"]
+    stats = _assert_accounted()
+    assert stats["dropped_write"] == failures[0] == 1
+    assert stats["errors"] == 1
+    assert pipeline.writer.is_alive() and len(_writer_threads()) == 1
+
+
+def _kill_the_writer(monkeypatch: pytest.MonkeyPatch) -> Writer:
+    """Make the running writer's thread end as only a bug could: the supervisor's own report
+    fails while it handles a fault."""
+    pipeline = asynclog.configure(sink="stdout", format="json")
+    writer = pipeline.writer
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug in the supervisor")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Writer, "_housekeeping", broken)
+        patch.setattr(Writer, "_report_error", broken)
+        asynclog._pipeline.QUEUE.wake.set()
+        writer.join(5)
+    assert not writer.is_alive()
+    return writer
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_writer_is_replaced_by_the_next_caller(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    dead = _kill_the_writer(monkeypatch)
+    log = asynclog.get_logger("revived")
+    log.info("after the death", n=1)  # wakes the writer that is no more: a new one starts
+    pipeline = asynclog._pipeline.current()
+    assert pipeline is not None and pipeline.writer is not dead
+    assert pipeline.writer.is_alive()
+    assert asynclog.flush(5)
+    out, err = capfd.readouterr()
+    assert [json.loads(line)["n"] for line in out.splitlines()] == [1]
+    notices = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert [n["message"] for n in notices] == ["writer thread died; a new one was started"]
+    _assert_accounted()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_flush_without_a_timeout_never_waits_on_a_dead_writer(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    _kill_the_writer(monkeypatch)
+    queue = asynclog._pipeline.QUEUE
+    queue.idle = False  # so no caller revives it: flush must notice by itself
+    asynclog.get_logger("revived").info("queued for a dead writer")
+    result: list[bool] = []
+    waiter = threading.Thread(target=lambda: result.append(asynclog.flush()))
+    waiter.start()
+    waiter.join(10)
+    assert result == [True]
+    out, _ = capfd.readouterr()
+    assert [json.loads(line)["message"] for line in out.splitlines()] == [
+        "queued for a dead writer"
+    ]
+    _assert_accounted()
+
+
+class RaisingItems(Mapping[str, Any]):
+    """A mapping that cannot be copied: the snapshot on the caller fails with what it raises."""
+
+    def __init__(self, error: type[BaseException]) -> None:
+        self.error = error
+
+    def __getitem__(self, key: str) -> Any:
+        raise self.error()
+
+    def __iter__(self) -> Any:
+        raise self.error()
+
+    def __len__(self) -> int:
+        return 1
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit], ids=lambda e: e.__name__)
+def test_a_call_that_raises_while_capturing_leaves_no_phantom_record(
+    log_path: Path, error: type[BaseException]
+) -> None:
+    asynclog.configure(sink=str(log_path), format="json")
+    log = asynclog.get_logger("phantom")
+    with pytest.raises(error):
+        log.info("never captured", data=RaisingItems(error))
+    log.info("captured")
+    assert asynclog.flush(2)  # nothing to wait for that will never come
+    assert [line["message"] for line in read_lines(log_path)] == ["captured"]
+    assert _assert_accounted()["emitted"] == 1
