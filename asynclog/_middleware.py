@@ -38,6 +38,8 @@ _random_bits = random.getrandbits
 # nginx's code for "client closed the connection before the response started".
 _CLIENT_CLOSED = 499
 _NO_FIELDS: dict[str, Any] = {}
+# What semconv's http.request.method says for a method outside the known set.
+_OTHER_METHOD = "_OTHER"
 _errors = Logger("asynclog.error")
 
 
@@ -233,8 +235,9 @@ class AccessLogMiddleware:
         if queue.level > level:
             return  # nothing to build for a line the level turns away
         end = request.finished or time.perf_counter()
-        # Microseconds rounded, in ms: round(x, 3) takes ~0.25 us, through a decimal string.
-        duration_ms = round((end - request.start) * 1_000_000) / 1000
+        # Whole microseconds: round(x, 3) takes ~0.25 us, through a decimal string.
+        micros = round((end - request.start) * 1_000_000)
+        duration_ms = micros / 1000
         if (
             settings.sample_rate < 1.0
             and status < 400
@@ -243,16 +246,22 @@ class AccessLogMiddleware:
         ):
             return
         method = scope.get("method")
+        known = method in settings.http_known_methods
         fields: dict[str, Any] = {
-            "http.request.method": method,
+            "http.request.method": method if known else _OTHER_METHOD,
             "url.path": path,
             "http.route": _route(scope),
             "http.response.status_code": status,
             "duration_ms": duration_ms,
+            # Seconds, the unit of the semconv metric the sidecar derives from this line.
+            "duration_s": micros / 1_000_000,
             "client.address": (scope.get("client") or (None,))[0],
             "user_agent.original": request.user_agent,
             "request_id": request.request_id,
         }
+        if not known:
+            # A method outside the known set would give the metrics a series per client whim.
+            fields["http.request.method_original"] = method
         query = scope.get("query_string")
         if query:
             fields["url.query"] = self.config.redactor.mask_query(query.decode("latin-1"))

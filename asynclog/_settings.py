@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -26,10 +27,17 @@ DEFAULT_REDACT_KEYS = frozenset(
     }
 )
 
+# The methods semconv calls known (RFC 9110, PATCH, QUERY); any other is logged as `_OTHER`.
+DEFAULT_HTTP_KNOWN_METHODS = frozenset(
+    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"}
+)
+
 _LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 _FORMATS = ("auto", "json", "console")
 _OVERFLOWS = ("drop", "block")
 _SPANS = ("none", "log", "otlp")
+# An HTTP method is a token (RFC 9110, section 5.6.2).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 # Settings that ASYNCLOG_* variables may supply; explicit arguments win.
 _ENV = {
@@ -43,6 +51,8 @@ _APP_ENV = {
     "tracing": "ASYNCLOG_TRACING",
     "spans": "ASYNCLOG_SPANS",
     "tracing_backend": "ASYNCLOG_TRACING_BACKEND",
+    # Named by the OpenTelemetry semantic conventions, which every instrumentation honours.
+    "http_known_methods": "OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS",
 }
 
 
@@ -82,6 +92,7 @@ class AppSettings:
     sample_rate: float = 1.0
     slow_threshold_ms: float = 1_000.0
     request_id_header: str = "x-request-id"
+    http_known_methods: frozenset[str] = DEFAULT_HTTP_KNOWN_METHODS
     tracing: bool = True
     tracing_backend: str = "asynclog"
     trace_operations: bool = False
@@ -156,6 +167,22 @@ def _keys(name: str, value: Any) -> frozenset[str]:
     return frozenset(str(k).lower() for k in value)
 
 
+def _methods(name: str, value: Any) -> frozenset[str]:
+    """A collection of method names, or one comma-separated string (the variable's form).
+
+    Case-sensitive, as in HTTP: `get` is not `GET`."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, Iterable) or not all(isinstance(m, str) for m in items):
+        raise ValueError(f"asynclog: {name}={value!r} is not valid; allowed: method names")
+    methods = frozenset(m.strip() for m in items) - {""}
+    bad = sorted(m for m in methods if not _TOKEN.fullmatch(m))
+    if bad:
+        raise ValueError(
+            f"asynclog: {name}={value!r} is not valid; {', '.join(bad)} is not an HTTP method"
+        )
+    return methods
+
+
 def _validate(name: str, value: Any, setting: str | None = None) -> Any:
     label = setting or name
     if name == "sink":
@@ -193,6 +220,8 @@ def _validate(name: str, value: Any, setting: str | None = None) -> Any:
         return keys if name == "redact_keys" else frozenset(value)
     if name == "capture_loggers":
         return tuple(_keys(label, value))
+    if name == "http_known_methods":
+        return _methods(label, value)
     if name == "request_id_header":
         return str(value).lower()
     if name in _BOOLS:

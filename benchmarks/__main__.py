@@ -1,10 +1,11 @@
 """``python -m benchmarks``: run the micro and end-to-end benchmarks, write the report.
 
-    python -m benchmarks            # ~7.5 minutes
+    python -m benchmarks            # ~8 minutes
     python -m benchmarks --quick    # < 1 minute, the CI smoke test
     python -m benchmarks --full     # ~30 minutes: longer runs, more repeats
     python -m benchmarks --out DIR  # somewhere other than benchmarks/results
     python -m benchmarks --only mix # the record mix alone (every shape, its peers)
+    python -m benchmarks --only sidecar  # the Fluent Bit sidecar alone (FLUENT_BIT=...)
 
 Only one benchmark should run on a machine at a time; wrap it in
 ``flock /tmp/asynclog-bench.lock`` where others share the machine.
@@ -23,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks import e2e, loadgen, micro, quiet, report
+from benchmarks import e2e, loadgen, micro, quiet, report, sidecar
 from benchmarks.peers import BASELINE, MIX_PEERS, PEERS, Peer, missing
 from benchmarks.profiles import PROFILES, Profile
 from benchmarks.records import FIVE, SHAPES, Shape
@@ -178,6 +179,28 @@ class Session:
             self.progress.end("; ".join(_e2e_summary(c) for c in cases) + _other(cases[0]))
         return found
 
+    def sidecar(self) -> dict[str, Any]:
+        """The Fluent Bit sidecar on the shipped config (benchmarks/sidecar.py)."""
+        self.settle("sidecar: Fluent Bit on the shipped config")
+        found = sidecar.run(self.profile.name, self.workdir, self.progress.note)
+        found["other_cpu"] = self.meter.stop()
+        self.progress.end(_sidecar_summary(found) + _other(found))
+        return found
+
+
+def _sidecar_summary(s: dict[str, Any]) -> str:
+    if "skipped" in s:
+        return f"skipped: {s['skipped']}"
+    return "; ".join(
+        f"{name}: {v['lines_per_s']:,.0f} lines/s, {v['cpu_s_per_100k']:.2f} CPU s per 100k lines"
+        for name, v in s["variants"].items()
+    )
+
+
+def _sidecar_steps(profile: Profile) -> list[Step]:
+    repeats = sidecar.PROFILES[profile.name].repeats
+    return [("sidecar: Fluent Bit on the shipped config", 5 + 2 * repeats * 6)]
+
 
 def _mix_summary(found: dict[str, dict[str, Any]]) -> str:
     return "; ".join(f"{name}: {_micro_summary(m)}" for name, m in found.items())
@@ -222,7 +245,10 @@ def run(profile: Profile, parts: set[str], loadgen_pref: str) -> dict[str, Any]:
     shapes = _mix_shapes(parts)
     groups = e2e.GROUPS if "e2e" in parts else []
     steps = _steps(profile, peers, []) + _mix_steps(profile, mix_peers, shapes)
-    progress = Progress(steps + _steps(profile, [], groups))
+    steps += _steps(profile, [], groups)
+    if "sidecar" in parts:
+        steps += _sidecar_steps(profile)
+    progress = Progress(steps)
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "profile": profile.name,
@@ -243,6 +269,8 @@ def run(profile: Profile, parts: set[str], loadgen_pref: str) -> dict[str, Any]:
         results["micro"] = session.micro(peers)
         mix_found = session.mix(mix_peers, shapes) if shapes else []
         results["e2e"] = session.e2e(groups, gen)
+        if "sidecar" in parts:
+            results["sidecar"] = session.sidecar()
         results["quiet_waited_s"] = round(session.waited, 1)
     report.add_ratios(results["micro"], results["e2e"], BASELINE)
     results["targets"] = [t.to_dict() for t in report.targets(results["micro"], results["e2e"])]
@@ -272,7 +300,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, metavar="DIR", help="report directory")
     parser.add_argument(
         "--only",
-        choices=("micro", "mix", "e2e"),
+        choices=("micro", "mix", "e2e", "sidecar"),
         help="run one part only (micro includes the record mix)",
     )
     parser.add_argument(
@@ -285,7 +313,7 @@ def main(argv: list[str]) -> int:
     if (os.cpu_count() or 1) < 2:
         print("note: fewer than 2 CPUs; server and load generator share one", file=sys.stderr)
     profile = PROFILES["quick" if args.quick else "full" if args.full else "default"]
-    parts = {"micro", "mix", "e2e"}
+    parts = {"micro", "mix", "e2e", "sidecar"}
     if args.only:
         parts = {"micro", "mix"} if args.only == "micro" else {args.only}
     results = run(profile, parts, args.loadgen)

@@ -17,7 +17,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks.e2e import MODES
+from benchmarks import sidecar
+from benchmarks.e2e import LINES_PER_REQUEST, MODES
 
 MB = 1 << 20
 PACKAGES = (
@@ -378,9 +379,55 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             e2e_table(results["e2e"]),
         ]
+    parts += sidecar_section(results)
     parts += ["", "## Targets", "", targets_table([Target(**t) for t in results["targets"]])]
     parts += ["", "## Commands", "", "```", *results["commands"], "```", ""]
     return "\n".join(parts)
+
+
+# -- the sidecar ---------------------------------------------------------------------------------
+
+
+def sidecar_section(results: dict[str, Any]) -> list[str]:
+    """What one Fluent Bit sidecar carries, next to what one asynclog worker writes."""
+    found = results.get("sidecar")
+    if not found:
+        return []
+    parts = ["", "## Sidecar: Fluent Bit on the shipped fluent-bit.yaml", ""]
+    if "skipped" in found:
+        return [*parts, f"Skipped: {found['skipped']}."]
+    worker = sidecar.worker_lines_per_s(results.get("e2e", []))
+    repeats = min(len(v["runs"]) for v in found["variants"].values())
+    rows = [
+        "| config | lines/s | CPU s per 100k lines | lines per CPU-second "
+        "| workers at full load per sidecar CPU | peak RSS |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for name, v in found["variants"].items():
+        per_cpu = v["lines_per_cpu_s"]
+        rows.append(
+            f"| {name} | {_n(v['lines_per_s'])} | {v['cpu_s_per_100k']:.3f} | {_n(per_cpu)} "
+            f"| {_n(None if worker is None else per_cpu / worker, 1)} | {_mb(v['peak_rss'])} |"
+        )
+    worker_text = (
+        f"one asynclog worker at full load writes {_n(worker)} lines/s (the e2e row "
+        f'"{MODES["asynclog"]}", file sink: its requests/s x {LINES_PER_REQUEST} lines)'
+        if worker is not None
+        else "the e2e benchmark did not run, so there is no worker figure to compare with"
+    )
+    return [
+        *parts,
+        f"Fluent Bit {found['fluent_bit']}, pinned to one CPU, tails {found['lines']:,} lines "
+        f"({found['bytes'] / MB:.0f} MB, {found['access_lines']:,} access lines) that asynclog "
+        "wrote for the e2e request (two route lines and the access line), appended at once "
+        "to the file it watches; its stdout (the log lines) is a pipe, as in a container. *logs*: "
+        "`FLB_METRICS_MATCH=disabled`; *logs+metrics*: the default, with the RED metrics. "
+        "lines/s: until the tail has read every line; CPU: all of Fluent Bit's threads until "
+        f"the output (and /metrics) has every line. Medians of {repeats} runs each. In this run "
+        f"{worker_text}.",
+        "",
+        "\n".join(rows),
+    ]
 
 
 # -- plots ---------------------------------------------------------------------------------------

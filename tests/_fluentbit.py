@@ -7,14 +7,17 @@ format. Both return the same `Pipeline`, with `${NAME}` and `${NAME:-default}` l
 environment, and an empty variable counts as unset).
 
 `gunicorn_serving` runs the example app under sidecar/gunicorn.conf.py on a free port of
-127.0.0.1, and `stop_process` stops what a test started, by PID, with bounded waits.
+127.0.0.1, `fluent_bit` runs the real Fluent Bit (FLUENT_BIT, or `fluent-bit` on PATH) on a
+bundled config, and `stop_process` stops what a test started, by PID, with bounded waits.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,21 +27,28 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 import yaml
 from _server import free_port, wait_for
 
 __all__ = [
+    "FLUENT_BIT",
+    "METADATA",
     "ConfigError",
+    "FluentBit",
     "Gunicorn",
     "Pipeline",
     "Section",
+    "assert_no_errors_or_warnings",
     "expand",
+    "fluent_bit",
     "fluent_time_format_to_python",
     "free_port",
     "gunicorn_serving",
     "http_get",
+    "http_text",
     "load_classic",
     "load_yaml",
     "stop_process",
@@ -289,6 +299,12 @@ def http_get(url: str, headers: Mapping[str, str] | None = None, timeout: float 
         return int(error.code)
 
 
+def http_text(url: str, timeout: float = 10) -> str:
+    """The body of a GET that must answer 200, as text."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return str(response.read().decode("utf-8"))
+
+
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 60) -> int:
     """SIGTERM `process` and wait; SIGKILL it and its children by PID if it hangs."""
     if process.poll() is None:
@@ -351,3 +367,94 @@ def gunicorn_serving(
     finally:
         if process.poll() is None:
             stop_process(process)
+
+
+# The real Fluent Bit: FLUENT_BIT names the binary (.ci/run sets it), else `fluent-bit` on PATH.
+FLUENT_BIT = os.environ.get("FLUENT_BIT") or shutil.which("fluent-bit")
+if FLUENT_BIT and not os.access(FLUENT_BIT, os.X_OK):
+    FLUENT_BIT = None  # a FLUENT_BIT pointing nowhere counts as absent
+
+# What the tests run Fluent Bit with, for the deployment metadata the modify filter adds.
+METADATA = {
+    "service.name": "svc-e2e",
+    "k8s.pod.name": "pod-e2e",
+    "k8s.namespace.name": "ns-e2e",
+    "k8s.node.name": "node-e2e",
+}
+# Expected in Fluent Bit's log: the shutdown notice, and the skipped over-long line.
+EXPECTED_WARNINGS = ("service will shutdown in max", "Skipping long lines")
+
+
+@dataclass
+class FluentBit:
+    """A running Fluent Bit: its process, its stdout and its own log, and its ports."""
+
+    process: subprocess.Popen[bytes]
+    stdout: Path
+    log: Path
+    otlp_port: int
+    metrics_port: int
+
+    def records(self) -> list[dict[str, Any]]:
+        """The JSON lines the stdout output printed (trace and metrics dumps are not)."""
+        text = self.stdout.read_text(encoding="utf-8", errors="replace")
+        return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+    def metrics(self) -> str:
+        """What the prometheus_exporter output serves at /metrics now."""
+        return http_text(f"http://127.0.0.1:{self.metrics_port}/metrics")
+
+
+@contextmanager
+def fluent_bit(
+    config: Path, log_dir: Path, env: Mapping[str, str] | None = None
+) -> Iterator[FluentBit]:
+    """Fluent Bit on `config`, tailing `log_dir`, listening on free ports of 127.0.0.1; `env`
+    adds variables (outputs, log level) to the deployment's."""
+    http_port, otlp_port, metrics_port = free_port(), free_port(), free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FLB_")}
+    environ.update(env or {})
+    environ.update(
+        FLB_LOG_DIR=str(log_dir),
+        FLB_HTTP_PORT=str(http_port),
+        FLB_OTLP_PORT=str(otlp_port),
+        FLB_METRICS_PORT=str(metrics_port),
+        OTEL_SERVICE_NAME=METADATA["service.name"],
+        POD_NAME=METADATA["k8s.pod.name"],
+        POD_NAMESPACE=METADATA["k8s.namespace.name"],
+        NODE_NAME=METADATA["k8s.node.name"],
+    )
+    stdout, log = log_dir.parent / "fluent-bit.out", log_dir.parent / "fluent-bit.log"
+    assert FLUENT_BIT is not None
+    with stdout.open("wb") as out, log.open("wb") as err:
+        process = subprocess.Popen(
+            [FLUENT_BIT, "-c", str(config)], stdout=out, stderr=err, env=environ
+        )
+    running = FluentBit(process, stdout, log, otlp_port, metrics_port)
+    health = f"http://127.0.0.1:{http_port}/api/v1/health"
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"fluent-bit exited: {log.read_text(errors='replace')}")
+        try:
+            return http_get(health, timeout=2) == 200
+        except OSError:  # not listening yet
+            return False
+
+    try:
+        wait_for(healthy, 30, "Fluent Bit's health check")
+        yield running
+    finally:
+        if process.poll() is None:
+            stop_process(process, timeout=30)
+
+
+def assert_no_errors_or_warnings(log: Path) -> None:
+    """Fluent Bit's own log has no error or warning beyond the expected ones."""
+    problems = [
+        line
+        for line in log.read_text(errors="replace").splitlines()
+        if re.search(r"\[\s*(error|warn)\]|unknown configuration property", line)
+        and not any(ok in line for ok in EXPECTED_WARNINGS)
+    ]
+    assert not problems, "\n".join(problems)

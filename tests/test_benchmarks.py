@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from benchmarks import sidecar
 from benchmarks.ablate import parse_variant
 from benchmarks.e2e import CASES
 from benchmarks.peers import MIX_PEERS, PEERS
@@ -137,6 +138,31 @@ def test_markdown_names_every_library_mode_and_target(
     assert "python -m benchmarks --quick" in text
     assert results["loadgen"] in ("wrk", "builtin")
     assert results["profile"] == "quick"
+
+
+@pytest.mark.timeout(300)
+def test_sidecar_is_measured_next_to_a_worker_or_skipped(
+    report: Path, results: dict[str, Any]
+) -> None:
+    """With a Fluent Bit, both configs have figures and the report sets them against one
+    worker's lines/s from the same run; without one, the report says why it is missing."""
+    found = results["sidecar"]
+    text = (report / "latest.md").read_text()
+    assert "## Sidecar: Fluent Bit on the shipped fluent-bit.yaml" in text
+    if sidecar.binary() is None:
+        assert "FLUENT_BIT" in found["skipped"]
+        assert f"Skipped: {found['skipped']}" in text
+        return
+    assert found["lines"] == 3 * sidecar.PROFILES["quick"].requests
+    assert set(found["variants"]) == {"logs", "logs+metrics"}
+    for name, variant in found["variants"].items():
+        assert variant["lines_per_s"] > 0 and variant["cpu_s_per_100k"] > 0, name
+        assert variant["peak_rss"] > 0
+        (row,) = [line for line in text.splitlines() if line.startswith(f"| {name} |")]
+        workers = float(row.split(" | ")[4].replace(",", ""))
+        assert workers == pytest.approx(
+            variant["lines_per_cpu_s"] / sidecar.worker_lines_per_s(results["e2e"]), abs=0.06
+        )
 
 
 def _line(seq: int) -> bytes:

@@ -106,10 +106,32 @@ def test_one_access_line_with_semantic_convention_fields(
     assert access["http.route"] == "/items/{item_id}"
     assert access["http.response.status_code"] == 200
     assert access["duration_ms"] > 0
+    # The same whole microseconds, in seconds: what the sidecar's histogram observes.
+    assert round(access["duration_s"] * 1_000_000) == round(access["duration_ms"] * 1000)
     assert access["client.address"] == "testclient"
     assert access["user_agent.original"] == "probe/1.0"
     assert access["request_id"] == response.headers["x-request-id"]
     assert access["url.query"] == "a=1"
+    assert "http.request.method_original" not in access
+
+
+def test_methods_outside_the_known_set_are_logged_as_other(log_path: Path) -> None:
+    app = make_app(log_path, http_known_methods={"GET", "PURGE"})
+    with TestClient(app) as client:
+        for method in ("GET", "PURGE", "POST", "X-" + "A" * 40):
+            client.request(method, "/items/7")
+    methods = [
+        (line["http.request.method"], line.get("http.request.method_original"))
+        for line in lines_of(log_path, "asynclog.access")
+    ]
+    # Semconv: a method the instrumentation does not know is `_OTHER`, whatever the client
+    # sent, so no client can make a new metric series; the original is kept beside it.
+    assert methods == [
+        ("GET", None),
+        ("PURGE", None),
+        ("_OTHER", "POST"),
+        ("_OTHER", "X-" + "A" * 40),
+    ]
 
 
 def test_level_follows_status(client: TestClient, log_path: Path) -> None:

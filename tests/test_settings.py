@@ -51,6 +51,22 @@ def test_bad_environment_value_names_the_variable(variable: str, value: str, all
     assert allowed in str(info.value)
 
 
+def test_known_http_methods_follow_semconv_and_its_variable() -> None:
+    _, app = resolve_settings({}, {})
+    assert app.http_known_methods == {
+        "CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE",
+    }  # fmt: skip
+    # OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS is a full, case-sensitive override.
+    _, app = resolve_settings({}, {"OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS": "GET, PURGE,get"})
+    assert app.http_known_methods == {"GET", "PURGE", "get"}
+    _, app = resolve_settings({"http_known_methods": ["GET"]}, {})
+    assert app.http_known_methods == {"GET"}
+    with pytest.raises(ValueError, match=r"OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS.*GE T"):
+        resolve_settings({}, {"OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS": "GET,GE T"})
+    with pytest.raises(ValueError, match=r"http_known_methods=.*method names"):
+        resolve_settings({"http_known_methods": [1]}, {})
+
+
 def test_bad_argument_names_the_setting() -> None:
     with pytest.raises(ValueError, match=r"overflow='spill'.*drop, block"):
         asynclog.configure(overflow="spill")

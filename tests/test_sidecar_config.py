@@ -10,6 +10,7 @@ import pytest
 from _fluentbit import (
     ConfigError,
     Pipeline,
+    Section,
     expand,
     fluent_time_format_to_python,
     load_classic,
@@ -22,6 +23,8 @@ CLASSIC = ROOT / "fluent-bit.conf"
 YAML = ROOT / "fluent-bit.yaml"
 # Outputs that send over the network and so buffer on disk while their backend is down.
 NETWORK_OUTPUTS = {"forward", "es", "loki", "opentelemetry"}
+# The tag the metrics filters give the metrics they emit.
+METRICS_TAG = "asynclog_metrics"
 
 
 @pytest.fixture(name="pipelines", params=["classic", "yaml"])
@@ -148,6 +151,16 @@ def test_listeners_are_on_localhost(pipelines: Pipeline) -> None:
     for section in pipelines.inputs:
         listen = section.get("listen")
         assert listen is None or listen == "127.0.0.1", section.source
+    metrics = pipelines.plugin("outputs", "prometheus_exporter")
+    assert _value(metrics.get("host")) == "127.0.0.1"
+    assert _value(metrics.get("port")) == "2021"
+    assert _value(metrics.get("host"), {"FLB_METRICS_LISTEN": "10.0.0.7"}) == "10.0.0.7"
+
+
+def test_log_level_comes_from_fluent_bits_own_variable(pipelines: Pipeline) -> None:
+    # Fluent Bit reads FLB_LOG_LEVEL itself; with it set, a log_level key in the file makes
+    # 4.2 and 5.1 refuse to start. tests/test_sidecar_fluentbit.py starts it that way.
+    assert pipelines.service.get("log_level") is None
 
 
 def test_parser_matches_asynclog_time(pipelines: Pipeline) -> None:
@@ -202,10 +215,11 @@ def test_tail_ships_from_the_volume_and_survives_restarts(pipelines: Pipeline) -
 
 def test_outputs_are_chosen_by_environment(pipelines: Pipeline) -> None:
     names = [o.name for o in pipelines.outputs]
-    assert sorted(names) == sorted(["stdout", *NETWORK_OUTPUTS])
+    assert sorted(names) == sorted(["stdout", "prometheus_exporter", *NETWORK_OUTPUTS])
     by_name = {o.name: o for o in pipelines.outputs}
-    # Nothing set: only stdout takes records.
-    assert _value(by_name["stdout"].get("match")) == "*"
+    # Nothing set: stdout takes the log lines (not the metrics text), the exporter the metrics.
+    assert _value(by_name["stdout"].get("match")) == "asynclog.*"
+    assert by_name["prometheus_exporter"].get("match") == METRICS_TAG
     for name in NETWORK_OUTPUTS:
         output = by_name[name]
         assert _value(output.get("match")) == "disabled", name
@@ -215,13 +229,21 @@ def test_outputs_are_chosen_by_environment(pipelines: Pipeline) -> None:
         # The default host is never this pod: an OTLP output on 127.0.0.1:4318 would loop.
         assert _value(output.get("host")) not in ("127.0.0.1", "localhost"), name
     assert _value(by_name["es"].get("match"), {"FLB_ES_MATCH": "asynclog.*"}) == "asynclog.*"
-    # No record tag is "disabled": the tail tags asynclog.*, the OTLP receiver "otel".
-    tags = {s.get("tag") for s in pipelines.inputs}
-    assert tags == {"asynclog.*", "otel"}
+    # No record tag is "disabled": the tail tags asynclog.*, the OTLP receiver "otel", the
+    # metrics filters asynclog_metrics (which `asynclog.*` does not match).
+    tags = {s.get("tag") for s in pipelines.inputs + pipelines.filters} - {None}
+    assert tags == {"asynclog.*", "otel", METRICS_TAG}
+
+
+def _filter(pipeline: Pipeline, alias: str) -> Section:
+    (found,) = [f for f in pipeline.filters if f.get("alias") == alias]
+    return found
 
 
 def test_filter_adds_deployment_metadata(pipelines: Pipeline) -> None:
-    (metadata,) = pipelines.filters
+    # The last filter: it also removes the metrics' label copies, in the same pass.
+    metadata = pipelines.filters[-1]
+    assert metadata.get("alias") == "deployment_metadata"
     assert metadata.name == "modify"
     assert metadata.get("match") == "asynclog.*"
     added = dict(entry.split(" ", 1) for entry in metadata.getall("add"))
@@ -231,3 +253,73 @@ def test_filter_adds_deployment_metadata(pipelines: Pipeline) -> None:
         "k8s.namespace.name": "${POD_NAMESPACE:-unknown}",
         "k8s.node.name": "${NODE_NAME:-unknown}",
     }
+
+
+# The RED metrics derived from the access lines.
+
+# The semconv's advice for http.server.request.duration, in seconds.
+# Each label of the histogram and the access-line field it comes from.
+LABEL_FIELDS = {
+    "http_route": "http.route",
+    "http_request_method": "http.request.method",
+    "http_response_status_code": "http.response.status_code",
+}
+SEMCONV_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
+
+
+def test_request_duration_histogram_follows_the_semantic_conventions(
+    pipelines: Pipeline,
+) -> None:
+    histogram = _filter(pipelines, "http_server_metrics")
+    assert histogram.name == "log_to_metrics"
+    assert histogram.get("metric_mode") == "histogram"
+    # <namespace>_<subsystem>_<name>, the Prometheus form of http.server.request.duration.
+    name = "_".join(
+        histogram.get(key) or "" for key in ("metric_namespace", "metric_subsystem", "metric_name")
+    )
+    assert name == "http_server_request_duration_seconds"
+    assert histogram.get("value_field") == "$duration_s"
+    assert [float(b) for b in histogram.getall("bucket")] == SEMCONV_BUCKETS
+    assert histogram.getall("regex") == ["logger ^asynclog\\.access$"]
+    assert histogram.get("tag") == METRICS_TAG
+    assert int(histogram.get("flush_interval_sec") or 0) >= 1
+    labels = dict(label.split(" ", 1) for label in histogram.getall("add_label"))
+    # Each label reads a dot-free copy of its field (record accessors end a key at its first
+    # dot), made on the access lines just before and removed by the last filter, which runs
+    # whether or not the metrics are on.
+    copy, last = _filter(pipelines, "metric_labels"), pipelines.filters[-1]
+    copies = dict(entry.split(" ") for entry in copy.getall("copy"))
+    assert {label: copies[field] for label, field in LABEL_FIELDS.items()} == {
+        label: accessor.removeprefix("$") for label, accessor in labels.items()
+    }
+    assert copy.getall("condition") == ["Key_value_equals logger asynclog.access"]
+    assert sorted(last.getall("remove")) == sorted(copies.values())
+    assert last.get("match") == "asynclog.*"
+    assert last.getall("condition") == []
+    order = [f.get("alias") for f in pipelines.filters]
+    assert order == [
+        "metric_labels",
+        "http_server_metrics",
+        "asynclog_drop_metrics",
+        "deployment_metadata",
+    ]
+
+
+def test_drop_notices_become_a_counter(pipelines: Pipeline) -> None:
+    drops = _filter(pipelines, "asynclog_drop_metrics")
+    assert drops.name == "log_to_metrics"
+    # A histogram of the notices' `dropped`: its _sum counts records, its _count notices.
+    assert drops.get("metric_mode") == "histogram"
+    assert drops.get("value_field") == "$dropped"
+    # The notice's own message: asynclog's other lines (logger `asynclog`) have no `dropped`.
+    assert drops.getall("regex") == ["message ^records dropped: queue full$"]
+    assert drops.get("tag") == METRICS_TAG
+    assert drops.getall("add_label") == []
+
+
+def test_metrics_are_derived_unless_switched_off(pipelines: Pipeline) -> None:
+    derived = [f for f in pipelines.filters if f.get("alias") != "deployment_metadata"]
+    assert len(derived) == 3
+    for section in derived:
+        assert section.get("match") == "${FLB_METRICS_MATCH:-asynclog.*}"
+        assert _value(section.get("match"), {"FLB_METRICS_MATCH": "disabled"}) == "disabled"

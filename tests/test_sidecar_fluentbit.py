@@ -1,8 +1,9 @@
-"""End to end with a real Fluent Bit: the bundled config ships what the app wrote.
+"""End to end with a real Fluent Bit: the bundled config ships what the app wrote, and turns
+its access lines into the metrics Prometheus scrapes.
 
-Runs when FLUENT_BIT names a fluent-bit binary (4.2.5 or newer) or one is on PATH; skipped
-otherwise. `--dry-run` checks only syntax, so Fluent Bit is started for real here and its own
-log is checked for errors and unknown properties.
+Runs when FLUENT_BIT names a fluent-bit binary (4.2.5 or newer; CI runs 5.1.1) or one is on
+PATH; skipped otherwise. `--dry-run` checks only syntax, so Fluent Bit is started for real here
+and its own log is checked for errors and unknown properties.
 """
 
 from __future__ import annotations
@@ -12,97 +13,44 @@ import gzip
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from _fluentbit import free_port, gunicorn_serving, http_get, stop_process, wait_for
+from _fluentbit import (
+    FLUENT_BIT,
+    METADATA,
+    assert_no_errors_or_warnings,
+    fluent_bit,
+    gunicorn_serving,
+    http_get,
+    stop_process,
+    wait_for,
+)
+from _prometheus import Labels, samples
 
 from conftest import ROOT, read_lines, run_python
 
-FLUENT_BIT = os.environ.get("FLUENT_BIT") or shutil.which("fluent-bit")
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(
         not FLUENT_BIT, reason="no Fluent Bit: set FLUENT_BIT=/path/to/fluent-bit or put it on PATH"
     ),
 ]
-
-METADATA = {
-    "service.name": "svc-e2e",
-    "k8s.pod.name": "pod-e2e",
-    "k8s.namespace.name": "ns-e2e",
-    "k8s.node.name": "node-e2e",
-}
 # What the pipeline adds to each record: the parsed time (stdout output), the source file
 # (tail Path_Key) and the deployment metadata (modify filter).
 ADDED = {"timestamp", "log.file.path", *METADATA}
-# Expected in Fluent Bit's log: the shutdown notice, and the skipped over-long line.
-EXPECTED_WARNINGS = ("service will shutdown in max", "Skipping long lines")
-
-
-@dataclass
-class FluentBit:
-    process: subprocess.Popen[bytes]
-    stdout: Path
-    log: Path
-    otlp_port: int
-
-    def records(self) -> list[dict[str, Any]]:
-        """The JSON lines the stdout output printed (trace dumps are not JSON lines)."""
-        text = self.stdout.read_text(encoding="utf-8", errors="replace")
-        return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-
-
-@contextmanager
-def fluent_bit(
-    config: Path, log_dir: Path, outputs: dict[str, str] | None = None
-) -> Iterator[FluentBit]:
-    """Fluent Bit on `config`, tailing `log_dir`, listening on free ports of 127.0.0.1."""
-    http_port, otlp_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLB_")}
-    env.update(outputs or {})
-    env.update(
-        FLB_LOG_DIR=str(log_dir),
-        FLB_HTTP_PORT=str(http_port),
-        FLB_OTLP_PORT=str(otlp_port),
-        OTEL_SERVICE_NAME=METADATA["service.name"],
-        POD_NAME=METADATA["k8s.pod.name"],
-        POD_NAMESPACE=METADATA["k8s.namespace.name"],
-        NODE_NAME=METADATA["k8s.node.name"],
-    )
-    stdout, log = log_dir.parent / "fluent-bit.out", log_dir.parent / "fluent-bit.log"
-    assert FLUENT_BIT is not None
-    with stdout.open("wb") as out, log.open("wb") as err:
-        process = subprocess.Popen([FLUENT_BIT, "-c", str(config)], stdout=out, stderr=err, env=env)
-    running = FluentBit(process, stdout, log, otlp_port)
-    health = f"http://127.0.0.1:{http_port}/api/v1/health"
-
-    def healthy() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"fluent-bit exited: {log.read_text(errors='replace')}")
-        try:
-            return http_get(health, timeout=2) == 200
-        except OSError:  # not listening yet
-            return False
-
-    try:
-        wait_for(healthy, 30, "Fluent Bit's health check")
-        yield running
-    finally:
-        if process.poll() is None:
-            stop_process(process, timeout=30)
+HISTOGRAM = "http_server_request_duration_seconds"
 
 
 def _requests(url: str, batch: str, count: int) -> None:
@@ -183,7 +131,8 @@ def test_fluent_bit_ships_every_record_across_rotation(tmp_path: Path, config: s
     with gunicorn_serving(ROOT, sink, workers=2) as app:
         # Written before the sidecar starts: Read_from_Head ships these too.
         _requests(app.url, "before", 20)
-        with fluent_bit(ROOT / config, log_dir) as flb:
+        # `*`: the OTLP span too (and, once a second, the metrics as text).
+        with fluent_bit(ROOT / config, log_dir, {"FLB_STDOUT_MATCH": "*"}) as flb:
             _requests(app.url, "running", 30)
             # Rename-style rotation: asynclog notices within a second and reopens app.log;
             # Fluent Bit keeps reading the renamed file for Rotate_Wait.
@@ -200,13 +149,22 @@ def test_fluent_bit_ships_every_record_across_rotation(tmp_path: Path, config: s
             shipped = [line for line in old + new if len(json.dumps(line)) < 1_000_000]
             assert len(shipped) == len(old) + len(new) - 1
             expected = Counter(_canonical(line) for line in shipped)
+            # Every access line is one observation too, under its route, method and status.
+            counted = Counter(
+                (line["http.route"] or "", line["http.request.method"], str(
+                    line["http.response.status_code"]
+                ))
+                for line in shipped
+                if line["logger"] == "asynclog.access"
+            )  # fmt: skip
             wait_for(
                 lambda: (
                     len(flb.records()) >= len(shipped)
                     and "sidecar-e2e-span" in flb.stdout.read_text(errors="replace")
+                    and _counts(flb.metrics()) == counted
                 ),
                 60,
-                "Fluent Bit to print every record and the span",
+                "Fluent Bit to print every record and the span, and count every request",
             )
             assert stop_process(flb.process, timeout=30) == 0
 
@@ -223,18 +181,147 @@ def test_fluent_bit_ships_every_record_across_rotation(tmp_path: Path, config: s
     assert any(r["message"] == "long exception line" for r in records)
     assert any(r["message"] == "after the long line" for r in records)
 
-    _assert_no_errors_or_warnings(flb.log)
+    assert_no_errors_or_warnings(flb.log)
 
 
-def _assert_no_errors_or_warnings(log: Path) -> None:
-    """Fluent Bit's own log has no error or warning beyond the expected ones."""
-    problems = [
-        line
-        for line in log.read_text(errors="replace").splitlines()
-        if re.search(r"\[\s*(error|warn)\]|unknown configuration property", line)
-        and not any(ok in line for ok in EXPECTED_WARNINGS)
-    ]
-    assert not problems, "\n".join(problems)
+def _counts(exposition: str) -> Counter[tuple[str, str, str]]:
+    """The histogram's _count per (route, method, status)."""
+    found: Counter[tuple[str, str, str]] = Counter()
+    for (name, labels), value in samples(exposition).items():
+        if name == f"{HISTOGRAM}_count":
+            by = dict(labels)
+            key = (by["http_route"], by["http_request_method"], by["http_response_status_code"])
+            found[key] = int(value)
+    return found
+
+
+def _access_line(route: str | None, method: str, status: int, seconds: float) -> dict[str, Any]:
+    """An access line as asynclog writes it (the sidecar reads nothing else)."""
+    line: dict[str, Any] = {
+        "time": "2026-12-03T07:00:00.123456Z",
+        "level": "info" if status < 400 else "warning" if status < 500 else "error",
+        "logger": "asynclog.access",
+        "message": f"{method} /x {status}",
+        "http.request.method": method,
+        "url.path": "/x",
+        "http.route": route,
+        "http.response.status_code": status,
+        "duration_ms": round(seconds * 1000, 3),
+        "duration_s": seconds,
+        "client.address": "127.0.0.1",
+        "user_agent.original": "probe",
+        "request_id": "r1",
+    }
+    if method == "_OTHER":
+        line["http.request.method_original"] = "PURGE"
+    return line
+
+
+# (route, method, status, duration_s) of each access line: bucket bounds are inclusive.
+ACCESS_LINES = [
+    ("/items/{item_id}", "GET", 200, 0.005),
+    ("/items/{item_id}", "GET", 200, 0.0050001),
+    ("/items/{item_id}", "GET", 200, 0.2),
+    ("/items/{item_id}", "GET", 200, 10.0),
+    ("/items/{item_id}", "GET", 200, 12.5),
+    ("/items/{item_id}", "_OTHER", 405, 0.001),
+    ("/orders", "POST", 404, 0.003),
+    (None, "GET", 404, 0.0015),
+    (None, "GET", 404, 0.09),
+    ("/fail", "GET", 500, 0.075),
+]
+DROP_NOTICES = [17, 3]
+
+
+def _expected_samples() -> dict[tuple[str, Labels], float]:
+    """The exposition the access lines and drop notices above must give, computed here."""
+    buckets = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
+    expected: dict[tuple[str, Labels], float] = {}
+
+    def histogram(
+        name: str, labels: dict[str, str], values: list[float], bounds: list[float]
+    ) -> None:
+        base = frozenset(labels.items())
+        for bound in bounds:
+            le = frozenset({*base, ("le", str(float(bound)))})
+            expected[f"{name}_bucket", le] = sum(v <= bound for v in values)
+        expected[f"{name}_bucket", frozenset({*base, ("le", "+Inf")})] = len(values)
+        expected[f"{name}_sum", base] = sum(values)
+        expected[f"{name}_count", base] = len(values)
+
+    series: dict[tuple[str, str, str], list[float]] = {}
+    for route, method, status, seconds in ACCESS_LINES:
+        series.setdefault((route or "", method, str(status)), []).append(seconds)
+    for (route, method, status), values in series.items():
+        labels = {
+            "http_route": route,
+            "http_request_method": method,
+            "http_response_status_code": status,
+        }
+        histogram(HISTOGRAM, labels, values, buckets)
+    drops = [float(n) for n in DROP_NOTICES]
+    histogram("asynclog_dropped_records", {}, drops, [1, 10, 100, 1000, 10000])
+    return expected
+
+
+@pytest.mark.parametrize("config", ["fluent-bit.conf", "fluent-bit.yaml"])
+def test_access_lines_become_a_semconv_histogram(tmp_path: Path, config: str) -> None:
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    lines = [_access_line(*line) for line in ACCESS_LINES]
+    # Not counted: asynclog's error line (it has a route too), another logger, a lookalike,
+    # asynclog's own line about something else.
+    lines.insert(2, {**lines[0], "logger": "asynclog.error", "message": "unhandled exception"})
+    lines.insert(4, {**lines[0], "logger": "asynclog.accessx"})
+    lines.insert(6, {"time": lines[0]["time"], "level": "info", "logger": "shop", "message": "x"})
+    lines.insert(7, {
+        "time": lines[0]["time"], "level": "warning", "logger": "asynclog",
+        "message": "another library changed: an internal asynclog relies on is gone",
+    })  # fmt: skip
+    for n, dropped in enumerate(DROP_NOTICES):
+        lines.insert(3 * n + 1, {
+            "time": lines[0]["time"], "level": "warning", "logger": "asynclog",
+            "message": "records dropped: queue full", "pid": 7, "dropped": dropped,
+            "dropped_total": sum(DROP_NOTICES[: n + 1]),
+        })  # fmt: skip
+    (log_dir / "app.log").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    # The defaults, but a log level from Fluent Bit's own variable, which a log_level key in
+    # the file used to turn into a refusal to start.
+    with fluent_bit(ROOT / config, log_dir, {"FLB_LOG_LEVEL": "debug"}) as flb:
+        expected = _expected_samples()
+
+        def exposed() -> bool:
+            found = samples(flb.metrics())
+            return found.keys() == expected.keys() and all(
+                found[key] == pytest.approx(value, rel=1e-12) for key, value in expected.items()
+            )
+
+        wait_for(exposed, 30, "the exposition to hold every access line and drop notice")
+        assert len(flb.records()) == len(lines)
+        assert stop_process(flb.process, timeout=30) == 0
+    assert "[debug]" in flb.log.read_text(errors="replace")
+    # Shipped as written: the copies the labels were read from are gone again, and stdout
+    # (by default) prints the log lines only, never the metrics.
+    received = [_canonical({k: v for k, v in r.items() if k not in ADDED}) for r in flb.records()]
+    assert received == [_canonical(line) for line in lines]
+    stdout = flb.stdout.read_text(errors="replace").splitlines()
+    assert all(line.startswith("{") for line in stdout), stdout
+    assert_no_errors_or_warnings(flb.log)
+
+
+@pytest.mark.parametrize("config", ["fluent-bit.conf", "fluent-bit.yaml"])
+def test_metrics_can_be_switched_off(tmp_path: Path, config: str) -> None:
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    line = _access_line("/items/{item_id}", "GET", 200, 0.01)
+    (log_dir / "app.log").write_text(json.dumps(line) + "\n")
+    with fluent_bit(ROOT / config, log_dir, {"FLB_METRICS_MATCH": "disabled"}) as flb:
+        wait_for(lambda: len(flb.records()) == 1, 30, "the line to be shipped")
+        time.sleep(2)  # two metrics intervals
+        assert flb.metrics() == ""
+        assert stop_process(flb.process, timeout=30) == 0
+    assert [{k: v for k, v in r.items() if k not in ADDED} for r in flb.records()] == [line]
+    assert_no_errors_or_warnings(flb.log)
 
 
 class _Backend(BaseHTTPRequestHandler):
@@ -385,4 +472,4 @@ def test_outputs_selected_by_environment_deliver(tmp_path: Path, config: str) ->
             assert "authorization" not in headers, path
         if path.startswith("/loki/"):
             assert headers["x-scope-orgid"] == "team-a"
-    _assert_no_errors_or_warnings(flb.log)
+    assert_no_errors_or_warnings(flb.log)

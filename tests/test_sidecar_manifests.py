@@ -22,7 +22,8 @@ SIDECAR = ROOT / "sidecar"
 K8S = SIDECAR / "k8s"
 # Native sidecars (init containers with restartPolicy: Always) are GA from 1.33.
 KUBERNETES_VERSION = "1.33.0"
-FLUENT_BIT_IMAGE = "fluent/fluent-bit:4.2.8"
+# The version the sidecar tests run (tests/test_sidecar_fluentbit.py, .ci/run).
+FLUENT_BIT_IMAGE = "fluent/fluent-bit:5.1.1"
 CONFIG_FILES = ("fluent-bit.yaml", "fluent-bit.conf", "parsers.conf")
 CLASSIC = ROOT / "fluent-bit.conf"
 
@@ -134,9 +135,8 @@ def test_paths_agree_in_the_pod(pod: dict[str, Any]) -> None:
     (logs,) = [v for v in pod["volumes"] if v["name"] == "logs"]
     assert logs["emptyDir"]["sizeLimit"] == "1Gi"
     # Two log files and the buffer of two enabled outputs fit the volume.
-    limit = expand(
-        load_yaml(ROOT / "fluent-bit.yaml").outputs[1].get("storage.total_limit_size") or "", {}
-    )
+    forward = load_yaml(ROOT / "fluent-bit.yaml").plugin("outputs", "forward")
+    limit = expand(forward.get("storage.total_limit_size") or "", {})
     assert limit.endswith("M")
     storage_limit = int(limit[:-1]) * 1024**2
     assert 2 * int(_env(app)["LOG_ROTATE_BYTES"]) + 2 * storage_limit < 1024**3
@@ -157,19 +157,39 @@ def test_listeners_in_the_pod(pod: dict[str, Any]) -> None:
     otlp_port = expand(pipeline.plugin("inputs", "opentelemetry").get("port") or "", {})
     # The app exports to the sidecar over the pod's loopback.
     assert _env(app)["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://127.0.0.1:{otlp_port}"
-    # The one listener moved off loopback is the health server, to the pod IP (not 0.0.0.0),
-    # because the kubelet probes from the node; nothing else in the sidecar is overridden.
+    # The listeners moved off loopback are the health server (the kubelet probes from the
+    # node) and the metrics exporter (Prometheus scrapes from its pod), to the pod IP, not
+    # 0.0.0.0; nothing else in the sidecar is overridden.
     overrides = {e["name"]: e for e in sidecar["env"]}
-    assert overrides["FLB_HTTP_LISTEN"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
-    assert not {"FLB_OTLP_PORT", "FLB_HTTP_PORT"} & set(overrides)
+    for name in ("FLB_HTTP_LISTEN", "FLB_METRICS_LISTEN"):
+        assert overrides[name]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert not {"FLB_OTLP_PORT", "FLB_HTTP_PORT", "FLB_METRICS_PORT"} & set(overrides)
     health_port = int(expand(pipeline.service.get("http_port") or "", {}))
-    assert [p["containerPort"] for p in sidecar["ports"]] == [health_port]
+    exporter = pipeline.plugin("outputs", "prometheus_exporter")
+    metrics_port = int(expand(exporter.get("port") or "", {}))
+    ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
+    assert ports == {"flb-http": health_port, "metrics": metrics_port}
     for probe in ("startupProbe", "livenessProbe"):
         assert sidecar[probe]["httpGet"]["path"] == "/api/v1/health"
-        assert sidecar[probe]["httpGet"]["port"] == sidecar["ports"][0]["name"]
+        assert sidecar[probe]["httpGet"]["port"] == "flb-http"
     # A readiness probe on the sidecar would take the pod out of the Service when the log
     # backend is slow.
     assert "readinessProbe" not in sidecar
+
+
+def test_prometheus_scrapes_the_sidecar_and_never_the_app(pod: dict[str, Any]) -> None:
+    template = _manifests()["Deployment"]["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    metrics_port = {p["name"]: p["containerPort"] for p in _container(pod, "fluent-bit")["ports"]}
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(metrics_port["metrics"]),
+        "prometheus.io/path": "/metrics",
+    }
+    # The app declares only its HTTP port, and the Service exposes only that.
+    assert [p["name"] for p in _container(pod, "app")["ports"]] == ["http"]
+    service = _manifests()["Service"]
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
 
 
 def test_app_container_is_probed_limited_and_locked_down(pod: dict[str, Any]) -> None:
@@ -190,6 +210,25 @@ def test_app_container_is_probed_limited_and_locked_down(pod: dict[str, Any]) ->
         assert app[probe]["httpGet"]["port"] == "http"
     # Workers keep heartbeat files in /dev/shm; anything else that writes gets /tmp.
     assert _mount(app, "tmp") == "/tmp"
+
+
+# Measured by `make bench` (sidecar/README.md, "What one sidecar carries"): one sidecar CPU
+# keeps up with this many asynclog workers at full load, the metrics on (the lower figure of
+# the runs there). A worker at full load uses one CPU.
+WORKERS_PER_SIDECAR_CPU = 2.9
+
+
+def _cpu(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def test_sidecar_cpu_keeps_up_with_the_app(pod: dict[str, Any]) -> None:
+    app, sidecar = _container(pod, "app"), _container(pod, "fluent-bit")
+    for kind in ("requests", "limits"):
+        # The app's CPU is at most that many workers at full load; the sidecar ships their
+        # lines with a fifth to spare.
+        needed = _cpu(app["resources"][kind]["cpu"]) / WORKERS_PER_SIDECAR_CPU
+        assert _cpu(sidecar["resources"][kind]["cpu"]) >= 1.2 * needed, kind
 
 
 def test_service_selects_the_pods_and_targets_the_app() -> None:
@@ -236,6 +275,10 @@ def test_compose_has_the_app_and_its_sidecar(compose: dict[str, Any]) -> None:
             assert str(port).startswith("127.0.0.1:"), port
         assert str(service["user"]).split(":")[0] not in ("0", "root")
         assert service["read_only"] is True
+    # The app service owns the network namespace, so it publishes the sidecar's /metrics,
+    # which Fluent Bit serves on every address of that namespace.
+    assert "127.0.0.1:2021:2021" in services["app"]["ports"]
+    assert services["fluent-bit"]["environment"]["FLB_METRICS_LISTEN"] == "0.0.0.0"
 
 
 def test_compose_paths_agree(compose: dict[str, Any]) -> None:
