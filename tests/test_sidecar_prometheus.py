@@ -40,8 +40,7 @@ pytestmark = [
     ),
     pytest.mark.skipif(
         not (PROMETHEUS and PROMTOOL),
-        reason="no prometheus/promtool: apt-get install prometheus, or set PROMETHEUS and "
-        "PROMTOOL",
+        reason="no prometheus/promtool: apt-get install prometheus, or set PROMETHEUS and PROMTOOL",
     ),
 ]
 
@@ -211,8 +210,10 @@ def test_prometheus_counts_every_request_of_every_worker(tmp_path: Path, figures
                     '(http_server_request_duration_seconds_bucket{le="+Inf"})'
                 )
                 wait_for(
-                    lambda: _vector(prometheus, count) == seen
-                    and _scalar(prometheus, "sum(asynclog_dropped_records_sum)") == dropped,
+                    lambda: (
+                        _vector(prometheus, count) == seen
+                        and _scalar(prometheus, "sum(asynclog_dropped_records_sum)") == dropped
+                    ),
                     60,
                     "Prometheus to have scraped every request and every drop",
                 )
