@@ -17,6 +17,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ._accel import make_record
 from ._context import bound_fields
+from ._encoder import describe_exception
 from ._logger import Logger
 from ._queue import QUEUE
 from ._record import current_otel_context
@@ -185,8 +186,11 @@ class AccessLogMiddleware:
             if config.ids_only:
                 span: trace.Span = _ids_only_span(parent)
             else:
+                method = scope.get("method")
                 span = request.span = config.tracer.start_span(
-                    scope.get("method", "HTTP"), context=parent, kind=SpanKind.SERVER
+                    method if method in config.settings.http_known_methods else "HTTP",
+                    context=parent,
+                    kind=SpanKind.SERVER,
                 )
             request.otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
         return request
@@ -197,7 +201,7 @@ class AccessLogMiddleware:
                 request.status = _CLIENT_CLOSED
             self._log(scope, request)
         if request.span is not None:
-            _end_span(request.span, scope, request.status)
+            _end_span(request.span, scope, request.status, self.config.settings)
         if request.otel_token is not None:
             otel_context.detach(request.otel_token)
         if request.context_token is not None:
@@ -213,10 +217,15 @@ class AccessLogMiddleware:
             pass
         span = request.span if request.span is not None else trace.get_current_span()
         if span.is_recording():
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            # An exception whose __str__ raises must not replace this one on its way to the
+            # server: the SDK's event reads str(exc), so the span then goes without it.
+            try:
+                span.record_exception(exc)
+            except Exception:
+                pass
+            span.set_status(Status(StatusCode.ERROR, describe_exception(exc)))
         fields = {
-            "http.request.method": scope.get("method"),
+            **_method_fields(scope.get("method"), self.config.settings.http_known_methods),
             "url.path": scope.get("path"),
             "http.route": _route(scope),
             "request_id": request.request_id,
@@ -338,15 +347,24 @@ def _route(scope: Scope) -> str | None:
     return path if isinstance(path, str) else None
 
 
-def _end_span(span: trace.Span, scope: Scope, status: int | None) -> None:
+def _method_fields(method: Any, known: frozenset[str]) -> dict[str, Any]:
+    """semconv's `http.request.method`: `_OTHER` for a method outside the known set, the
+    client's own in `http.request.method_original` (the access line inlines the same)."""
+    if method in known:
+        return {"http.request.method": method}
+    return {"http.request.method": _OTHER_METHOD, "http.request.method_original": method}
+
+
+def _end_span(span: trace.Span, scope: Scope, status: int | None, settings: AppSettings) -> None:
     # Attributes only for a span that records: an unsampled request pays for none of them.
     if span.is_recording():
         route = _route(scope)
-        method = scope.get("method", "HTTP")
+        fields = _method_fields(scope.get("method"), settings.http_known_methods)
         if route:
-            span.update_name(f"{method} {route}")
+            method = fields["http.request.method"]
+            span.update_name(f"{'HTTP' if method == _OTHER_METHOD else method} {route}")
         attributes: dict[str, Any] = {
-            "http.request.method": method,
+            **fields,
             "url.path": scope.get("path", ""),
             "url.scheme": scope.get("scheme", "http"),
             "http.response.status_code": status or 0,

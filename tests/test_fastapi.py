@@ -134,6 +134,46 @@ def test_methods_outside_the_known_set_are_logged_as_other(log_path: Path) -> No
     ]
 
 
+def test_the_span_and_the_error_line_name_unknown_methods_as_the_access_line_does(
+    log_path: Path,
+) -> None:
+    app = make_app(log_path, spans="log", http_known_methods={"HEAD"})  # GET is unknown here
+    with TestClient(app) as client:
+        client.get("/items/7")
+        with pytest.raises(RuntimeError, match="boom"):
+            client.get("/boom")
+    spans = lines_of(log_path, "asynclog.span")
+    assert [s["span.name"] for s in spans] == ["HTTP /items/{item_id}", "HTTP /boom"]
+    for span in spans:
+        assert span["attributes"]["http.request.method"] == "_OTHER"
+        assert span["attributes"]["http.request.method_original"] == "GET"
+    [error] = lines_of(log_path, "asynclog.error")
+    assert (error["http.request.method"], error["http.request.method_original"]) == (
+        "_OTHER",
+        "GET",
+    )
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError("no text for this one")
+
+
+def test_an_exception_that_cannot_be_printed_still_propagates_as_itself(log_path: Path) -> None:
+    app = make_app(log_path, spans="log")
+
+    @app.get("/unprintable")
+    async def unprintable() -> None:
+        raise _Unprintable
+
+    with TestClient(app) as client, pytest.raises(_Unprintable):
+        client.get("/unprintable")
+    [error] = lines_of(log_path, "asynclog.error")
+    assert error["exception"]["type"].endswith("_Unprintable")
+    [span] = lines_of(log_path, "asynclog.span")
+    assert span["status"] == "error"
+
+
 def test_level_follows_status(client: TestClient, log_path: Path) -> None:
     client.get("/items/1")
     client.get("/missing")
