@@ -182,6 +182,8 @@ class Encoder:
         self.slice_size = 512 if self._c_encode_into is not None else 128
         # Field names seen to need neither renaming nor masking: the fast path of _merge.
         self._plain_keys: set[str] = set()
+        # The C path's `,"name":` for each of them, rendered once.
+        self._key_prefixes: dict[str, bytes] = {}
         # The last context mapping whose names were all plain (contexts are shared by the
         # lines of a request and never mutated: binding makes a new one).
         self._checked_context: Any = None
@@ -285,12 +287,11 @@ class Encoder:
             return ends
         options = _JSON_OPTIONS | numpy_option()
         if self._c_encode_into is not None:
-            ends, self._checked_context = self._c_encode_into(
-                records, buffer, self._checked_context, self._plain_keys, _LEVEL_NAMES,
+            return self._c_encode_into(  # type: ignore[no-any-return]
+                records, buffer, self._plain_keys, self._key_prefixes, _LEVEL_NAMES,
                 self._span_ids, orjson.dumps, self._default, options, self.redactor.json_rule,
                 self.encode,
             )  # fmt: skip
-            return ends
         dumps = orjson.dumps
         default = self._default
         known = self._plain_keys.issuperset

@@ -227,6 +227,126 @@ put_int(Buffer *buf, PyObject *number)
     return put(buf, p, end - p) < 0 ? -1 : 1;
 }
 
+/* `Redactor.json_rule`, read once per `encode_into` call for `may_mask_json`. The words point
+ * into the rule's bytes, which the caller holds for the call. */
+#define RULE_WORDS 64
+
+typedef struct {
+    enum { RULE_NEVER, RULE_ALWAYS, RULE_SCAN } kind; /* None; no keys; keys to look for */
+    Py_ssize_t brackets;                              /* most `{` and `[` let through */
+    Py_ssize_t words;
+    const char *word[RULE_WORDS];
+    Py_ssize_t length[RULE_WORDS];
+    Py_ssize_t keys;
+    uint64_t key_words[RULE_WORDS];    /* per key: the bits of its words */
+    uint64_t starting[256];            /* per lowercase byte: the words that start with it */
+} JsonRule;
+
+/* 0, or -1 with an error set. A rule too big for the bit sets is read as "never". */
+static int
+read_json_rule(PyObject *rule, JsonRule *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->kind = RULE_NEVER;
+    if (rule == Py_None) {
+        return 0;
+    }
+    if (!PyTuple_CheckExact(rule) || PyTuple_GET_SIZE(rule) != 2
+        || !PyTuple_CheckExact(PyTuple_GET_ITEM(rule, 1))) {
+        PyErr_SetString(PyExc_TypeError, "json_rule must be None or (brackets, keys)");
+        return -1;
+    }
+    PyObject *brackets = PyTuple_GET_ITEM(rule, 0), *keys = PyTuple_GET_ITEM(rule, 1);
+    if (brackets == Py_None) {
+        out->kind = RULE_ALWAYS;
+        return 0;
+    }
+    if ((out->brackets = PyLong_AsSsize_t(brackets)) == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (PyTuple_GET_SIZE(keys) > RULE_WORDS) {
+        return 0;
+    }
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(keys); k++) {
+        PyObject *words = PyTuple_GET_ITEM(keys, k);
+        if (!PyTuple_CheckExact(words)) {
+            PyErr_SetString(PyExc_TypeError, "json_rule's keys must be tuples of bytes");
+            return -1;
+        }
+        for (Py_ssize_t w = 0; w < PyTuple_GET_SIZE(words); w++) {
+            PyObject *word = PyTuple_GET_ITEM(words, w);
+            if (!PyBytes_CheckExact(word) || PyBytes_GET_SIZE(word) == 0) {
+                PyErr_SetString(PyExc_TypeError, "json_rule's words must be non-empty bytes");
+                return -1;
+            }
+            if (out->words == RULE_WORDS) {
+                return 0; /* too many words: every frozen value is looked at */
+            }
+            Py_ssize_t n = out->words++;
+            out->word[n] = PyBytes_AS_STRING(word);
+            out->length[n] = PyBytes_GET_SIZE(word);
+            out->key_words[k] |= (uint64_t)1 << n;
+            out->starting[(unsigned char)out->word[n][0]] |= (uint64_t)1 << n;
+        }
+    }
+    out->keys = PyTuple_GET_SIZE(keys);
+    out->kind = RULE_SCAN;
+    return 0;
+}
+
+static inline unsigned char
+ascii_lower(unsigned char c)
+{
+    return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
+}
+
+/* `Redactor.may_mask_json(data)`: 1 yes, 0 no. One pass: any non-ASCII byte, the brackets
+ * counted, and at each byte the words that start with it (lowercased) compared there. */
+static int
+may_mask_json(const JsonRule *rule, const char *data, Py_ssize_t size)
+{
+    if (rule->kind != RULE_SCAN) {
+        return rule->kind == RULE_NEVER;
+    }
+    Py_ssize_t brackets = 0;
+    uint64_t found = 0;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        unsigned char c = (unsigned char)data[i];
+        if (c >= 0x80) {
+            return 1;
+        }
+        brackets += c == '{' || c == '[';
+        uint64_t candidates = rule->starting[ascii_lower(c)] & ~found;
+        while (candidates) {
+            int n = __builtin_ctzll(candidates);
+            candidates &= candidates - 1;
+            Py_ssize_t length = rule->length[n], j = 1;
+            if (i + length > size) {
+                continue;
+            }
+            while (j < length
+                   && ascii_lower((unsigned char)data[i + j]) == (unsigned char)rule->word[n][j]) {
+                j++;
+            }
+            if (j == length) {
+                found |= (uint64_t)1 << n;
+            }
+        }
+    }
+    if (brackets > rule->brackets) {
+        return 1;
+    }
+    for (Py_ssize_t k = 0; k < rule->keys; k++) {
+        if ((found & rule->key_words[k]) == rule->key_words[k]) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Known names' rendered prefixes kept at most (a dict per encoder). */
+#define PREFIXES_LIMIT 10000
+
 /* What one `encode_into` call works with. */
 typedef struct {
     PyObject *known;       /* field names needing neither renaming nor masking (a set) */
@@ -235,8 +355,8 @@ typedef struct {
     PyObject *dumps;       /* orjson.dumps */
     PyObject *default_;    /* its default hook */
     PyObject *options;     /* its options (an int) */
-    PyObject *json_rule;   /* Redactor.json_rule: when a frozen value's bytes go in as they are */
-    PyObject *checked;     /* the last context seen to hold only known names (owned) */
+    JsonRule *rule;        /* Redactor.json_rule: when a frozen value's bytes go in as they are */
+    PyObject *prefixes;    /* known name -> its `,"name":` (a dict, filled as names are met) */
     Buffer message;        /* the current record's message, as a JSON string */
 } Job;
 
@@ -261,83 +381,6 @@ put_dumped(Buffer *buf, PyObject *value, PyObject *dumps)
         : 0;
     Py_DECREF(data);
     return result;
-}
-
-static inline unsigned char
-ascii_lower(unsigned char c)
-{
-    return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
-}
-
-/* Whether `word` (lowercase ASCII) occurs in `data`, ASCII case aside. */
-static int
-contains_word(const char *data, Py_ssize_t size, const char *word, Py_ssize_t length)
-{
-    for (Py_ssize_t i = 0; i + length <= size; i++) {
-        Py_ssize_t j = 0;
-        while (j < length && ascii_lower((unsigned char)data[i + j]) == (unsigned char)word[j]) {
-            j++;
-        }
-        if (j == length) {
-            return 1;
-        }
-    }
-    return 0;
-}
-
-/* `Redactor.may_mask_json(data)`, by `Redactor.json_rule`: 1 yes, 0 no, -1 error. */
-static int
-may_mask_json(PyObject *rule, const char *data, Py_ssize_t size)
-{
-    if (rule == Py_None) {
-        return 1;
-    }
-    if (!PyTuple_CheckExact(rule) || PyTuple_GET_SIZE(rule) != 2) {
-        PyErr_SetString(PyExc_TypeError, "json_rule must be None or a pair");
-        return -1;
-    }
-    PyObject *brackets = PyTuple_GET_ITEM(rule, 0), *keys = PyTuple_GET_ITEM(rule, 1);
-    if (brackets == Py_None) {
-        return 0;
-    }
-    Py_ssize_t limit = PyLong_AsSsize_t(brackets), count = 0;
-    if (limit == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < size; i++) {
-        unsigned char c = (unsigned char)data[i];
-        if (c >= 0x80) {
-            return 1;
-        }
-        count += c == '{' || c == '[';
-    }
-    if (count > limit) {
-        return 1;
-    }
-    if (!PyTuple_CheckExact(keys)) {
-        PyErr_SetString(PyExc_TypeError, "json_rule's keys must be a tuple");
-        return -1;
-    }
-    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(keys); k++) {
-        PyObject *words = PyTuple_GET_ITEM(keys, k);
-        if (!PyTuple_CheckExact(words)) {
-            PyErr_SetString(PyExc_TypeError, "json_rule's words must be tuples of bytes");
-            return -1;
-        }
-        int all = 1;
-        for (Py_ssize_t w = 0; all && w < PyTuple_GET_SIZE(words); w++) {
-            PyObject *word = PyTuple_GET_ITEM(words, w);
-            if (!PyBytes_CheckExact(word)) {
-                PyErr_SetString(PyExc_TypeError, "json_rule's words must be bytes");
-                return -1;
-            }
-            all = contains_word(data, size, PyBytes_AS_STRING(word), PyBytes_GET_SIZE(word));
-        }
-        if (all) {
-            return 1;
-        }
-    }
-    return 0;
 }
 
 /* ---- frozen values --------------------------------------------------------------------------
@@ -366,9 +409,8 @@ static int
 put_frozen(Buffer *buf, PyObject *value, Job *job)
 {
     PyObject *data = ((FrozenObject *)value)->data;
-    int look = may_mask_json(job->json_rule, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
-    if (look != 0) {
-        return look < 0 ? -1 : 0;
+    if (may_mask_json(job->rule, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))) {
+        return 0;
     }
     return put(buf, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)) < 0 ? -1 : 1;
 }
@@ -416,15 +458,66 @@ put_value(Buffer *buf, PyObject *value, Job *job)
     return 0;
 }
 
-/* `,"key":value` for each item of `fields`. A key already written by an earlier mapping is
- * skipped when it holds the very same value (the line dict would keep one, in the first
- * place); any other repeat is left to the dict path. Keys are exact str (checked by
- * `all_known`), so looking them up runs no Python code; key and value are held while a value
- * is written all the same. */
+/* `,"key":value` for each item of `fields`, each name checked as it is written (`known_prefix`).
+ * A key already written by an earlier mapping is skipped when it holds the very same value
+ * (the line dict would keep one, in the first place); any other repeat is left to the dict
+ * path. Key and value are held while the value is written: an enum member's `value` property
+ * is Python code. */
+/* A name the direct path does not write: the record goes to the reference encoder. */
+#define NOT_KNOWN 2
+
+/* Whether `key` is a name known to need neither renaming nor masking (an exact str in
+ * `job->known`): 1 with `*prefix` its `,"key":` (borrowed from `job->prefixes`, which keeps
+ * each one rendered once), NOT_KNOWN, or -1 on error. An exact str is hashed and compared
+ * without running any Python code; a str subclass could run its own `__hash__`/`__eq__`. */
+static int
+known_prefix(Job *job, PyObject *key, PyObject **prefix)
+{
+    if (!PyUnicode_CheckExact(key)) {
+        return NOT_KNOWN;
+    }
+    *prefix = PyDict_GetItemWithError(job->prefixes, key);
+    if (*prefix != NULL) {
+        return 1;
+    }
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    int known = PySet_Contains(job->known, key);
+    if (known != 1) {
+        return known < 0 ? -1 : NOT_KNOWN;
+    }
+    Buffer rendered = {NULL, 0, 0};
+    int done = PUT_LITERAL(&rendered, ",") < 0 ? -1 : put_str(&rendered, key);
+    if (done == 1 && PUT_LITERAL(&rendered, ":") < 0) {
+        done = -1;
+    }
+    PyObject *bytes = done == 1 ? PyBytes_FromStringAndSize(rendered.data, rendered.size) : NULL;
+    PyMem_Free(rendered.data);
+    if (bytes == NULL) {
+        return done == 1 ? -1 : NOT_KNOWN; /* lone surrogates: the reference encoder says so */
+    }
+    if (PyDict_GET_SIZE(job->prefixes) >= PREFIXES_LIMIT) {
+        PyDict_Clear(job->prefixes);
+    }
+    done = PyDict_SetItem(job->prefixes, key, bytes);
+    Py_DECREF(bytes);
+    if (done < 0) {
+        return -1;
+    }
+    *prefix = PyDict_GetItemWithError(job->prefixes, key);
+    return *prefix == NULL ? -1 : 1;
+}
+
 static int
 put_field(Buffer *buf, PyObject *key, PyObject *value, PyObject *earlier, PyObject *earliest,
           Job *job)
 {
+    PyObject *prefix;
+    int done = known_prefix(job, key, &prefix);
+    if (done != 1) {
+        return done;
+    }
     PyObject *before[2] = {earlier, earliest};
     for (int i = 0; i < 2; i++) {
         if (before[i] == NULL || PyDict_GET_SIZE(before[i]) == 0) {
@@ -438,14 +531,8 @@ put_field(Buffer *buf, PyObject *key, PyObject *value, PyObject *earlier, PyObje
             return seen == value ? 1 : 0;
         }
     }
-    int done;
-    if (PUT_LITERAL(buf, ",") < 0) {
-        return -1;
-    }
-    if ((done = put_str(buf, key)) != 1) {
-        return done;
-    }
-    if (PUT_LITERAL(buf, ":") < 0) {
+    /* `prefix` is still the dict's: nothing since the lookup could run Python code. */
+    if (put(buf, PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix)) < 0) {
         return -1;
     }
     return put_value(buf, value, job);
@@ -761,18 +848,20 @@ encode_record(Job *job, Buffer *buf, PyObject *record)
         goto done;
     }
 
-    /* 2. The checks, then the writing: no Python code from here to `dumps_line`. */
-    if ((context != job->checked && (ok = all_known(job->known, context)) != 1)
-        || (PyDict_GET_SIZE(bound) && (ok = all_known(job->known, bound)) != 1)
+    /* 2. The writing, each name checked as it is written. */
+    result = put_line(buf, stamp, level, logger, &job->message, ids, context, bound, fields, job);
+    if (result == NOT_KNOWN) {
+        result = 0; /* the reference encoder renames or masks it */
+        goto done;
+    }
+    if (result != 0) {
+        goto done; /* written, or an error */
+    }
+    /* The dict path writes every name as it is: all must be known (none ran code since). */
+    if ((ok = all_known(job->known, context)) != 1 || (ok = all_known(job->known, bound)) != 1
         || (ok = all_known(job->known, fields)) != 1) {
         result = ok;
         goto done;
-    }
-    Py_INCREF(context);
-    Py_SETREF(job->checked, context);
-    result = put_line(buf, stamp, level, logger, &job->message, ids, context, bound, fields, job);
-    if (result) {
-        goto done; /* written, or an error */
     }
 
     /* 3. A value the direct path does not write: the same line as a dict, through orjson.
@@ -803,11 +892,11 @@ done:
 }
 
 PyDoc_STRVAR(encode_into_doc,
-"encode_into(records, buffer, checked, known, level_names, span_ids, dumps, default, options,\n"
-"            json_rule, fallback) -> (ends, checked)\n"
+"encode_into(records, buffer, known, prefixes, level_names, span_ids, dumps, default,\n"
+"            options, json_rule, fallback) -> ends\n"
 "\n"
 "Append the lines of `records` to the bytearray `buffer` as Encoder.encode_into does, and\n"
-"return where each ends and the last context found to hold only known names.\n"
+"return where each ends. `prefixes` (a dict) keeps the known names' rendered prefixes.\n"
 "`fallback(record)` writes the records the fast path does not take.");
 
 static PyObject *
@@ -819,13 +908,18 @@ encode_into(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
     }
     PyObject *records = argv[0], *target = argv[1], *fallback = argv[10];
     if (!PyList_CheckExact(records) || !PyByteArray_CheckExact(target)
-        || !PySet_CheckExact(argv[3]) || !PyDict_CheckExact(argv[4])) {
+        || !PySet_CheckExact(argv[2]) || !PyDict_CheckExact(argv[3])
+        || !PyDict_CheckExact(argv[4])) {
         PyErr_SetString(PyExc_TypeError,
-                        "encode_into: records, buffer, known and level_names must be a list, a "
-                        "bytearray, a set and a dict");
+                        "encode_into: records, buffer, known, prefixes and level_names must be a "
+                        "list, a bytearray, a set, a dict and a dict");
         return NULL;
     }
-    Job job = {argv[3], argv[4], argv[5], argv[6], argv[7], argv[8], argv[9], Py_NewRef(argv[2]),
+    JsonRule rule;
+    if (read_json_rule(argv[9], &rule) < 0) {
+        return NULL;
+    }
+    Job job = {argv[2], argv[4], argv[5], argv[6], argv[7], argv[8], &rule, argv[3],
                {NULL, 0, 0}};
     Buffer buf = {NULL, 0, 0};
     Py_ssize_t *line_ends = NULL, lines = 0, capacity = 0;
@@ -881,13 +975,12 @@ encode_into(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
         }
         memcpy(PyByteArray_AS_STRING(target) + offset, buf.data, (size_t)buf.size);
     }
-    result = PyTuple_Pack(2, ends, job.checked);
+    result = Py_NewRef(ends);
 done:
     PyMem_Free(buf.data);
     PyMem_Free(job.message.data);
     PyMem_Free(line_ends);
     Py_XDECREF(ends);
-    Py_DECREF(job.checked);
     return result;
 }
 
@@ -1019,6 +1112,10 @@ static int
 is_immutable(LevelMethod *self, PyObject *value)
 {
     PyObject *type = (PyObject *)Py_TYPE(value);
+    if (PyUnicode_CheckExact(value) || PyLong_CheckExact(value) || PyFloat_CheckExact(value)
+        || PyBool_Check(value) || value == Py_None) {
+        return 1; /* the usual ones, without the set lookup */
+    }
     int found = PySet_Contains(self->immutable, type);
     if (found != 0) {
         return found;

@@ -5,8 +5,8 @@ from typing import Any
 def encode_into(
     records: list[tuple[Any, ...]],
     buffer: bytearray,
-    checked: Any,
     known: set[str],
+    prefixes: dict[str, bytes],
     level_names: dict[int, str],
     span_ids: Callable[[Any], tuple[str, str] | None],
     dumps: Callable[..., bytes],
@@ -14,7 +14,7 @@ def encode_into(
     options: int,
     json_rule: tuple[int | None, tuple[tuple[bytes, ...], ...]] | None,
     fallback: Callable[[tuple[Any, ...]], bytes],
-) -> tuple[list[int], Any]: ...
+) -> list[int]: ...
 
 class LevelMethod:
     def __init__(
