@@ -1131,10 +1131,89 @@ is_immutable(LevelMethod *self, PyObject *value)
  * small one costs ~0.05 us. Up to this size (pymalloc's limit), frozen bytes are copied. */
 #define SMALL_OBJECT 512
 
+/* How deep `dump_plain` follows dicts and lists before it leaves a value to orjson. */
+#define PLAIN_DEPTH 32
+/* Where `dump_plain` writes: reused from call to call (one interpreter, under the GIL, and
+ * nothing it calls runs Python code, so no other call can start meanwhile); freed when a big
+ * value made it grow past this. */
+#define SCRATCH_KEPT 65536
+static Buffer scratch;
+
+/* The bytes orjson writes for `value` (with `OPT_NON_STR_KEYS`), for dicts with exact str
+ * keys, lists and tuples of exact strs, ints within 64 bits, bools, None and floats (those
+ * through orjson itself): 1 written, 0 anything else (left to orjson), -1 on error. A small
+ * dict costs orjson a call, a 1 KB buffer and its shrinking; here it is a few hundred
+ * instructions. Runs no Python code: exact builtin types only, and orjson for floats. */
+static int
+dump_plain(Buffer *buf, PyObject *value, PyObject *dumps, int depth)
+{
+    PyTypeObject *type = Py_TYPE(value);
+    if (type == &PyUnicode_Type) {
+        return put_str(buf, value);
+    }
+    if (type == &PyLong_Type) {
+        return put_int(buf, value);
+    }
+    if (value == Py_None) {
+        return PUT_LITERAL(buf, "null") < 0 ? -1 : 1;
+    }
+    if (value == Py_True) {
+        return PUT_LITERAL(buf, "true") < 0 ? -1 : 1;
+    }
+    if (value == Py_False) {
+        return PUT_LITERAL(buf, "false") < 0 ? -1 : 1;
+    }
+    if (type == &PyFloat_Type) {
+        return put_dumped(buf, value, dumps);
+    }
+    if (depth >= PLAIN_DEPTH) {
+        return 0;
+    }
+    if (type == &PyDict_Type) {
+        Py_ssize_t pos = 0, written = 0;
+        PyObject *key, *item;
+        if (PUT_LITERAL(buf, "{") < 0) {
+            return -1;
+        }
+        while (PyDict_Next(value, &pos, &key, &item)) {
+            if (written++ > 0 && PUT_LITERAL(buf, ",") < 0) {
+                return -1;
+            }
+            int done = PyUnicode_CheckExact(key) ? put_str(buf, key) : 0;
+            if (done == 1) {
+                done = PUT_LITERAL(buf, ":") < 0 ? -1 : dump_plain(buf, item, dumps, depth + 1);
+            }
+            if (done != 1) {
+                return done;
+            }
+        }
+        return PUT_LITERAL(buf, "}") < 0 ? -1 : 1;
+    }
+    if (type == &PyList_Type || type == &PyTuple_Type) {
+        PyObject *const *items = PySequence_Fast_ITEMS(value);
+        Py_ssize_t size = PySequence_Fast_GET_SIZE(value);
+        if (PUT_LITERAL(buf, "[") < 0) {
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < size; i++) {
+            if (i > 0 && PUT_LITERAL(buf, ",") < 0) {
+                return -1;
+            }
+            int done = dump_plain(buf, items[i], dumps, depth + 1);
+            if (done != 1) {
+                return done;
+            }
+        }
+        return PUT_LITERAL(buf, "]") < 0 ? -1 : 1;
+    }
+    return 0;
+}
+
 /* `_snapshot.snapshot_value(value)`, its common case in C: a tuple of immutable values as it
  * is, else the JSON bytes orjson makes of it (no default hook: orjson runs no Python code and
- * holds the GIL throughout, so no thread can change the value meanwhile) as a Frozen. What
- * orjson refuses goes to `snapshot_value`. Returns a new reference. */
+ * holds the GIL throughout, so no thread can change the value meanwhile) as a Frozen, plain
+ * values written by `dump_plain`. What orjson refuses goes to `snapshot_value`. Returns a new
+ * reference. */
 static PyObject *
 freeze(LevelMethod *self, PyObject *value)
 {
@@ -1149,6 +1228,18 @@ freeze(LevelMethod *self, PyObject *value)
         if (all) {
             return Py_NewRef(value);
         }
+    }
+    scratch.size = 0;
+    int plain = dump_plain(&scratch, value, self->dumps, 0);
+    PyObject *bytes = plain == 1 ? PyBytes_FromStringAndSize(scratch.data, scratch.size) : NULL;
+    if (scratch.capacity > SCRATCH_KEPT) {
+        PyMem_Free(scratch.data);
+        scratch = (Buffer){NULL, 0, 0};
+    }
+    if (plain != 0) {
+        PyObject *frozen = bytes != NULL ? new_frozen(bytes) : NULL;
+        Py_XDECREF(bytes);
+        return frozen;
     }
     PyObject *numpy = PyDict_GetItemWithError(PyImport_GetModuleDict(), S_NUMPY);
     if (numpy == NULL && PyErr_Occurred()) {

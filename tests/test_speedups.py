@@ -11,6 +11,7 @@ import os
 import zoneinfo
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -295,6 +296,92 @@ def test_datetimes_uuids_enums_decimals_and_frozen_values_write_what_encode_writ
         assert json.loads(line) == json.loads(Encoder(looks_at_all).encode(record))
         for name in ("password", "X-Api-Key", "accessToken"):
             assert f'"{name}":' not in line.decode() or _masked(json.loads(line), name)
+
+
+_FREEZABLE = st.recursive(
+    _JSON_VALUE | st.just(_Str("subclass")) | st.just(2**64 - 1),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(_TEXT | st.integers() | st.just(_Str("k")), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@needs_extension
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=st.lists(_FREEZABLE, max_size=3) | st.dictionaries(_TEXT, _FREEZABLE, max_size=4))
+def test_a_level_method_freezes_a_value_into_the_bytes_orjson_makes(value: Any) -> None:
+    """The C level method writes plain dicts and lists itself: escapes, non-ASCII, floats, ints
+    at 64 bits and tuples come out as orjson's bytes, and whatever it leaves to orjson (lone
+    surrogates, bigger ints, non-str keys, str subclasses, deep nesting) is frozen as the Python
+    level method freezes it."""
+    log = Logger("freeze", {})
+    deep = value
+    for _ in range(40):  # deeper than the C writer goes: left to orjson
+        deep = [deep]
+    QUEUE.items.clear()
+    try:
+        log.info("m", v=value, deep=deep)
+        _PYTHON_INFO(log, "m", v=value, deep=deep)
+        c_record, python_record = QUEUE.items
+    finally:
+        QUEUE.items.clear()
+    assert _comparable(c_record[5]) == _comparable(python_record[5])
+    try:
+        want = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return
+    assert c_record[5]["v"].data == want
+
+
+# Names as apps spell them: words of the keys and others, in any case, joined by any separator
+# or none, with non-ASCII letters whose lower case is ASCII (the Kelvin sign) among them.
+_WORD = st.sampled_from(
+    ["api", "key", "token", "access", "secret", "pass", "word", "id", "user", "K", "\u212a", "é"]
+)
+_CASED = st.tuples(_WORD, st.sampled_from([str.lower, str.upper, str.title])).map(
+    lambda pair: pair[1](pair[0])
+)
+_SPELLED = st.lists(
+    st.tuples(_CASED, st.sampled_from(["", "_", "-", ".", " "])), min_size=1, max_size=4
+).map(lambda parts: "".join(word + sep for word, sep in parts))
+_SPELLED_TREE = st.recursive(
+    st.one_of(st.integers(min_value=-(2**63), max_value=2**63 - 1), _SPELLED),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_SPELLED, inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(
+    max_examples=500,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    value=st.lists(_SPELLED_TREE, max_size=3) | st.dictionaries(_SPELLED, _SPELLED_TREE),
+    keys=st.sampled_from(
+        [frozenset({"password", "api_key", "token"}), frozenset({"access_token", "id"})]
+    ),
+    depth=st.sampled_from([1, 3, 256]),
+)
+def test_frozen_bytes_go_in_as_they_are_only_when_no_key_can_be_masked_inside(
+    value: Any, keys: frozenset[str], depth: int, implementation: str
+) -> None:
+    """The scan that lets a frozen value's bytes into the line unread never says "nothing to
+    mask" where masking changes something, whatever the case, camelCase or separators of the
+    names: the batch encoder's line reads the same as one that decodes and masks every value."""
+    redactor = Redactor(keys, depth)
+    frozen = snapshot_value(value)
+    if redactor.nested(value) != value:
+        assert redactor.may_mask_json(frozen.data)
+    record = (1796084572.25, 20, "rich", "m", None, {"v": frozen}, {}, {}, {}, None)
+    buffer = bytearray()
+    Encoder(redactor).encode_into([record], buffer)
+    looks_at_all = Redactor(keys, depth)
+    looks_at_all.json_rule = None
+    assert json.loads(buffer) == json.loads(Encoder(looks_at_all).encode(record))
 
 
 def _masked(value: Any, name: str) -> bool:
