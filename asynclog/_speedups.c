@@ -418,8 +418,9 @@ put_frozen(Buffer *buf, PyObject *value, Job *job)
 /* Types imported when the module loads. */
 static PyObject *UUID_TYPE, *ENUM_META, *DECIMAL_TYPE;
 
+/* An exact str, an int within 64 bits, None, True or False (1), else 0: nothing written. */
 static int
-put_value(Buffer *buf, PyObject *value, Job *job)
+put_scalar(Buffer *buf, PyObject *value)
 {
     PyTypeObject *type = Py_TYPE(value);
     if (type == &PyUnicode_Type) {
@@ -436,6 +437,17 @@ put_value(Buffer *buf, PyObject *value, Job *job)
     }
     if (value == Py_False) {
         return PUT_LITERAL(buf, "false") < 0 ? -1 : 1;
+    }
+    return 0;
+}
+
+static int
+put_value(Buffer *buf, PyObject *value, Job *job)
+{
+    PyTypeObject *type = Py_TYPE(value);
+    if (type == &PyUnicode_Type || type == &PyLong_Type || type == &PyBool_Type
+        || value == Py_None) {
+        return put_scalar(buf, value);
     }
     if (type == &FrozenType) {
         return put_frozen(buf, value, job);
@@ -1148,20 +1160,9 @@ static int
 dump_plain(Buffer *buf, PyObject *value, PyObject *dumps, int depth)
 {
     PyTypeObject *type = Py_TYPE(value);
-    if (type == &PyUnicode_Type) {
-        return put_str(buf, value);
-    }
-    if (type == &PyLong_Type) {
-        return put_int(buf, value);
-    }
-    if (value == Py_None) {
-        return PUT_LITERAL(buf, "null") < 0 ? -1 : 1;
-    }
-    if (value == Py_True) {
-        return PUT_LITERAL(buf, "true") < 0 ? -1 : 1;
-    }
-    if (value == Py_False) {
-        return PUT_LITERAL(buf, "false") < 0 ? -1 : 1;
+    if (type == &PyUnicode_Type || type == &PyLong_Type || type == &PyBool_Type
+        || value == Py_None) {
+        return put_scalar(buf, value);
     }
     if (type == &PyFloat_Type) {
         return put_dumped(buf, value, dumps);

@@ -176,6 +176,18 @@ class _Str(str):
     pass
 
 
+def _assert_batches_write_what_encode_writes(records: list[Any], redactor: Redactor) -> list[bytes]:
+    """`encode_into` writes each record's `encode` bytes, on a fresh encoder and again once
+    it knows the names. Returns those lines."""
+    expected = [Encoder(redactor).encode(record) for record in records]
+    encoder = Encoder(redactor)
+    for _ in range(2):  # the first pass meets the names, the second knows them
+        buffer = bytearray()
+        ends = encoder.encode_into(records, buffer)
+        assert [bytes(buffer[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)] == expected
+    return expected
+
+
 @settings(
     max_examples=300,
     deadline=None,
@@ -206,13 +218,7 @@ def test_the_direct_writer_writes_what_orjson_writes(lines: list[Any], implement
             name = next(iter(context))
             fields[name] = context[name]
         records.append((1796084572.25, 20, logger, msg, None, fields, bound, context, {}, None))
-    redactor = Redactor(frozenset({"password"}))
-    expected = [Encoder(redactor).encode(record) for record in records]
-    encoder = Encoder(redactor)
-    for _ in range(2):  # the first pass meets the names, the second knows them
-        buffer = bytearray()
-        ends = encoder.encode_into(records, buffer)
-        assert [bytes(buffer[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)] == expected
+    _assert_batches_write_what_encode_writes(records, Redactor(frozenset({"password"})))
 
 
 class _Color(enum.Enum):
@@ -282,12 +288,7 @@ def test_datetimes_uuids_enums_decimals_and_frozen_values_write_what_encode_writ
         (1796084572.25, 20, "rich", "m", None, f, {}, {"request_id": "r"}, {}, None) for f in fields
     ]
     redactor = Redactor(frozenset({"password", "api_key", "token"}), depth)
-    expected = [Encoder(redactor).encode(record) for record in records]
-    encoder = Encoder(redactor)
-    for _ in range(2):  # the first pass meets the names, the second knows them
-        buffer = bytearray()
-        ends = encoder.encode_into(records, buffer)
-        assert [bytes(buffer[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)] == expected
+    expected = _assert_batches_write_what_encode_writes(records, redactor)
     # Putting frozen bytes in as they are changes nothing a reader sees: the same lines as
     # decoding and masking every one of them.
     looks_at_all = Redactor(redactor.keys, depth)
