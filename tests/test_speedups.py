@@ -356,7 +356,7 @@ _SPELLED_TREE = st.recursive(
 
 
 @settings(
-    max_examples=500,
+    max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
