@@ -1,12 +1,17 @@
-/* The writer's fast path in C: `Encoder.encode_into` without the bytecode.
+/* The hot paths in C: the writer's `Encoder.encode_into` and the caller's level methods.
  *
- * It takes the records the pure-Python fast path in _encoder.py takes (same checks) and writes
- * their line in one of two ways:
- *   - directly, when every value is a str, an int within 64 bits, a float, a bool or None: the
- *     bytes orjson would write, without building the line dict;
+ * The batch encoder takes the records the pure-Python fast path in _encoder.py takes (same
+ * checks) and writes their line in one of two ways:
+ *   - directly, when every value is a str, an int within 64 bits, a float, a bool, None, a
+ *     datetime, date, time, UUID, enum member or Decimal, or a value frozen on the caller whose
+ *     bytes the redactor could not change: the bytes orjson would write, without building the
+ *     line dict;
  *   - else as the Python path does: the same line dict, the same `orjson.dumps` call.
  * Any other record, and any record that raises on the way, goes to the encoder's `encode`, the
  * reference. Tests check that all three write `encode`'s bytes.
+ *
+ * The level methods (`LevelMethod`) capture the record tuple `_logger` captures, freezing
+ * mutable field values into JSON bytes as `_snapshot` does; tests compare the two captures.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
