@@ -319,6 +319,29 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 60) -> int:
         raise
 
 
+@contextmanager
+def ready_until_done(
+    process: subprocess.Popen[bytes], log: Path, ready_url: str, what: str, timeout: float
+) -> Iterator[None]:
+    """Wait until `ready_url` answers 200 (raising with `log` if `process` exits first), run the
+    block, then stop `process` by PID if it still runs."""
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log.read_text(errors='replace')}")
+        try:
+            return http_get(ready_url, timeout=2) == 200
+        except OSError:  # not listening yet
+            return False
+
+    try:
+        wait_for(ready, timeout, f"{what} to be ready")
+        yield
+    finally:
+        if process.poll() is None:
+            stop_process(process, timeout=30)
+
+
 @dataclass
 class Gunicorn:
     """A gunicorn master started with sidecar/gunicorn.conf.py on 127.0.0.1."""
@@ -430,23 +453,9 @@ def fluent_bit(
         process = subprocess.Popen(
             [FLUENT_BIT, "-c", str(config)], stdout=out, stderr=err, env=environ
         )
-    running = FluentBit(process, stdout, log, otlp_port, metrics_port)
     health = f"http://127.0.0.1:{http_port}/api/v1/health"
-
-    def healthy() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"fluent-bit exited: {log.read_text(errors='replace')}")
-        try:
-            return http_get(health, timeout=2) == 200
-        except OSError:  # not listening yet
-            return False
-
-    try:
-        wait_for(healthy, 30, "Fluent Bit's health check")
-        yield running
-    finally:
-        if process.poll() is None:
-            stop_process(process, timeout=30)
+    with ready_until_done(process, log, health, "fluent-bit", 30):
+        yield FluentBit(process, stdout, log, otlp_port, metrics_port)
 
 
 def assert_no_errors_or_warnings(log: Path) -> None:

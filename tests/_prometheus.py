@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from _fluentbit import free_port, http_get, http_text, stop_process, wait_for
+from _fluentbit import free_port, http_text, ready_until_done
 
 __all__ = [
     "PROMETHEUS",
@@ -108,19 +108,6 @@ def prometheus_scraping(target: str, workdir: Path) -> Iterator[Prometheus]:
     ]
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=out, cwd=workdir)
-    running = Prometheus(process, f"http://127.0.0.1:{port}", log)
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"prometheus exited: {log.read_text(errors='replace')}")
-        try:
-            return http_get(f"{running.url}/-/ready", timeout=2) == 200
-        except OSError:  # not listening yet
-            return False
-
-    try:
-        wait_for(ready, 60, "Prometheus to be ready")
-        yield running
-    finally:
-        if process.poll() is None:
-            stop_process(process, timeout=30)
+    url = f"http://127.0.0.1:{port}"
+    with ready_until_done(process, log, f"{url}/-/ready", "prometheus", 60):
+        yield Prometheus(process, url, log)
