@@ -131,6 +131,13 @@ def _at_least(what: str, value: float | None, limit: float, unit: str = "x") -> 
     return Target(what, f">= {limit:.3g}{unit}", value, met, unit)
 
 
+def _all_of(what: str, checks: list[bool]) -> Target:
+    """Met when every check holds (None: nothing was checked); the value is how many held."""
+    return Target(
+        what, "all", float(sum(checks)), all(checks) if checks else None, f"/{len(checks)}"
+    )
+
+
 def targets(micro: list[dict[str, Any]], e2e: list[dict[str, Any]]) -> list[Target]:
     """The issue's targets, each evaluated on this run's figures (None: not measured)."""
     peers = _by_name(micro)
@@ -208,15 +215,7 @@ def targets(micro: list[dict[str, Any]], e2e: list[dict[str, Any]]) -> list[Targ
         for c in e2e
         if c["mode"].startswith("asynclog") and "error" not in c
     ]
-    out.append(
-        Target(
-            "asynclog: every non-dropped line intact, dropped lines counted",
-            "all",
-            float(sum(intact)),
-            all(intact) if intact else None,
-            unit=f"/{len(intact)}",
-        )
-    )
+    out.append(_all_of("asynclog: every non-dropped line intact, dropped lines counted", intact))
     return out
 
 
@@ -570,15 +569,7 @@ def mix_targets(mix: list[dict[str, Any]], shapes: set[str]) -> list[Target]:
         for m in mix
         if m["shape"] in shapes and m["name"].startswith("asynclog")
     ]
-    out.append(
-        Target(
-            "mix: asynclog's lines intact on every shape",
-            "all",
-            float(sum(intact)),
-            all(intact) if intact else None,
-            unit=f"/{len(intact)}",
-        )
-    )
+    out.append(_all_of("mix: asynclog's lines intact on every shape", intact))
     return out
 
 
