@@ -200,8 +200,8 @@ class Encoder:
     def _merge(self, line: dict[str, Any], fields: Mapping[str, Any]) -> None:
         # Fast path: field names repeat call after call, so names already known to need neither
         # renaming nor masking go in with one update(). The values need no look: whatever the
-        # caller captured is immutable or frozen (see _snapshot), and frozen values are decoded
-        # and redacted by the default hook while orjson encodes the line.
+        # caller captured is immutable or frozen (see _snapshot), and the default hook puts a
+        # frozen value in as its bytes, or decoded and redacted (`_frozen`), as orjson encodes.
         if self._plain_keys.issuperset(fields):
             line.update(fields)
             return

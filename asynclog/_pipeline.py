@@ -7,7 +7,6 @@ import enum
 import os
 import threading
 import time
-from dataclasses import replace
 from typing import Any
 
 from ._encoder import Encoder, notice_line
@@ -335,7 +334,9 @@ def start_pipeline(core: Settings) -> Pipeline:
         pipeline = Pipeline(core, _last_counters)  # opens the sink: fails before changing anything
         if previous is not None:
             previous.stop(restore=False)
-            pipeline.routing = previous.routing  # what to give back stays what it was at first
+            # What to give back stays what it was at first, and is the new pipeline's to give
+            # back: stopping the old handle later must not undo the running one's routing.
+            pipeline.routing, previous.routing = previous.routing, StdlibRouting()
         pipeline.start()  # the queue is queued again: records wait for the new writer
         if previous is not None:
             previous.close()
@@ -350,8 +351,7 @@ def get_logger(name: str | None = None) -> Logger:
     if _current is None:
         with _lock:
             if _current is None:
-                core, _ = resolve_settings({}, core_only=True)
-                start_pipeline(replace(core, capture_stdlib=False))
+                configure(capture_stdlib=False)
     return Logger(name or "root")
 
 
@@ -362,7 +362,7 @@ def flush(timeout: float | None = None) -> bool:
 
 
 def shutdown(timeout: float | None = None) -> bool:
-    """Flush, stop the writer thread and restore the root logger's handlers."""
+    """Flush, stop the writer thread and give back what was changed in `logging`."""
     with _lock:
         pipeline = _current
         return True if pipeline is None else pipeline.stop(timeout)

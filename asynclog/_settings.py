@@ -172,7 +172,10 @@ def _methods(name: str, value: Any) -> frozenset[str]:
 
     Case-sensitive, as in HTTP: `get` is not `GET`."""
     items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, Iterable) or not all(isinstance(m, str) for m in items):
+    if not isinstance(items, Iterable):
+        raise ValueError(f"asynclog: {name}={value!r} is not valid; allowed: method names")
+    items = list(items)  # an iterator is read once
+    if not all(isinstance(m, str) for m in items):
         raise ValueError(f"asynclog: {name}={value!r} is not valid; allowed: method names")
     methods = frozenset(m.strip() for m in items) - {""}
     bad = sorted(m for m in methods if not _TOKEN.fullmatch(m))

@@ -49,7 +49,7 @@ else:
 
 # Values of these exact types cannot change after the call: they are passed through untouched.
 # A set, not a frozenset: enum classes join it the first time one of their members is logged
-# (`_learn_immutable`), so later calls pass members through on the one lookup.
+# (`_is_enum_member`), so later calls pass members through on the one lookup.
 IMMUTABLE_TYPES = set(
     {
         str,
@@ -194,21 +194,19 @@ def snapshot_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """Return `fields` itself when every value is immutable, else a copy with frozen values."""
     if all_immutable(map(type, fields.values())):
         return fields
-    if _learn_immutable(fields.values()):
-        return fields
-    return {k: v if type(v) in IMMUTABLE_TYPES else snapshot_value(v) for k, v in fields.items()}
+    return {
+        k: v if type(v) in IMMUTABLE_TYPES or _is_enum_member(v) else snapshot_value(v)
+        for k, v in fields.items()
+    }
 
 
-def _learn_immutable(values: Any) -> bool:
-    """Add the enum classes among `values` to IMMUTABLE_TYPES (a member is a constant: it need
-    not be frozen like a mutable value); True if every value is immutable now."""
-    learned = False
-    for value in values:
-        kind = type(value)
-        if kind not in IMMUTABLE_TYPES and isinstance(value, enum.Enum):
-            IMMUTABLE_TYPES.add(kind)
-            learned = True
-    return learned and all_immutable(map(type, values))
+def _is_enum_member(value: Any) -> bool:
+    """Whether `value` is an enum member: a constant, passed as it is. Its class joins
+    IMMUTABLE_TYPES, so later calls pass its members on the first lookup."""
+    if isinstance(value, enum.Enum):
+        IMMUTABLE_TYPES.add(type(value))
+        return True
+    return False
 
 
 def snapshot_args(args: Any) -> Any:

@@ -95,9 +95,15 @@ class StdlibRouting:
         self._options: dict[str, Any] | None = None
 
     def _save(self, name: str | None) -> logging.Logger:
+        """The logger, its state before asynclog's first change saved; on a later change, the
+        handlers others added since join what `restore()` gives back."""
         logger = logging.getLogger(name)
-        if name not in self._saved:
+        saved = self._saved.get(name)
+        if saved is None:
             self._saved[name] = (list(logger.handlers), logger.propagate)
+        else:
+            ours = [handler for _, handler in self._added_handlers]
+            saved[0].extend(h for h in logger.handlers if h not in saved[0] and h not in ours)
         return logger
 
     def route_root(self, handler: logging.Handler, level: int, lean_records: bool) -> None:

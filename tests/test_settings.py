@@ -61,6 +61,8 @@ def test_known_http_methods_follow_semconv_and_its_variable() -> None:
     assert app.http_known_methods == {"GET", "PURGE", "get"}
     _, app = resolve_settings({"http_known_methods": ["GET"]}, {})
     assert app.http_known_methods == {"GET"}
+    _, app = resolve_settings({"http_known_methods": (m for m in ["GET", "PURGE"])}, {})
+    assert app.http_known_methods == {"GET", "PURGE"}  # a generator is read once, not emptied
     with pytest.raises(ValueError, match=r"OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS.*GE T"):
         resolve_settings({}, {"OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS": "GET,GE T"})
     with pytest.raises(ValueError, match=r"http_known_methods=.*method names"):

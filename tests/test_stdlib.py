@@ -198,6 +198,29 @@ def test_shutdown_after_configure_restores_the_root_and_the_record_options(
     assert mine.messages == ["after shutdown"]
 
 
+def test_a_handler_added_between_two_configures_is_given_back_too(log_path: Path) -> None:
+    root = logging.getLogger()
+    asynclog.configure(sink=str(log_path), format="json")
+    later = _Collect()
+    root.addHandler(later)  # the app adds one while asynclog routes the root
+    asynclog.configure(sink=str(log_path), format="json", level="DEBUG")
+    assert later not in root.handlers  # the root's one handler is asynclog's again
+    asynclog.shutdown()
+    assert later in root.handlers
+
+
+def test_stopping_a_replaced_pipeline_leaves_the_running_one_routing_the_stdlib(
+    log_path: Path,
+) -> None:
+    first = asynclog.configure(sink=str(log_path), format="json")
+    second = asynclog.configure(sink=str(log_path), format="json", level="DEBUG")
+    first.stop()  # an old handle, stopped late (a test fixture, a second app)
+    assert second.running and second.handler in logging.getLogger().handlers
+    logging.getLogger("app").warning("still routed")
+    asynclog.flush()
+    assert any(line["message"] == "still routed" for line in read_lines(log_path))
+
+
 def test_shutdown_after_install_restores_the_server_loggers(log_path: Path) -> None:
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
