@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import re
 import time
+import traceback
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import Token
 from dataclasses import dataclass, field
@@ -306,7 +307,14 @@ async def _run_lifespan(
     async def receive_with_hooks() -> Message:
         message = await receive()
         if message["type"] == "lifespan.startup":
-            hooks.starting()
+            try:
+                hooks.starting()
+            except BaseException:
+                # Raised from the app's first receive, it escapes before the app can answer:
+                # the server (uvicorn's lifespan="auto") would take the app for one without a
+                # lifespan and serve it, its startup code never run. Answer for it.
+                await send({"type": "lifespan.startup.failed", "message": traceback.format_exc()})
+                raise
         elif message["type"] == "lifespan.shutdown":
             steps["stopping"] = True
         return message

@@ -730,3 +730,49 @@ def test_debug_mode_keeps_starlettes_traceback_page_and_still_raises(log_path: P
     assert "RuntimeError: boom" in response.text  # Starlette's debug traceback
     assert response.headers["x-request-id"]
     assert len(lines_of(log_path, "asynclog.error")) == 2
+
+
+def _uvicorn_startup(app: Any) -> tuple[bool, bool]:
+    """Run `app`'s lifespan startup as uvicorn does by default (`lifespan="auto"`): whether
+    the startup failed, and whether the server would then exit rather than serve."""
+    import uvicorn
+    from uvicorn.lifespan.on import LifespanOn
+
+    config = uvicorn.Config(app, lifespan="auto", log_config=None)
+    config.load()
+    lifespan = LifespanOn(config)
+
+    async def start() -> None:
+        await lifespan.startup()
+
+    asyncio.run(start())
+    return lifespan.startup_failed, lifespan.should_exit
+
+
+def test_a_failing_start_stops_the_server_as_a_failing_app_startup_does(
+    log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn exits when an app's startup raises; it must when asynclog's own start raises
+    too, not take the app for one without a lifespan and serve it unstarted."""
+    started: list[str] = []
+
+    @asynccontextmanager
+    async def failing(app: FastAPI) -> AsyncIterator[None]:
+        raise RuntimeError("the app's startup failed")
+        yield
+
+    assert _uvicorn_startup(FastAPI(lifespan=failing)) == (True, True)  # without asynclog
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        started.append("app")
+        yield
+
+    def check_fails(*args: Any) -> None:
+        raise RuntimeError("a startup check failed")
+
+    app = FastAPI(lifespan=lifespan)
+    asynclog.install(app, sink=str(log_path), **QUIET)
+    monkeypatch.setattr("asynclog._fastapi.run_startup_checks", check_fails)
+    assert _uvicorn_startup(app) == (True, True)
+    assert started == []
