@@ -27,8 +27,6 @@ from benchmarks.records import (
     fields,
 )
 
-pytestmark = pytest.mark.integration
-
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -56,6 +54,7 @@ def _results(report: Path) -> dict[str, Any]:
     return data
 
 
+@pytest.mark.integration  # runs the benchmark or its servers
 @pytest.mark.timeout(300)
 def test_report_files_are_written(report: Path) -> None:
     """The markdown, the JSON and both plots land in --out, and the plots are PNGs."""
@@ -65,6 +64,7 @@ def test_report_files_are_written(report: Path) -> None:
         assert (report / name).read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.integration  # runs the benchmark or its servers
 @pytest.mark.timeout(300)
 def test_every_library_is_measured_and_checked(results: dict[str, Any]) -> None:
     """Each micro peer has figures, and its output lines were read back and counted."""
@@ -82,6 +82,7 @@ def test_every_library_is_measured_and_checked(results: dict[str, Any]) -> None:
         assert check["valid"] > sum(m["throughput_records"])
 
 
+@pytest.mark.integration  # runs the benchmark or its servers
 @pytest.mark.timeout(300)
 def test_every_shape_of_the_mix_runs_against_every_mix_peer(results: dict[str, Any]) -> None:
     """Each shape x peer has figures, ratios against that shape's stdlib row, and every line
@@ -106,6 +107,7 @@ def test_every_shape_of_the_mix_runs_against_every_mix_peer(results: dict[str, A
     assert intact["met"] and intact["unit"] == f"/{2 * (len(SHAPES) - 1)}"
 
 
+@pytest.mark.integration  # runs the benchmark or its servers
 @pytest.mark.timeout(300)
 def test_every_mode_and_sink_is_served(results: dict[str, Any]) -> None:
     """Each e2e case served requests, and logging modes wrote lines for them."""
@@ -119,6 +121,7 @@ def test_every_mode_and_sink_is_served(results: dict[str, Any]) -> None:
             assert c["lines_valid"] + c["dropped"] > 0, key
 
 
+@pytest.mark.integration  # runs the benchmark or its servers
 @pytest.mark.timeout(300)
 def test_markdown_names_every_library_mode_and_target(
     report: Path, results: dict[str, Any]
@@ -140,6 +143,7 @@ def test_markdown_names_every_library_mode_and_target(
     assert results["profile"] == "quick"
 
 
+@pytest.mark.integration  # runs the benchmark or its servers
 @pytest.mark.timeout(300)
 def test_sidecar_is_measured_next_to_a_worker_or_skipped(
     report: Path, results: dict[str, Any]
@@ -275,6 +279,7 @@ def _ablate(*variants: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+@pytest.mark.integration  # runs the benchmark or its servers
 @pytest.mark.timeout(120)
 def test_ablate_compares_variants_with_cpu_per_thread() -> None:
     """One short round of two variants: a row each, the worker's CPU split by thread."""
@@ -292,6 +297,7 @@ def test_ablate_compares_variants_with_cpu_per_thread() -> None:
     assert float(asynclog[5]) > 0
 
 
+@pytest.mark.integration  # runs the benchmark or its servers
 @pytest.mark.timeout(120)
 def test_ablate_reports_a_server_that_will_not_boot() -> None:
     proc = _ablate("none", "asynclog:ASYNCLOG_QUEUE_SIZE=0")

@@ -160,18 +160,26 @@ def test_an_implicit_start_writes_native_lines_and_leaves_the_stdlib_alone(
     assert mine.messages == ["stdlib line"]
 
 
-def test_a_library_calling_get_logger_at_import_keeps_the_apps_basic_config() -> None:
+def test_a_library_calling_get_logger_at_import_keeps_the_apps_basic_config(
+    implementation: str,
+) -> None:
+    no_extension = implementation == "python"
     result = run_python(
-        """
+        f"""
         import logging, sys
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="plain %(message)s")
         import asynclog
+        from asynclog import _accel
+        assert (_accel.speedups is None) == {no_extension}
         log = asynclog.get_logger("lib")   # what a library would do at import
         log.info("from the library")
         logging.getLogger("app").info("from the app")
         asynclog.shutdown()
         """,
-        env={"ASYNCLOG_FORMAT": "json"},
+        env={
+            "ASYNCLOG_FORMAT": "json",
+            **({"ASYNCLOG_NO_EXTENSIONS": "1"} if no_extension else {}),
+        },
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == ["plain from the app"]

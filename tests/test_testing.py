@@ -139,6 +139,8 @@ def test_after_the_block_nothing_is_captured_and_the_accounting_is_exact(
     assert len(inner) == 300 and len(outer) == 301
     assert asynclog.flush(5)
     stats = asynclog.stats()
+    # The loop holds the GIL for well under a switch interval: the writer cannot keep up.
+    assert stats["dropped"] > 0
     assert stats["emitted"] == stats["written"] + stats["dropped"]
     assert stats["emitted"] - stats["notices"] == 302  # a notice says what was dropped
     assert stats["queue_size"] == 100
