@@ -17,7 +17,13 @@ from ._middleware import AccessLogMiddleware, RequestLogConfig
 from ._pipeline import Pipeline, current, start_pipeline
 from ._redact import Redactor
 from ._settings import AppSettings, Settings, resolve_settings
-from ._tracing import flush_spans, setup_tracing, skip_unused_native_telemetry, tracing_disabled
+from ._tracing import (
+    flush_spans,
+    own_span_tracer,
+    setup_tracing,
+    skip_unused_native_telemetry,
+    tracing_disabled,
+)
 from ._watchdog import LoopWatchdog
 
 __all__ = ["install"]
@@ -82,11 +88,14 @@ class _Installation:
             "opentelemetry-instrumentation-fastapi: FastAPIInstrumentor's middleware stack",
             "asynclog makes the server span itself (as with tracing_backend='asynclog')",
         )
-        self.request.tracer = trace.get_tracer_provider().get_tracer("asynclog")
+        self.request.tracer, self.request.ids_only = own_span_tracer(
+            trace.get_tracer_provider(), self.app
+        )
 
     def started(self) -> None:
-        """Once the app's own startup has run: drop per-request work nothing will use (undone by
-        `gc.unfreeze()` at shutdown)."""
+        """Once the app's own startup has run: drop per-request work nothing will use, freeze
+        what exists now out of the collector's passes (undone by `gc.unfreeze()` at shutdown),
+        and start the watchdog."""
         skip_unused_native_telemetry(self.fastapi_app)
         if self.app.gc_freeze:
             # What exists now (modules, routes, models, clients) lives as long as the worker.

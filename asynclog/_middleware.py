@@ -51,7 +51,8 @@ class RequestLogConfig:
 
     settings: AppSettings
     redactor: Redactor
-    # A tracer when asynclog makes the server span itself (tracing_backend="asynclog").
+    # A tracer when asynclog makes the server span itself (tracing_backend="asynclog", or the
+    # instrumentor's fallback).
     tracer: trace.Tracer | None = None
     # True when no span would ever be recorded or exported (spans="none" with asynclog's own
     # provider and sampler): the request then gets ids only, without an SDK span.

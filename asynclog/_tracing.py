@@ -279,6 +279,14 @@ def setup_tracing(app: Any, settings: AppSettings) -> tuple[trace.Tracer | None,
             )
             _instrumented.add(app)
         return None, False
+    return own_span_tracer(provider, settings)
+
+
+def own_span_tracer(
+    provider: trace.TracerProvider, settings: AppSettings
+) -> tuple[trace.Tracer, bool]:
+    """The tracer asynclog's middleware makes the server span with, and whether ids alone will
+    do: asynclog's own provider exporting nothing records nothing."""
     ours = _ours is not None and provider is _ours[0]
     return provider.get_tracer("asynclog"), ours and settings.spans == "none"
 

@@ -246,8 +246,9 @@ def test_without_starlettes_stack_hook_the_middleware_sits_inside_server_errors(
     assert by_logger(lines, "life")[0]["message"] == "stopped cleanly"
 
 
+@pytest.mark.parametrize("spans", ["log", "none"])
 def test_when_fastapi_instrumentor_skips_the_app_asynclog_makes_the_span(
-    log_path: Path, monkeypatch: pytest.MonkeyPatch
+    log_path: Path, monkeypatch: pytest.MonkeyPatch, spans: str
 ) -> None:
     import opentelemetry.instrumentation.fastapi as instrumentation
 
@@ -257,7 +258,7 @@ def test_when_fastapi_instrumentor_skips_the_app_asynclog_makes_the_span(
     # The instrumentor then finds no ServerErrorMiddleware on top, logs an error and skips.
     monkeypatch.setattr(instrumentation, "ServerErrorMiddleware", NotStarlettes)
     app = make_app()
-    asynclog.install(app, sink=str(log_path), spans="log", tracing_backend="instrumentor", **QUIET)
+    asynclog.install(app, sink=str(log_path), spans=spans, tracing_backend="instrumentor", **QUIET)
     with TestClient(app) as client:
         client.get("/items/1")
         client.get("/items/2")
@@ -266,9 +267,13 @@ def test_when_fastapi_instrumentor_skips_the_app_asynclog_makes_the_span(
         "opentelemetry-instrumentation-fastapi: FastAPIInstrumentor's middleware stack"
     ]
     access = by_logger(lines, "asynclog.access")
-    spans = by_logger(lines, "asynclog.span")
-    assert [s["trace_id"] for s in spans] == [a["trace_id"] for a in access]
-    assert len(spans) == 2
+    route = by_logger(lines, "app")
+    assert [r["trace_id"] for r in route] == [a["trace_id"] for a in access]
+    assert len({a["trace_id"] for a in access}) == 2
+    span_lines = by_logger(lines, "asynclog.span")
+    assert [s["trace_id"] for s in span_lines] == (
+        [a["trace_id"] for a in access] if spans == "log" else []
+    )
     assert by_logger(lines, "life")[0]["message"] == "stopped cleanly"
 
 
