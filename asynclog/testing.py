@@ -20,12 +20,11 @@ import orjson
 from . import _pipeline
 from ._encoder import Encoder
 from ._queue import QUEUE
+from ._record import Record
 from ._redact import Redactor
 from ._settings import Settings
 
 __all__ = ["capture_logs"]
-
-Record = tuple[Any, ...]
 
 
 @contextmanager
