@@ -16,6 +16,7 @@ import pytest
 
 import asynclog
 from asynclog import _accel, _compat, _encoder, _pipeline
+from asynclog._encoder import Encoder
 from asynclog._logger import Logger, _python_level_method
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +26,14 @@ _FIGURES: list[tuple[str, dict[str, Any]]] = []
 # Loggers that tests (or install()) change: each test gets them back as they were.
 _KEPT_LOGGERS = (None, "uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.error",
                  "gunicorn.access", "lib.noisy")  # fmt: skip
-_RECORD_OPTIONS = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
+# `logging`'s documented switches for what a LogRecord collects (asynclog's lean records).
+RECORD_OPTIONS = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
+# install() settings that keep a test's file to the lines it is about.
+QUIET = {"watchdog": False, "startup_checks": False, "format": "json"}
+
+
+def record_options() -> dict[str, object]:
+    return {name: getattr(logging, name) for name in RECORD_OPTIONS}
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +41,7 @@ def _reset_asynclog() -> Iterator[None]:
     asynclog.clear_contextvars()
     loggers = [logging.getLogger(name) for name in _KEPT_LOGGERS]
     kept = [(list(x.handlers), list(x.filters), x.propagate, x.level) for x in loggers]
-    options = {name: getattr(logging, name) for name in _RECORD_OPTIONS}
+    options = record_options()
     yield
     _pipeline.reset()
     _compat._said.clear()
@@ -70,6 +78,18 @@ def _implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
 @pytest.fixture(name="log_path")
 def _log_path(tmp_path: Path) -> Path:
     return tmp_path / "app.log"
+
+
+def assert_batches_write_what_encode_writes(records: list[Any], redactor: Any) -> list[bytes]:
+    """The batch encoder (`encode_into`) writes each record's `encode` bytes, on a fresh encoder
+    and again once it knows the names. Returns those lines."""
+    expected = [Encoder(redactor).encode(record) for record in records]
+    encoder = Encoder(redactor)
+    for _ in range(2):  # the first pass meets the names, the second knows them
+        buffer = bytearray()
+        ends = encoder.encode_into(records, buffer)
+        assert [bytes(buffer[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)] == expected
+    return expected
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:

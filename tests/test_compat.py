@@ -21,11 +21,9 @@ from fastapi.testclient import TestClient
 import asynclog
 from asynclog._checks import reload_enabled
 
-from conftest import read_lines, run_python
+from conftest import QUIET, read_lines, run_python
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-QUIET = {"watchdog": False, "startup_checks": False, "format": "json"}
 
 
 def make_app() -> FastAPI:

@@ -25,7 +25,7 @@ from asynclog._logger import Logger
 from asynclog._queue import QUEUE
 from asynclog._redact import Redactor
 
-from conftest import read_lines
+from conftest import assert_batches_write_what_encode_writes, read_lines
 
 # Each test runs on the C extension and on the pure-Python code (see conftest).
 pytestmark = pytest.mark.usefixtures("implementation")
@@ -134,13 +134,9 @@ def test_the_writers_batch_encoder_writes_what_encode_writes(calls: list[Any]) -
     finally:
         QUEUE.level = 20
     assert len(records) == len(calls)
-    redactor = Redactor(frozenset({"password", "api_key"}), 8)
-    expected = [Encoder(redactor).encode(record) for record in records]
-    encoder = Encoder(redactor)
-    for _ in range(2):
-        buffer = bytearray()
-        ends = encoder.encode_into(records, buffer)
-        assert [bytes(buffer[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)] == expected
+    assert_batches_write_what_encode_writes(
+        records, Redactor(frozenset({"password", "api_key"}), 8)
+    )
 
 
 def test_the_writers_batch_encoder_writes_one_line_for_a_malformed_record() -> None:

@@ -22,11 +22,9 @@ from asynclog._middleware import AccessLogMiddleware, RequestLogConfig
 from asynclog._redact import Redactor
 from asynclog._settings import AppSettings
 
-from conftest import read_lines, run_python
+from conftest import QUIET, read_lines, run_python
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-QUIET = {"watchdog": False, "startup_checks": False, "format": "json"}
 
 
 def make_app(log_path: Path, **settings: Any) -> FastAPI:

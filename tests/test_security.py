@@ -26,11 +26,10 @@ from pydantic import BaseModel
 
 import asynclog
 
-from conftest import read_lines
+from conftest import QUIET, read_lines
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-QUIET = {"watchdog": False, "startup_checks": False, "format": "json"}
 REDACTED = "[REDACTED]"
 FORGED = '\n{"time":"2026-01-01T00:00:00Z","level":"error","logger":"forged","message":"x"}\n'
 

@@ -24,7 +24,7 @@ from asynclog._queue import QUEUE, read_count
 from asynclog._redact import Redactor
 from asynclog._snapshot import Frozen, snapshot_value
 
-from conftest import ROOT, run_python
+from conftest import ROOT, assert_batches_write_what_encode_writes, run_python
 
 speedups = _accel.speedups
 needs_extension = pytest.mark.skipif(
@@ -176,18 +176,6 @@ class _Str(str):
     pass
 
 
-def _assert_batches_write_what_encode_writes(records: list[Any], redactor: Redactor) -> list[bytes]:
-    """`encode_into` writes each record's `encode` bytes, on a fresh encoder and again once
-    it knows the names. Returns those lines."""
-    expected = [Encoder(redactor).encode(record) for record in records]
-    encoder = Encoder(redactor)
-    for _ in range(2):  # the first pass meets the names, the second knows them
-        buffer = bytearray()
-        ends = encoder.encode_into(records, buffer)
-        assert [bytes(buffer[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)] == expected
-    return expected
-
-
 @settings(
     max_examples=300,
     deadline=None,
@@ -218,7 +206,7 @@ def test_the_direct_writer_writes_what_orjson_writes(lines: list[Any], implement
             name = next(iter(context))
             fields[name] = context[name]
         records.append((1796084572.25, 20, logger, msg, None, fields, bound, context, {}, None))
-    _assert_batches_write_what_encode_writes(records, Redactor(frozenset({"password"})))
+    assert_batches_write_what_encode_writes(records, Redactor(frozenset({"password"})))
 
 
 class _Color(enum.Enum):
@@ -288,7 +276,7 @@ def test_datetimes_uuids_enums_decimals_and_frozen_values_write_what_encode_writ
         (1796084572.25, 20, "rich", "m", None, f, {}, {"request_id": "r"}, {}, None) for f in fields
     ]
     redactor = Redactor(frozenset({"password", "api_key", "token"}), depth)
-    expected = _assert_batches_write_what_encode_writes(records, redactor)
+    expected = assert_batches_write_what_encode_writes(records, redactor)
     # Putting frozen bytes in as they are changes nothing a reader sees: the same lines as
     # decoding and masking every one of them.
     looks_at_all = Redactor(redactor.keys, depth)

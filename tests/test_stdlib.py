@@ -10,7 +10,7 @@ import pytest
 
 import asynclog
 
-from conftest import read_lines, run_python
+from conftest import read_lines, record_options, run_python
 
 # Each test runs on the C extension and on the pure-Python code (see conftest).
 pytestmark = pytest.mark.usefixtures("implementation")
@@ -111,7 +111,6 @@ def test_caller_info_can_be_kept(log_path: Path) -> None:
 # No silent takeover: only configure()/install() capture the stdlib, and shutdown() gives back
 # everything they changed.
 
-_RECORD_OPTIONS = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
 _SERVER_LOGGERS = (
     "uvicorn",
     "uvicorn.error",
@@ -124,10 +123,6 @@ _SERVER_LOGGERS = (
 def _logger_state(name: str | None) -> tuple[list[logging.Handler], list[object], bool, int]:
     logger = logging.getLogger(name)
     return list(logger.handlers), list(logger.filters), logger.propagate, logger.level
-
-
-def _record_options() -> dict[str, object]:
-    return {name: getattr(logging, name) for name in _RECORD_OPTIONS}
 
 
 class _Collect(logging.Handler):
@@ -148,11 +143,11 @@ def test_an_implicit_start_writes_native_lines_and_leaves_the_stdlib_alone(
     mine = _Collect()
     root.addHandler(mine)
     root.setLevel(logging.WARNING)
-    before, options = _logger_state(None), _record_options()
+    before, options = _logger_state(None), record_options()
 
     log = asynclog.get_logger("lib")  # no configure(): asynclog starts by itself
     assert _logger_state(None) == before
-    assert _record_options() == options
+    assert record_options() == options
     log.warning("native line")
     logging.getLogger("app").warning("stdlib line")
     asynclog.flush(5)
@@ -194,14 +189,14 @@ def test_shutdown_after_configure_restores_the_root_and_the_record_options(
     mine = _Collect()
     root.addHandler(mine)
     root.setLevel(logging.WARNING)
-    before, options = _logger_state(None), _record_options()
+    before, options = _logger_state(None), record_options()
     asynclog.configure(sink=str(log_path), format="json", level="INFO")
     asynclog.configure(sink=str(log_path), format="json", level="DEBUG")  # a second one too
     assert root.handlers != before[0] and root.level == logging.DEBUG
-    assert _record_options() != options
+    assert record_options() != options
     asynclog.shutdown()
     assert _logger_state(None) == before
-    assert _record_options() == options
+    assert record_options() == options
     logging.getLogger("app").warning("after shutdown")
     assert mine.messages == ["after shutdown"]
 
@@ -242,7 +237,7 @@ def test_shutdown_after_install_restores_the_server_loggers(log_path: Path) -> N
         logger.addFilter(skip_nothing)
         logger.propagate = False
     before = {name: _logger_state(name) for name in (None, *_SERVER_LOGGERS, "lib.noisy")}
-    options = _record_options()
+    options = record_options()
 
     app = FastAPI()
     asynclog.install(
@@ -260,4 +255,4 @@ def test_shutdown_after_install_restores_the_server_loggers(log_path: Path) -> N
     asynclog.shutdown()
     after = {name: _logger_state(name) for name in before}
     assert after == before
-    assert _record_options() == options
+    assert record_options() == options
