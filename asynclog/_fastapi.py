@@ -136,6 +136,7 @@ def capture_server_loggers(pipeline: Pipeline, settings: AppSettings) -> None:
         routing.capture(name)
     routing.add_filter("uvicorn.error", _skip_logged_exceptions)
     routing.capture("uvicorn.access", propagate=settings.uvicorn_access_log)
+    pipeline.lean_records()  # the captured loggers' handlers no longer count
 
 
 def _start_watchdog(settings: AppSettings) -> LoopWatchdog | None:

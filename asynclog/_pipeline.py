@@ -123,9 +123,15 @@ class Pipeline:
 
     def _route_stdlib(self) -> None:
         s = self.settings
-        self.routing.route_root(self.handler, s.level, lean_records=not s.stdlib_caller_info)
+        self.routing.route_root(self.handler, s.level)
         for name in s.capture_loggers:
             self.routing.capture(name)
+        self.lean_records()
+
+    def lean_records(self) -> None:
+        """With `stdlib_caller_info=False`, skip what no other handler reads (see _stdlib)."""
+        if self.settings.capture_stdlib and not self.settings.stdlib_caller_info:
+            self.routing.lean_records(self.handler)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record enqueued before the call is written (or dropped)."""

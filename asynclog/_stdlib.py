@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,13 +65,47 @@ class AsyncLogHandler(logging.Handler):
 
 
 # The logging module's documented switches for what a LogRecord collects ("Optimization" in the
-# logging HOWTO); `_srcfile = None` turns off findCaller's stack walk.
-_LEAN_RECORDS: dict[str, Any] = {
-    "_srcfile": None,
-    "logThreads": False,
-    "logProcesses": False,
-    "logMultiprocessing": False,
+# logging HOWTO), each with the record attributes it fills; `_srcfile = None` turns off
+# findCaller's stack walk. asynclog writes none of these attributes; other handlers may.
+_RECORD_SWITCHES: dict[str, tuple[Any, frozenset[str]]] = {
+    "_srcfile": (None, frozenset({"pathname", "filename", "module", "lineno", "funcName"})),
+    "logThreads": (False, frozenset({"thread", "threadName"})),
+    "logProcesses": (False, frozenset({"process"})),
+    "logMultiprocessing": (False, frozenset({"processName"})),
 }
+_ALL_SWITCHED = frozenset().union(*(fields for _, fields in _RECORD_SWITCHES.values()))
+_STDLIB_MODULES = frozenset({"logging", "logging.handlers"})
+
+
+def _fields_read(handler: logging.Handler) -> frozenset[str]:
+    """The switched record attributes `handler` may read: those its format string names, or
+    all of them when its handler or formatter class is not the stdlib's own (its code may read
+    any attribute)."""
+    if type(handler).__module__ not in _STDLIB_MODULES:
+        return _ALL_SWITCHED
+    formatter = handler.formatter
+    if formatter is None:
+        return frozenset()  # logging's default format is "%(message)s"
+    if type(formatter).__module__ not in _STDLIB_MODULES:
+        return _ALL_SWITCHED
+    text = getattr(getattr(formatter, "_style", None), "_fmt", None)
+    if not isinstance(text, str):
+        return _ALL_SWITCHED
+    return frozenset(name for name in _ALL_SWITCHED if re.search(rf"\b{name}\b", text))
+
+
+def _fields_read_in_tree(ours: logging.Handler) -> frozenset[str]:
+    """The switched record attributes any handler in the logging tree but `ours` may read."""
+    loggers = [logging.getLogger()]
+    loggers += [
+        x for x in list(logging.Logger.manager.loggerDict.values()) if isinstance(x, logging.Logger)
+    ]
+    read: set[str] = set()
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if handler is not ours:
+                read |= _fields_read(handler)
+    return frozenset(read)
 
 
 class StdlibRouting:
@@ -106,7 +141,7 @@ class StdlibRouting:
             saved[0].extend(h for h in logger.handlers if h not in saved[0] and h not in ours)
         return logger
 
-    def route_root(self, handler: logging.Handler, level: int, lean_records: bool) -> None:
+    def route_root(self, handler: logging.Handler, level: int) -> None:
         """Make `handler` the root logger's only handler, at `level`."""
         root = self._save(None)
         if self._root_level is None:
@@ -116,11 +151,16 @@ class StdlibRouting:
         root.addHandler(handler)
         self._added_handlers.append((root, handler))
         root.setLevel(level)
-        if lean_records:
-            if self._options is None:
-                self._options = {name: getattr(logging, name) for name in _LEAN_RECORDS}
-            for name, value in _LEAN_RECORDS.items():
-                setattr(logging, name, value)
+
+    def lean_records(self, ours: logging.Handler) -> None:
+        """Turn off each record switch whose attributes no handler in the tree but `ours` reads
+        (`stdlib_caller_info=False`), and back on one that a handler added since reads. Called
+        again after every capture, since a captured logger's handlers no longer count."""
+        read = _fields_read_in_tree(ours)
+        if self._options is None:
+            self._options = {name: getattr(logging, name) for name in _RECORD_SWITCHES}
+        for name, (off, fields) in _RECORD_SWITCHES.items():
+            setattr(logging, name, self._options[name] if fields & read else off)
 
     def capture(self, name: str, propagate: bool = True) -> None:
         """Remove a named logger's own handlers; with `propagate` it reaches the root."""
