@@ -30,7 +30,17 @@ class AsyncLogHandler(logging.Handler):
     Unlike `logging.handlers.QueueHandler`, nothing is formatted on the caller: the message
     template, its arguments and `extra=` fields travel as they are and the writer renders them.
     The handler lock is skipped because the queue is thread-safe on its own.
+
+    Made in a process that never configured asynclog (a `dictConfig` naming it, as a server's
+    `--log-config` file does in a parent process that never imports the app), it starts
+    asynclog from the environment, so what it is handed is written.
     """
+
+    def __init__(self, level: int | str = logging.NOTSET) -> None:
+        super().__init__(level)
+        from ._pipeline import ensure_started  # _pipeline imports this module
+
+        ensure_started()
 
     def handle(self, record: logging.LogRecord) -> bool:
         if self.filters and not self.filter(record):

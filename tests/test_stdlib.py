@@ -12,7 +12,7 @@ import pytest
 
 import asynclog
 
-from conftest import read_lines, record_options, run_python
+from conftest import ROOT, read_lines, record_options, run_python
 
 # Each test runs on the C extension and on the pure-Python code (see conftest).
 pytestmark = pytest.mark.usefixtures("implementation")
@@ -334,3 +334,25 @@ def test_shutdown_after_install_restores_the_server_loggers(log_path: Path) -> N
     after = {name: _logger_state(name) for name in before}
     assert after == before
     assert record_options() == options
+
+
+def test_a_dictconfig_naming_the_handler_writes_without_configure() -> None:
+    """A server's parent process reads `--log-config` (sidecar/server-logging.json) and never
+    imports the app: the handler starts asynclog itself, and the exit path writes the line."""
+    result = run_python(
+        """
+        import json, logging.config
+        from pathlib import Path
+        logging.config.dictConfig(json.loads(Path("sidecar/server-logging.json").read_text()))
+        logging.getLogger("uvicorn.error").info("Started parent process [%d]", 42)
+        logging.getLogger("_granian").warning("from granian's main process")
+        """,
+        cwd=ROOT,
+        env={"ASYNCLOG_FORMAT": "json"},
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    lines = [json.loads(text) for text in result.stdout.splitlines()]
+    assert [(x["logger"], x["level"], x["message"]) for x in lines] == [
+        ("uvicorn.error", "info", "Started parent process [42]"),
+        ("_granian", "warning", "from granian's main process"),
+    ]
