@@ -128,7 +128,9 @@ async def _fire(port: int, paths: list[str]) -> list[int]:
 
 
 @pytest.mark.parametrize("server", SERVERS, ids=[s.name for s in SERVERS])
-def test_every_server_keeps_every_guarantee(server: Server, tmp_path: Path) -> None:
+def test_every_server_keeps_every_guarantee(
+    server: Server, tmp_path: Path, figures: Callable[..., None]
+) -> None:
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     port = free_port()
     markers = [f"m{n:03d}" for n in range(REQUESTS)]
@@ -151,8 +153,16 @@ def test_every_server_keeps_every_guarantee(server: Server, tmp_path: Path) -> N
         **{m: 1 for m in [*markers, "last"]},
         None: 1,  # /fail's "about to fail"
     }
+    errors = [line for line in lines if "exception" in line]
+    figures(
+        requests=REQUESTS + 2,
+        access_lines=sum(access.values()),
+        error_lines=len(errors),
+        other_stdout_lines=len(foreign_out),
+        stderr_lines=len(foreign_err),
+    )
     # One error line for the exception, and no other traceback anywhere.
-    [error] = [line for line in lines if "exception" in line]
+    [error] = errors
     assert (error["logger"], error["url.path"]) == ("asynclog.error", "/fail")
     assert error["exception"]["type"] == "RuntimeError"
     everything = out.read_text(errors="replace") + err.read_text(errors="replace")
