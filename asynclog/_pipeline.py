@@ -131,7 +131,7 @@ class Pipeline:
     def lean_records(self) -> None:
         """With `stdlib_caller_info=False`, skip what no other handler reads (see _stdlib)."""
         if self.settings.capture_stdlib and not self.settings.stdlib_caller_info:
-            self.routing.lean_records(self.handler)
+            self.routing.lean_records()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record enqueued before the call is written (or dropped)."""

@@ -90,7 +90,9 @@ _STDLIB_MODULES = frozenset({"logging", "logging.handlers"})
 def _fields_read(handler: logging.Handler) -> frozenset[str]:
     """The switched record attributes `handler` may read: those its format string names, or
     all of them when its handler or formatter class is not the stdlib's own (its code may read
-    any attribute)."""
+    any attribute). asynclog's own handlers (a `dictConfig`'s too) read none."""
+    if isinstance(handler, AsyncLogHandler):
+        return frozenset()
     if type(handler).__module__ not in _STDLIB_MODULES:
         return _ALL_SWITCHED
     formatter = handler.formatter
@@ -104,8 +106,8 @@ def _fields_read(handler: logging.Handler) -> frozenset[str]:
     return frozenset(name for name in _ALL_SWITCHED if re.search(rf"\b{name}\b", text))
 
 
-def _fields_read_in_tree(ours: logging.Handler) -> frozenset[str]:
-    """The switched record attributes any handler in the logging tree but `ours` may read."""
+def _fields_read_in_tree() -> frozenset[str]:
+    """The switched record attributes any handler in the logging tree may read."""
     loggers = [logging.getLogger()]
     loggers += [
         x for x in list(logging.Logger.manager.loggerDict.values()) if isinstance(x, logging.Logger)
@@ -113,8 +115,7 @@ def _fields_read_in_tree(ours: logging.Handler) -> frozenset[str]:
     read: set[str] = set()
     for logger in loggers:
         for handler in list(logger.handlers):
-            if handler is not ours:
-                read |= _fields_read(handler)
+            read |= _fields_read(handler)
     return frozenset(read)
 
 
@@ -162,11 +163,11 @@ class StdlibRouting:
         self._added_handlers.append((root, handler))
         root.setLevel(level)
 
-    def lean_records(self, ours: logging.Handler) -> None:
-        """Turn off each record switch whose attributes no handler in the tree but `ours` reads
+    def lean_records(self) -> None:
+        """Turn off each record switch whose attributes no handler in the tree reads
         (`stdlib_caller_info=False`), and back on one that a handler added since reads. Called
         again after every capture, since a captured logger's handlers no longer count."""
-        read = _fields_read_in_tree(ours)
+        read = _fields_read_in_tree()
         if self._options is None:
             self._options = {name: getattr(logging, name) for name in _RECORD_SWITCHES}
         for name, (off, fields) in _RECORD_SWITCHES.items():

@@ -176,6 +176,13 @@ def test_lean_records_keep_every_switch_for_a_handler_class_of_unknown_code(
     assert record_options() == before
 
 
+def test_lean_records_count_no_asynclog_handler(log_path: Path) -> None:
+    logging.getLogger("lib.noisy").addHandler(asynclog.AsyncLogHandler())  # as dictConfig does
+    asynclog.configure(sink=str(log_path), format="json", stdlib_caller_info=False)
+    assert record_options()["_srcfile"] is None
+    assert not record_options()["logProcesses"]
+
+
 def test_lean_records_stop_counting_a_captured_loggers_handler(log_path: Path) -> None:
     _foreign_handler(io.StringIO())  # on lib.noisy, which capture_loggers empties
     asynclog.configure(
