@@ -26,6 +26,10 @@ REQUESTS = 50
 STARTED = b'"message":"Application startup complete."'
 
 
+def _only_json(out: list[str], err: list[str]) -> bool:
+    return all(text.startswith("{") for text in out) and not err
+
+
 @dataclass(frozen=True)
 class Server:
     name: str
@@ -33,17 +37,36 @@ class Server:
     reload: Callable[[int], list[str]]  # the same with the server's auto-reload
     started: bytes  # a line each worker writes once it serves
     own: tuple[str, ...]  # the loggers of the server's own lines
-    # What the server prints that asynclog cannot take over (see the README's table).
-    foreign: Callable[[list[str], list[str]], bool] = lambda out, err: not out and not err
+    # Whether stdout's lines and stderr's are all asynclog's, or else exactly what the
+    # README's table says the server prints that asynclog cannot take over.
+    expected_output: Callable[[list[str], list[str]], bool] = _only_json
+    workers: int = WORKERS
+    # uvicorn in one process re-raises the SIGTERM it handled once it has shut down.
+    exit_code: int = 0
 
 
-def _uvicorn_parent_only(out: list[str], err: list[str]) -> bool:
-    """`fastapi run`: the CLI's banner, printed before any worker imports the app, and the
-    uvicorn parent's lines in uvicorn's default text format (fastapi run takes no log config)."""
+def _fastapi_banner_then_json(out: list[str], after: list[str]) -> bool:
+    """The CLI's banner, printed before the app is imported, then asynclog's lines and
+    `after`, the non-JSON lines that follow them."""
+    first_json = next(n for n, text in enumerate(out) if text.startswith("{"))
+    banner = "".join(out[:first_json])
+    rest = [text for text in out[first_json:] if not text.startswith("{")]
+    return "Starting FastAPI in production mode" in banner and rest == after
+
+
+def _fastapi_workers(out: list[str], err: list[str]) -> bool:
+    """`fastapi run --workers`: the banner, one blank line at exit, and uvicorn's parent
+    process's lines in uvicorn's default text format on stderr (it takes no log config)."""
     parent = ("Uvicorn running on", "parent process", "child process", "Received SIGTERM")
-    return bool(err) and all(
-        line.startswith("INFO:") and any(p in line for p in parent) for line in err
+    return (
+        _fastapi_banner_then_json(out, [""])
+        and len(err) == 8
+        and all(line.startswith("INFO:") and any(p in line for p in parent) for line in err)
     )
+
+
+def _fastapi_one_process(out: list[str], err: list[str]) -> bool:
+    return _fastapi_banner_then_json(out, []) and not err
 
 
 def _host_port(port: int) -> list[str]:
@@ -67,7 +90,19 @@ SERVERS = [
                       "--reload", *_host_port(port)],
         STARTED,
         ("uvicorn.error",),
-        _uvicorn_parent_only,
+        _fastapi_workers,
+    ),
+    Server(
+        "fastapi-run-one-process",
+        lambda port: [PY, "-m", "fastapi", "run", "--entrypoint", "example.app:app",
+                      *_host_port(port)],
+        lambda port: [PY, "-m", "fastapi", "run", "--entrypoint", "example.app:app",
+                      "--reload", *_host_port(port)],
+        STARTED,
+        ("uvicorn.error",),
+        _fastapi_one_process,
+        workers=1,
+        exit_code=-15,
     ),
     Server(
         "gunicorn",
@@ -136,13 +171,15 @@ def test_every_server_keeps_every_guarantee(
     markers = [f"m{n:03d}" for n in range(REQUESTS)]
     with serving(server.argv(port), port, env={}, stdout=out, stderr=err) as proc:
         wait_for(
-            lambda: out.read_bytes().count(server.started) >= WORKERS, 60, "every worker to serve"
+            lambda: out.read_bytes().count(server.started) >= server.workers,
+            60,
+            "every worker to serve",
         )
         assert asyncio.run(_fire(port, [f"/marker/{m}" for m in markers])) == [200] * REQUESTS
         assert get(port, "/fail", timeout=30)[0] == 500
         # The last request before the signal: its lines must survive the stop.
         assert get(port, "/marker/last", timeout=30)[0] == 200
-        assert stop(proc) == 0
+        assert stop(proc) == server.exit_code
     lines, foreign_out = _split(out)
     _, foreign_err = _split(err)
 
@@ -170,20 +207,19 @@ def test_every_server_keeps_every_guarantee(
     # The server's own lines arrive as JSON through asynclog.
     assert any(line["logger"] in server.own for line in lines)
     # Nothing else on its stdout/stderr (or exactly what the README's table says).
-    assert server.foreign(foreign_out, foreign_err), (foreign_out, foreign_err)
-    if server.name == "fastapi-run":
-        # The CLI's banner comes before any worker imports the app; at exit, one blank line.
-        texts = out.read_text().splitlines()
-        first_json = next(n for n, text in enumerate(texts) if text.startswith("{"))
-        assert [t for t in texts[first_json:] if not t.startswith("{")] == [""]
-        assert "Starting FastAPI in production mode" in "".join(texts[:first_json])
+    texts = out.read_text(errors="replace").splitlines()
+    assert server.expected_output(texts, foreign_err), (foreign_out, foreign_err)
     # The startup checks run in each worker.
     unlimited = [line for line in lines if line.get("check") == "memory_limit"]
-    assert len(unlimited) == (WORKERS if memory_limit() is None else 0)
+    assert len(unlimited) == (server.workers if memory_limit() is None else 0)
     assert not [line for line in lines if line.get("check") == "reload"]
 
 
-@pytest.mark.parametrize("server", SERVERS, ids=[s.name for s in SERVERS])
+# `fastapi run --reload` runs one process either way: started once.
+RELOADING = [s for s in SERVERS if s.name != "fastapi-run-one-process"]
+
+
+@pytest.mark.parametrize("server", RELOADING, ids=[s.name for s in RELOADING])
 def test_auto_reload_is_warned_about_under_every_server(server: Server, tmp_path: Path) -> None:
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     port = free_port()
