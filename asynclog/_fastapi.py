@@ -184,7 +184,7 @@ def capture_server_loggers(pipeline: Pipeline, settings: AppSettings) -> None:
     # granian's Rust core logs it from its `utils` module, on that child logger.
     routing.add_filter("_granian.utils", _skip_granian_logged_exceptions)
     routing.capture("uvicorn.access", propagate=settings.uvicorn_access_log)
-    pipeline.lean_records()  # the captured loggers' handlers no longer count
+    pipeline.set_record_switches()  # the captured loggers' handlers no longer count
 
 
 def _start_watchdog(settings: AppSettings) -> LoopWatchdog | None:

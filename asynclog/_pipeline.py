@@ -126,11 +126,17 @@ class Pipeline:
         self.routing.route_root(self.handler, s.level)
         for name in s.capture_loggers:
             self.routing.capture(name)
-        self.lean_records()
+        self.set_record_switches()
 
-    def lean_records(self) -> None:
-        """With `stdlib_caller_info=False`, skip what no other handler reads (see _stdlib)."""
-        if self.settings.capture_stdlib and not self.settings.stdlib_caller_info:
+    def set_record_switches(self) -> None:
+        """With `stdlib_caller_info=False`, skip what no other handler reads (see _stdlib);
+        with the default, the record switches are the application's (again, after a lean
+        pipeline this one replaced)."""
+        if not self.settings.capture_stdlib:
+            return
+        if self.settings.stdlib_caller_info:
+            self.routing.full_records()
+        else:
             self.routing.lean_records()
 
     def flush(self, timeout: float | None = None) -> bool:

@@ -173,6 +173,14 @@ class StdlibRouting:
         for name, (off, fields) in _RECORD_SWITCHES.items():
             setattr(logging, name, self._options[name] if fields & read else off)
 
+    def full_records(self) -> None:
+        """Give back the record switches `lean_records()` changed (a later `configure()` with
+        the default `stdlib_caller_info=True`)."""
+        if self._options is not None:
+            for name, value in self._options.items():
+                setattr(logging, name, value)
+            self._options = None
+
     def capture(self, name: str, propagate: bool = True) -> None:
         """Remove a named logger's own handlers; with `propagate` it reaches the root."""
         logger = self._save(name)
@@ -199,7 +207,5 @@ class StdlibRouting:
             logger.propagate = propagate
         if self._root_level is not None:
             logging.getLogger().setLevel(self._root_level)
-        if self._options is not None:
-            for name, value in self._options.items():
-                setattr(logging, name, value)
+        self.full_records()
         self._clear()

@@ -152,6 +152,16 @@ def test_lean_records_when_asked_and_restored_at_shutdown(log_path: Path) -> Non
     assert [line["message"] for line in read_lines(log_path)] == ["lean"]
 
 
+def test_a_later_configure_with_the_default_gives_the_switches_back(log_path: Path) -> None:
+    before = record_options()
+    asynclog.configure(sink=str(log_path), format="json", stdlib_caller_info=False)
+    assert record_options() != before
+    asynclog.configure(sink=str(log_path), format="json")
+    assert record_options() == before
+    asynclog.shutdown()
+    assert record_options() == before
+
+
 def test_lean_records_keep_each_switch_a_foreign_handler_reads(log_path: Path) -> None:
     stream = io.StringIO()
     _foreign_handler(stream, "[%(process)d] %(threadName)s %(message)s")
