@@ -43,6 +43,8 @@ class Server:
     workers: int = WORKERS
     # uvicorn in one process re-raises the SIGTERM it handled once it has shut down.
     exit_code: int = 0
+    # A line of the main process (which never imports the app), if it is asynclog's to write.
+    main_process: str | None = None
 
 
 def _fastapi_banner_then_json(out: list[str], after: list[str]) -> bool:
@@ -81,6 +83,7 @@ SERVERS = [
         lambda port: [PY, "-m", "uvicorn", "example.app:app", "--reload", *_host_port(port)],
         STARTED,
         ("uvicorn.error",),
+        main_process="Started parent process",
     ),
     Server(
         "fastapi-run",
@@ -112,6 +115,7 @@ SERVERS = [
                       "--reload", "--bind", f"127.0.0.1:{port}", "example.app:app"],
         STARTED,
         ("gunicorn.error", "uvicorn.error"),
+        main_process="Starting gunicorn",
     ),
     Server(
         "hypercorn",
@@ -132,6 +136,7 @@ SERVERS = [
                       "example.app:app"],
         b'"message":"Started worker-',
         ("_granian",),
+        main_process="Starting granian",
     ),
 ]  # fmt: skip
 
@@ -206,6 +211,8 @@ def test_every_server_keeps_every_guarantee(
     assert everything.count("Traceback (most recent call last)") == 1
     # The server's own lines arrive as JSON through asynclog.
     assert any(line["logger"] in server.own for line in lines)
+    if server.main_process is not None:
+        assert [x for x in lines if x["message"].startswith(server.main_process)]
     # Nothing else on its stdout/stderr (or exactly what the README's table says).
     texts = out.read_text(errors="replace").splitlines()
     assert server.expected_output(texts, foreign_err), (foreign_out, foreign_err)
