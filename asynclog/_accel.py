@@ -7,9 +7,11 @@ extension's, which makes the same tuple untracked by the garbage collector."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 
 from . import _record
@@ -19,6 +21,19 @@ __all__ = ["make_record", "speedups"]
 
 def _load() -> ModuleType | None:
     if os.environ.get("ASYNCLOG_NO_EXTENSIONS"):
+        return None
+    if importlib.util.find_spec(f"{__package__}._speedups") is None:
+        # Importing it anyway would say "partially initialized module ... circular import".
+        here = Path(__file__).parent
+        if (here / "_speedups.c").exists():  # a source tree (a wheel ships no C source)
+            warnings.warn(
+                f"asynclog's C extension is not built for this source tree ({here}): the "
+                "pure-Python path runs, writing the same lines. Build it with "
+                "`pip install -e .` from the tree's root (needs a C compiler and Python's "
+                "headers), or set ASYNCLOG_NO_EXTENSIONS=1 to run without it silently",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return None
     try:
         from . import _speedups

@@ -7,10 +7,12 @@ import gc
 import logging
 import sys
 from dataclasses import fields
+from types import FrameType
 from typing import Any
 
 from opentelemetry import trace
 
+from . import _middleware
 from ._checks import run_startup_checks
 from ._compat import degraded
 from ._middleware import AccessLogMiddleware, RequestLogConfig
@@ -28,8 +30,16 @@ from ._watchdog import LoopWatchdog
 
 __all__ = ["install"]
 
-# Server loggers routed through asynclog (their own handlers removed, propagating to root).
-SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "gunicorn.error", "gunicorn.access")
+# Server loggers routed through asynclog (their own handlers removed, propagating to root):
+# uvicorn's, gunicorn's, hypercorn's, and granian's (`_granian`, where its Rust core logs too).
+SERVER_LOGGERS = (
+    "uvicorn",
+    "uvicorn.error",
+    "gunicorn.error",
+    "gunicorn.access",
+    "hypercorn.error",
+    "_granian",
+)
 
 
 class _Installation:
@@ -62,6 +72,7 @@ class _Installation:
         if pipeline is None:
             pipeline = start_pipeline(self.core)
         # gunicorn's worker resets the server loggers after --preload imported the app.
+        _materialize_server_loggers(sys._getframe(1))
         capture_server_loggers(pipeline, self.app)
         if self.request.tracer is None and self.app.tracing_backend == "instrumentor":
             self._check_instrumented()
@@ -128,6 +139,40 @@ def _skip_logged_exceptions(record: logging.LogRecord) -> bool:
     return not getattr(exc, "__asynclog_logged__", False)
 
 
+# granian's Rust core logs an application's exception as text, the traceback in the message
+# ("Application callable raised an exception\nTraceback ..."): no exception object to mark.
+_MIDDLEWARE_FRAME = f'File "{_middleware.__file__}"'
+
+
+def _skip_granian_logged_exceptions(record: logging.LogRecord) -> bool:
+    # A traceback through asynclog's middleware is one it already wrote (it logs every
+    # exception that passes it); any other is kept.
+    message = record.msg if isinstance(record.msg, str) else ""
+    return not ("Traceback (most recent call last)" in message and _MIDDLEWARE_FRAME in message)
+
+
+def _materialize_server_loggers(frame: FrameType | None) -> None:
+    """hypercorn makes its loggers (handlers included) at their first use, after the lifespan
+    startup that captures them: make them now, from the `Config` its lifespan holds as
+    `self.config` (not documented), so the capture that follows removes their handlers."""
+    under_hypercorn = False
+    while frame is not None:
+        module = str(frame.f_globals.get("__name__"))
+        if module.startswith("hypercorn."):
+            under_hypercorn = True
+            config = getattr(frame.f_locals.get("self"), "config", None)
+            if config is not None and type(config).__module__ == "hypercorn.config":
+                config.log  # noqa: B018 - the property makes the loggers
+                return
+        frame = frame.f_back
+    if under_hypercorn:
+        degraded(
+            "hypercorn: the lifespan's self.config (its Config, found by walking frames)",
+            "hypercorn.error keeps the stderr handler it adds after startup: its lines are "
+            "written twice, as JSON and as text",
+        )
+
+
 def capture_server_loggers(pipeline: Pipeline, settings: AppSettings) -> None:
     """Send uvicorn's and gunicorn's loggers through asynclog; switch uvicorn's access line off
     (uvicorn skips it entirely when its logger has no handlers). `shutdown()` gives them back."""
@@ -135,7 +180,11 @@ def capture_server_loggers(pipeline: Pipeline, settings: AppSettings) -> None:
     for name in SERVER_LOGGERS:
         routing.capture(name)
     routing.add_filter("uvicorn.error", _skip_logged_exceptions)
+    routing.add_filter("hypercorn.error", _skip_logged_exceptions)
+    # granian's Rust core logs it from its `utils` module, on that child logger.
+    routing.add_filter("_granian.utils", _skip_granian_logged_exceptions)
     routing.capture("uvicorn.access", propagate=settings.uvicorn_access_log)
+    pipeline.set_record_switches()  # the captured loggers' handlers no longer count
 
 
 def _start_watchdog(settings: AppSettings) -> LoopWatchdog | None:

@@ -123,9 +123,21 @@ class Pipeline:
 
     def _route_stdlib(self) -> None:
         s = self.settings
-        self.routing.route_root(self.handler, s.level, lean_records=not s.stdlib_caller_info)
+        self.routing.route_root(self.handler, s.level)
         for name in s.capture_loggers:
             self.routing.capture(name)
+        self.set_record_switches()
+
+    def set_record_switches(self) -> None:
+        """With `stdlib_caller_info=False`, skip what no other handler reads (see _stdlib);
+        with the default, the record switches are the application's (again, after a lean
+        pipeline this one replaced)."""
+        if not self.settings.capture_stdlib:
+            return
+        if self.settings.stdlib_caller_info:
+            self.routing.full_records()
+        else:
+            self.routing.lean_records()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record enqueued before the call is written (or dropped)."""
@@ -323,15 +335,24 @@ def configure(**settings: Any) -> Pipeline:
     return start_pipeline(core)
 
 
+# True while a pipeline is made: the AsyncLogHandler it makes must not start another one.
+_building = False
+
+
 def start_pipeline(core: Settings) -> Pipeline:
-    global _current, _last_counters
+    global _current, _last_counters, _building
     with _lock:
         previous = _current
         if previous is None or not previous.running:
             # A fresh start after shutdown (or the first one) counts from zero.
             _last_counters = Counters()
             QUEUE.reset_counters()
-        pipeline = Pipeline(core, _last_counters)  # opens the sink: fails before changing anything
+        _building = True
+        try:
+            # Opens the sink: fails before changing anything.
+            pipeline = Pipeline(core, _last_counters)
+        finally:
+            _building = False
         if previous is not None:
             previous.stop(restore=False)
             # What to give back stays what it was at first, and is the new pipeline's to give
@@ -348,11 +369,17 @@ def get_logger(name: str | None = None) -> Logger:
     """A native logger. If asynclog was never configured in this process, this starts it from
     the environment for native lines only: the stdlib's configuration is left as it is (only
     `configure()` and `install()` capture it). After `shutdown()`, records are written through."""
-    if _current is None:
-        with _lock:
-            if _current is None:
-                configure(capture_stdlib=False)
+    ensure_started()
     return Logger(name or "root")
+
+
+def ensure_started() -> None:
+    """Start asynclog from the environment for native lines only, if this process never
+    configured it (the stdlib's configuration is left as it is)."""
+    if _current is None and not _building:
+        with _lock:
+            if _current is None and not _building:
+                configure(capture_stdlib=False)
 
 
 def flush(timeout: float | None = None) -> bool:

@@ -75,9 +75,12 @@ class Settings:
     # Covers anything orjson can write (254 levels): a deeper dict or list is masked whole.
     redact_depth: int = 256
     capture_stdlib: bool = True
-    # False skips what asynclog never writes from a stdlib LogRecord: the stack walk for the
-    # caller's file and line, and thread and process names (a third of the record's cost).
-    stdlib_caller_info: bool = False
+    # True leaves `logging`'s record switches as the application set them, so every other
+    # handler's format works, now or added later. False skips what asynclog never writes from a
+    # stdlib LogRecord (the stack walk for the caller's file and line, thread and process names)
+    # wherever no other handler in the tree reads it: a faster stdlib door, at the cost of
+    # breaking a handler added later that reads them.
+    stdlib_caller_info: bool = True
     # Named loggers whose own handlers are removed so they propagate to asynclog only.
     capture_loggers: tuple[str, ...] = ()
 

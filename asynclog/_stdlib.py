@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,7 +30,17 @@ class AsyncLogHandler(logging.Handler):
     Unlike `logging.handlers.QueueHandler`, nothing is formatted on the caller: the message
     template, its arguments and `extra=` fields travel as they are and the writer renders them.
     The handler lock is skipped because the queue is thread-safe on its own.
+
+    Made in a process that never configured asynclog (a `dictConfig` naming it, as a server's
+    `--log-config` file does in a parent process that never imports the app), it starts
+    asynclog from the environment, so what it is handed is written.
     """
+
+    def __init__(self, level: int | str = logging.NOTSET) -> None:
+        super().__init__(level)
+        from ._pipeline import ensure_started  # _pipeline imports this module
+
+        ensure_started()
 
     def handle(self, record: logging.LogRecord) -> bool:
         if self.filters and not self.filter(record):
@@ -64,13 +75,48 @@ class AsyncLogHandler(logging.Handler):
 
 
 # The logging module's documented switches for what a LogRecord collects ("Optimization" in the
-# logging HOWTO); `_srcfile = None` turns off findCaller's stack walk.
-_LEAN_RECORDS: dict[str, Any] = {
-    "_srcfile": None,
-    "logThreads": False,
-    "logProcesses": False,
-    "logMultiprocessing": False,
+# logging HOWTO), each with the record attributes it fills; `_srcfile = None` turns off
+# findCaller's stack walk. asynclog writes none of these attributes; other handlers may.
+_RECORD_SWITCHES: dict[str, tuple[Any, frozenset[str]]] = {
+    "_srcfile": (None, frozenset({"pathname", "filename", "module", "lineno", "funcName"})),
+    "logThreads": (False, frozenset({"thread", "threadName"})),
+    "logProcesses": (False, frozenset({"process"})),
+    "logMultiprocessing": (False, frozenset({"processName"})),
 }
+_ALL_SWITCHED = frozenset().union(*(fields for _, fields in _RECORD_SWITCHES.values()))
+_STDLIB_MODULES = frozenset({"logging", "logging.handlers"})
+
+
+def _fields_read(handler: logging.Handler) -> frozenset[str]:
+    """The switched record attributes `handler` may read: those its format string names, or
+    all of them when its handler or formatter class is not the stdlib's own (its code may read
+    any attribute). asynclog's own handlers (a `dictConfig`'s too) read none."""
+    if isinstance(handler, AsyncLogHandler):
+        return frozenset()
+    if type(handler).__module__ not in _STDLIB_MODULES:
+        return _ALL_SWITCHED
+    formatter = handler.formatter
+    if formatter is None:
+        return frozenset()  # logging's default format is "%(message)s"
+    if type(formatter).__module__ not in _STDLIB_MODULES:
+        return _ALL_SWITCHED
+    text = getattr(getattr(formatter, "_style", None), "_fmt", None)
+    if not isinstance(text, str):
+        return _ALL_SWITCHED
+    return frozenset(name for name in _ALL_SWITCHED if re.search(rf"\b{name}\b", text))
+
+
+def _fields_read_in_tree() -> frozenset[str]:
+    """The switched record attributes any handler in the logging tree may read."""
+    loggers = [logging.getLogger()]
+    loggers += [
+        x for x in list(logging.Logger.manager.loggerDict.values()) if isinstance(x, logging.Logger)
+    ]
+    read: set[str] = set()
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            read |= _fields_read(handler)
+    return frozenset(read)
 
 
 class StdlibRouting:
@@ -106,7 +152,7 @@ class StdlibRouting:
             saved[0].extend(h for h in logger.handlers if h not in saved[0] and h not in ours)
         return logger
 
-    def route_root(self, handler: logging.Handler, level: int, lean_records: bool) -> None:
+    def route_root(self, handler: logging.Handler, level: int) -> None:
         """Make `handler` the root logger's only handler, at `level`."""
         root = self._save(None)
         if self._root_level is None:
@@ -116,11 +162,24 @@ class StdlibRouting:
         root.addHandler(handler)
         self._added_handlers.append((root, handler))
         root.setLevel(level)
-        if lean_records:
-            if self._options is None:
-                self._options = {name: getattr(logging, name) for name in _LEAN_RECORDS}
-            for name, value in _LEAN_RECORDS.items():
+
+    def lean_records(self) -> None:
+        """Turn off each record switch whose attributes no handler in the tree reads
+        (`stdlib_caller_info=False`), and back on one that a handler added since reads. Called
+        again after every capture, since a captured logger's handlers no longer count."""
+        read = _fields_read_in_tree()
+        if self._options is None:
+            self._options = {name: getattr(logging, name) for name in _RECORD_SWITCHES}
+        for name, (off, fields) in _RECORD_SWITCHES.items():
+            setattr(logging, name, self._options[name] if fields & read else off)
+
+    def full_records(self) -> None:
+        """Give back the record switches `lean_records()` changed (a later `configure()` with
+        the default `stdlib_caller_info=True`)."""
+        if self._options is not None:
+            for name, value in self._options.items():
                 setattr(logging, name, value)
+            self._options = None
 
     def capture(self, name: str, propagate: bool = True) -> None:
         """Remove a named logger's own handlers; with `propagate` it reaches the root."""
@@ -148,7 +207,5 @@ class StdlibRouting:
             logger.propagate = propagate
         if self._root_level is not None:
             logging.getLogger().setLevel(self._root_level)
-        if self._options is not None:
-            for name, value in self._options.items():
-                setattr(logging, name, value)
+        self.full_records()
         self._clear()

@@ -275,10 +275,12 @@ async def _open_aiofiles(path: Path, shape: Shape) -> Sink:
 ASYNCLOG_MICRO_SETTINGS: dict[str, Any] = {"format": "json", "overflow": "block"}
 
 
-def _asynclog_sink(path: Path) -> tuple[Any, Callable[[], None], Callable[[], int]]:
+def _asynclog_sink(
+    path: Path, **settings: Any
+) -> tuple[Any, Callable[[], None], Callable[[], int]]:
     import asynclog
 
-    asynclog.configure(sink=str(path), level="INFO", **ASYNCLOG_MICRO_SETTINGS)
+    asynclog.configure(sink=str(path), level="INFO", **ASYNCLOG_MICRO_SETTINGS, **settings)
     last_stats: dict[str, int] = {}
 
     def close() -> None:
@@ -295,16 +297,19 @@ def _open_asynclog_native(path: Path, shape: Shape) -> Sink:
     return Sink(shape.keywords(logger), close, dropped)
 
 
-def _open_asynclog_stdlib(path: Path, shape: Shape) -> Sink:
-    _, close, dropped = _asynclog_sink(path)
-    logger = logging.getLogger(LOGGER_NAME)
-    logger.handlers.clear()
-    logger.setLevel(logging.INFO)
-    logger.propagate = True
+def _asynclog_stdlib(**settings: Any) -> Callable[[Path, Shape], Sink]:
+    def open_sink(path: Path, shape: Shape) -> Sink:
+        _, close, dropped = _asynclog_sink(path, **settings)
+        logger = logging.getLogger(LOGGER_NAME)
+        logger.handlers.clear()
+        logger.setLevel(logging.INFO)
+        logger.propagate = True
 
-    log = _stdlib_call(logger, shape)
+        log = _stdlib_call(logger, shape)
 
-    return Sink(log, close, dropped)
+        return Sink(log, close, dropped)
+
+    return open_sink
 
 
 PEERS: dict[str, Peer] = {
@@ -333,7 +338,14 @@ PEERS: dict[str, Peer] = {
             is_async=True,
         ),
         Peer("asynclog", "asynclog native API", _open_asynclog_native),
-        Peer("asynclog-stdlib", "stdlib logging through asynclog", _open_asynclog_stdlib),
+        Peer("asynclog-stdlib", "stdlib logging through asynclog", _asynclog_stdlib()),
+        # The default keeps logging's record switches (safe for every other handler); this is
+        # the opt-in that skips the caller's file/line, thread and process names.
+        Peer(
+            "asynclog-stdlib-lean",
+            "stdlib logging through asynclog, stdlib_caller_info=False",
+            _asynclog_stdlib(stdlib_caller_info=False),
+        ),
     )
 }
 BASELINE = "stdlib-sync"

@@ -88,19 +88,46 @@ def gunicorn(
         output.close()
 
 
+@contextmanager
+def serving(
+    argv: Sequence[str],
+    port: int,
+    *,
+    env: dict[str, str],
+    stdout: Path,
+    stderr: Path,
+    startup_timeout: float = 60.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server command (listening on 127.0.0.1:`port`) from the repository's root, its
+    stdout and stderr kept apart, until the block ends; stopped by SIGTERM to its pid."""
+    with stdout.open("ab") as out, stderr.open("ab") as err:
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            stdout=out,
+            stderr=err,
+        )
+        try:
+            wait_until_healthy(port, proc, startup_timeout)
+            yield proc
+        finally:
+            stop(proc)
+
+
 def wait_until_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     """Wait until GET /health answers 200 (one worker is up); fails if gunicorn exits first."""
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {proc.returncode} during start-up")
+            raise RuntimeError(f"the server exited with {proc.returncode} during start-up")
         try:
             if get(port, "/health", timeout=2)[0] == 200:
                 return
         except (OSError, asyncio.TimeoutError, IndexError, ValueError):
             pass
         if time.monotonic() > deadline:
-            raise TimeoutError("gunicorn did not answer /health in time")
+            raise TimeoutError("the server did not answer /health in time")
         time.sleep(0.2)
 
 

@@ -25,7 +25,8 @@ _FIGURES: list[tuple[str, dict[str, Any]]] = []
 
 # Loggers that tests (or install()) change: each test gets them back as they were.
 _KEPT_LOGGERS = (None, "uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.error",
-                 "gunicorn.access", "lib.noisy")  # fmt: skip
+                 "gunicorn.access", "hypercorn.error", "_granian", "_granian.utils",
+                 "lib.noisy")  # fmt: skip
 # `logging`'s documented switches for what a LogRecord collects (asynclog's lean records).
 RECORD_OPTIONS = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
 # install() settings that keep a test's file to the lines it is about.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -338,4 +339,73 @@ def test_reload_check_says_once_when_uvicorns_config_is_not_found(log_path: Path
     asynclog.flush(5)
     assert said(read_lines(log_path)) == [
         "uvicorn: the lifespan's self.config (its Config, found by walking frames)"
+    ]
+
+
+def test_hypercorns_loggers_are_made_and_taken_over_at_a_real_lifespan_startup(
+    log_path: Path,
+) -> None:
+    from hypercorn.asyncio.lifespan import Lifespan
+    from hypercorn.config import Config
+    from hypercorn.utils import wrap_app
+
+    app = make_app()
+    asynclog.install(app, sink=str(log_path), **QUIET)
+    config = Config()  # errorlog "-": its logger gets a stderr handler when first used
+
+    async def serve_lifespan() -> list[logging.Handler]:
+        loop = asyncio.get_running_loop()
+        lifespan = Lifespan(wrap_app(app, config.wsgi_max_body_size, None), config, loop, {})
+        task = loop.create_task(lifespan.handle_lifespan())
+        await lifespan.wait_for_startup()
+        await config.log.info("Running on http://127.0.0.1:1")  # as hypercorn does next
+        handlers = list(logging.getLogger("hypercorn.error").handlers)
+        await lifespan.wait_for_shutdown()
+        await task
+        return handlers
+
+    assert asyncio.run(serve_lifespan()) == []  # made at startup, then captured: no stderr copy
+    lines = read_lines(log_path)
+    assert [line["message"] for line in by_logger(lines, "hypercorn.error")] == [
+        "Running on http://127.0.0.1:1"
+    ]
+    assert said(lines) == []
+
+
+def test_hypercorn_logger_check_says_once_when_its_config_is_not_found(log_path: Path) -> None:
+    app = make_app()
+    asynclog.install(app, sink=str(log_path), **QUIET)
+    # A lifespan class in a hypercorn module, as a release might keep it: its Config renamed.
+    namespace: dict[str, Any] = {"__name__": "hypercorn.asyncio.lifespan", "app": app}
+    source = """
+        class Lifespan:
+            def __init__(self, config):
+                self.settings = config
+
+            async def handle_lifespan(self):
+                async def receive():
+                    return {"type": "lifespan.startup"} if not sent else await never()
+
+                async def never():
+                    import asyncio
+                    await asyncio.Event().wait()
+
+                sent = []
+
+                async def send(message):
+                    sent.append(message)
+                    raise StopAsyncIteration
+
+                try:
+                    await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+                except StopAsyncIteration:
+                    pass
+                return sent
+        """
+    exec(textwrap.dedent(source), namespace)
+    sent = asyncio.run(namespace["Lifespan"](SimpleNamespace()).handle_lifespan())
+    assert sent[0]["type"] == "lifespan.startup.complete"
+    asynclog.flush(5)
+    assert said(read_lines(log_path)) == [
+        "hypercorn: the lifespan's self.config (its Config, found by walking frames)"
     ]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
 import asynclog
 
-from conftest import read_lines, record_options, run_python
+from conftest import ROOT, read_lines, record_options, run_python
 
 # Each test runs on the C extension and on the pure-Python code (see conftest).
 pytestmark = pytest.mark.usefixtures("implementation")
@@ -93,19 +95,111 @@ def test_shutdown_restores_previous_root_handlers(log_path: Path) -> None:
     assert not any(isinstance(h, asynclog.AsyncLogHandler) for h in root.handlers)
 
 
-def test_lean_records_by_default_and_restored_at_shutdown(log_path: Path) -> None:
-    source = logging._srcfile  # type: ignore[attr-defined]
+# Item 1 of issue 24: a handler asynclog does not own keeps working, added before or after.
+_CALLER_FORMAT = "[%(process)d] %(threadName)s %(filename)s:%(lineno)d %(funcName)s %(message)s"
+
+
+def _foreign_handler(stream: io.StringIO, fmt: str = _CALLER_FORMAT) -> logging.Handler:
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(fmt))
+    logging.getLogger("lib.noisy").addHandler(handler)
+    return handler
+
+
+def _log_from_here() -> None:
+    logging.getLogger("lib.noisy").warning("the same line")
+
+
+def test_a_foreign_handler_added_before_configure_writes_the_same_line(log_path: Path) -> None:
+    without, with_asynclog = io.StringIO(), io.StringIO()
+    _foreign_handler(without)
+    _log_from_here()
+    logging.getLogger("lib.noisy").handlers.clear()
+    _foreign_handler(with_asynclog)
     asynclog.configure(sink=str(log_path), format="json")
-    assert logging._srcfile is None  # type: ignore[attr-defined]
-    assert not logging.logThreads
+    _log_from_here()
+    asynclog.flush(5)
+    assert with_asynclog.getvalue() == without.getvalue()
+    assert without.getvalue() == (
+        f"[{os.getpid()}] MainThread test_stdlib.py:{_log_from_here.__code__.co_firstlineno + 1}"
+        " _log_from_here the same line\n"
+    )
+    assert [line["message"] for line in read_lines(log_path)] == ["the same line"]
+
+
+def test_a_foreign_handler_added_after_configure_works(log_path: Path) -> None:
+    before = record_options()
+    asynclog.configure(sink=str(log_path), format="json")
+    assert record_options() == before  # the safe default changes no switch
+    stream = io.StringIO()
+    _foreign_handler(stream)
+    _log_from_here()
+    assert stream.getvalue().startswith(f"[{os.getpid()}] MainThread test_stdlib.py:")
+
+
+def test_lean_records_when_asked_and_restored_at_shutdown(log_path: Path) -> None:
+    before = record_options()
+    asynclog.configure(sink=str(log_path), format="json", stdlib_caller_info=False)
+    assert record_options() == {
+        "_srcfile": None,
+        "logThreads": False,
+        "logProcesses": False,
+        "logMultiprocessing": False,
+    }
+    logging.getLogger("x").info("lean")
     asynclog.shutdown()
-    assert logging._srcfile == source  # type: ignore[attr-defined]
-    assert logging.logThreads
+    assert record_options() == before
+    assert [line["message"] for line in read_lines(log_path)] == ["lean"]
 
 
-def test_caller_info_can_be_kept(log_path: Path) -> None:
-    asynclog.configure(sink=str(log_path), format="json", stdlib_caller_info=True)
-    assert logging._srcfile is not None  # type: ignore[attr-defined]
+def test_a_later_configure_with_the_default_gives_the_switches_back(log_path: Path) -> None:
+    before = record_options()
+    asynclog.configure(sink=str(log_path), format="json", stdlib_caller_info=False)
+    assert record_options() != before
+    asynclog.configure(sink=str(log_path), format="json")
+    assert record_options() == before
+    asynclog.shutdown()
+    assert record_options() == before
+
+
+def test_lean_records_keep_each_switch_a_foreign_handler_reads(log_path: Path) -> None:
+    stream = io.StringIO()
+    _foreign_handler(stream, "[%(process)d] %(threadName)s %(message)s")
+    asynclog.configure(sink=str(log_path), format="json", stdlib_caller_info=False)
+    options = record_options()
+    assert options["logProcesses"] and options["logThreads"]
+    assert options["_srcfile"] is None and not options["logMultiprocessing"]
+    _log_from_here()
+    assert stream.getvalue() == f"[{os.getpid()}] MainThread the same line\n"
+
+
+def test_lean_records_keep_every_switch_for_a_handler_class_of_unknown_code(
+    log_path: Path,
+) -> None:
+    class OwnHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            pass
+
+    logging.getLogger("lib.noisy").addHandler(OwnHandler())
+    before = record_options()
+    asynclog.configure(sink=str(log_path), format="json", stdlib_caller_info=False)
+    assert record_options() == before
+
+
+def test_lean_records_count_no_asynclog_handler(log_path: Path) -> None:
+    logging.getLogger("lib.noisy").addHandler(asynclog.AsyncLogHandler())  # as dictConfig does
+    asynclog.configure(sink=str(log_path), format="json", stdlib_caller_info=False)
+    assert record_options()["_srcfile"] is None
+    assert not record_options()["logProcesses"]
+
+
+def test_lean_records_stop_counting_a_captured_loggers_handler(log_path: Path) -> None:
+    _foreign_handler(io.StringIO())  # on lib.noisy, which capture_loggers empties
+    asynclog.configure(
+        sink=str(log_path), format="json", stdlib_caller_info=False, capture_loggers=("lib.noisy",)
+    )
+    assert record_options()["_srcfile"] is None
+    assert not record_options()["logProcesses"]
 
 
 # No silent takeover: only configure()/install() capture the stdlib, and shutdown() gives back
@@ -190,8 +284,9 @@ def test_shutdown_after_configure_restores_the_root_and_the_record_options(
     root.addHandler(mine)
     root.setLevel(logging.WARNING)
     before, options = _logger_state(None), record_options()
-    asynclog.configure(sink=str(log_path), format="json", level="INFO")
-    asynclog.configure(sink=str(log_path), format="json", level="DEBUG")  # a second one too
+    lean = {"stdlib_caller_info": False}
+    asynclog.configure(sink=str(log_path), format="json", level="INFO", **lean)
+    asynclog.configure(sink=str(log_path), format="json", level="DEBUG", **lean)  # a second one
     assert root.handlers != before[0] and root.level == logging.DEBUG
     assert record_options() != options
     asynclog.shutdown()
@@ -256,3 +351,25 @@ def test_shutdown_after_install_restores_the_server_loggers(log_path: Path) -> N
     after = {name: _logger_state(name) for name in before}
     assert after == before
     assert record_options() == options
+
+
+def test_a_dictconfig_naming_the_handler_writes_without_configure() -> None:
+    """A server's parent process reads `--log-config` (sidecar/server-logging.json) and never
+    imports the app: the handler starts asynclog itself, and the exit path writes the line."""
+    result = run_python(
+        """
+        import json, logging.config
+        from pathlib import Path
+        logging.config.dictConfig(json.loads(Path("sidecar/server-logging.json").read_text()))
+        logging.getLogger("uvicorn.error").info("Started parent process [%d]", 42)
+        logging.getLogger("_granian").warning("from granian's main process")
+        """,
+        cwd=ROOT,
+        env={"ASYNCLOG_FORMAT": "json"},
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    lines = [json.loads(text) for text in result.stdout.splitlines()]
+    assert [(x["logger"], x["level"], x["message"]) for x in lines] == [
+        ("uvicorn.error", "info", "Started parent process [42]"),
+        ("_granian", "warning", "from granian's main process"),
+    ]
