@@ -126,6 +126,9 @@ def test_recycled_workers_drain_their_lines(log_path: Path) -> None:
     def exits() -> int:
         return log_path.read_text(errors="replace").count('"message":"Worker exiting')
 
+    def booted() -> int:
+        return log_path.read_text(errors="replace").count('"message":"Booting worker')
+
     with gunicorn_serving(ROOT, log_path, workers=2, env=recycle_early) as server:
         deadline = time.monotonic() + 60
         while exits() < 2:
@@ -138,6 +141,9 @@ def test_recycled_workers_drain_their_lines(log_path: Path) -> None:
                 reset.append(request_id)
             # uvicorn checks the request limit once per 0.1 s tick.
             time.sleep(0.02)
+        # The master boots each replacement after its worker exited: a stop before that would
+        # leave nothing to check (the boot lines are what show the recycling completed).
+        wait_for(lambda: booted() >= 4, 60, "the replacement workers to boot")
         assert server.stop() == 0
     lines = read_lines(log_path)
     logged = Counter(line["request_id"] for line in lines if line["logger"] == "asynclog.access")
