@@ -36,6 +36,8 @@ _LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 _FORMATS = ("auto", "json", "console")
 _OVERFLOWS = ("drop", "block")
 _SPANS = ("none", "log", "otlp")
+# A shortened line keeps its time, level, logger and a note of what was cut: ~300 bytes.
+_MIN_LINE_BYTES = 1_024
 # An HTTP method is a token (RFC 9110, section 5.6.2).
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -46,6 +48,7 @@ _ENV = {
     "format": "ASYNCLOG_FORMAT",
     "queue_size": "ASYNCLOG_QUEUE_SIZE",
     "overflow": "ASYNCLOG_OVERFLOW",
+    "max_line_bytes": "ASYNCLOG_MAX_LINE_BYTES",
 }
 _APP_ENV = {
     "tracing": "ASYNCLOG_TRACING",
@@ -80,6 +83,10 @@ class Settings:
     stdlib_caller_info: bool = False
     # Named loggers whose own handlers are removed so they propagate to asynclog only.
     capture_loggers: tuple[str, ...] = ()
+    # A JSON line longer than this is written with its largest values shortened (and says so).
+    # Below what the shipped sidecar's tail reads (buffer_max_size 256KB: a longer line is
+    # skipped) and what Loki accepts (max_line_size 256KB), with room for what they add.
+    max_line_bytes: int = 131_072
 
 
 @dataclass(frozen=True)
@@ -202,6 +209,12 @@ def _validate(name: str, value: Any, setting: str | None = None) -> Any:
         return _choice(label, value, ("asynclog", "native", "instrumentor"))
     if name in ("queue_size", "batch_size", "redact_depth"):
         return _positive_int(label, value)
+    if name == "max_line_bytes":
+        size = _positive_int(label, value)
+        if size < _MIN_LINE_BYTES:
+            allowed = f"an integer >= {_MIN_LINE_BYTES}"
+            raise ValueError(f"asynclog: {label}={value!r} is not valid; allowed: {allowed}")
+        return size
     if name in (
         "block_timeout",
         "flush_interval",
