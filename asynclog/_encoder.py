@@ -18,6 +18,7 @@ from opentelemetry import trace as _trace
 from ._accel import speedups as _speedups
 from ._record import Record
 from ._redact import REDACTED, Redactor
+from ._settings import Settings
 from ._shorten import shorten_line
 from ._snapshot import Frozen, json_default, numpy_option
 
@@ -168,7 +169,7 @@ class Encoder:
         console: bool = False,
         color: bool = False,
         on_fault: Callable[[], None] | None = None,
-        max_line_bytes: int = 131_072,
+        max_line_bytes: int = Settings.max_line_bytes,
     ) -> None:
         self.redactor = redactor
         # A JSON line longer than this is shortened (`shorten_line`); console lines are not.

@@ -84,9 +84,10 @@ class Settings:
     # Named loggers whose own handlers are removed so they propagate to asynclog only.
     capture_loggers: tuple[str, ...] = ()
     # A JSON line longer than this is written with its largest values shortened (and says so).
-    # Below what the shipped sidecar's tail reads (buffer_max_size 256KB: a longer line is
-    # skipped) and what Loki accepts (max_line_size 256KB), with room for what they add.
-    max_line_bytes: int = 131_072
+    # Below what the shipped sidecar's tail reads whole (buffer_max_size 80KB), and a third of
+    # what Loki accepts (max_line_size 256KB): Fluent Bit writes non-ASCII text as \u escapes,
+    # up to 3x the bytes, and Loki refuses a longer line with the whole batch it came in.
+    max_line_bytes: int = 65_536
 
 
 @dataclass(frozen=True)

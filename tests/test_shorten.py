@@ -111,7 +111,8 @@ def test_a_record_with_a_3_mb_field_is_written_shortened_between_its_neighbours(
     for line in lines[1::4]:
         assert line["other"] == "o" * 500 and set(line["blob"]) == {"b"}
         assert line[NOTES] == [
-            f"blob: 3000002 bytes shortened to {len(line['blob']) + 2} (max_line_bytes 131072)"
+            f"blob: 3000002 bytes shortened to {len(line['blob']) + 2} "
+            f"(max_line_bytes {Settings.max_line_bytes})"
         ]
     assert all(NOTES not in line for line in lines[0::4] + lines[3::4])
 

@@ -1,0 +1,149 @@
+"""A long line is never dropped: end to end through the shipped Fluent Bit config into a real
+Loki, a record with a 3 MB field arrives shortened and marked, between its neighbours.
+
+Needs a Fluent Bit (FLUENT_BIT or on PATH) and a Loki (LOKI, or ../shared/tools/loki/loki.xz);
+skipped otherwise. The unit tests of the shortening are in tests/test_shorten.py.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from _fluentbit import FLUENT_BIT, assert_no_errors_or_warnings, fluent_bit, wait_for
+from _loki import LOKI, LOKI_SKIP_REASON, LokiEntry, loki_serving
+
+from asynclog._encoder import format_time
+from asynclog._settings import Settings
+
+from conftest import ROOT, read_lines, run_python
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not FLUENT_BIT, reason="no Fluent Bit: set FLUENT_BIT=/path/to/fluent-bit or put it on PATH"
+    ),
+    pytest.mark.skipif(LOKI is None, reason=LOKI_SKIP_REASON),
+]
+NOTES = "asynclog.substituted"
+AROUND = 300  # lines before and after the long records
+LOKI_MAX_LINE_SIZE = 256 * 1024  # Loki's default max_line_size ("256KB"); it refuses longer
+
+
+def _write_with_asynclog(sink: Path) -> None:
+    """What an app writes by default: lines numbered by `seq`, and among them a record with a
+    3 MB field, a stdlib exception with a 3 MB message, and one with 3 MB of non-ASCII text."""
+    result = run_python(
+        f"""
+        import logging, asynclog
+        asynclog.configure(sink={str(sink)!r}, format="json")
+        log = asynclog.get_logger("e2e.long")
+        for seq in range({AROUND}):
+            log.info("before", seq=seq)
+        log.info("huge field", seq={AROUND}, blob="b" * 3_000_000, kept="k" * 100)
+        try:
+            raise ValueError("v" * 3_000_000)
+        except ValueError:
+            std = logging.getLogger("e2e.stdlib")
+            std.exception("huge exception", extra={{"seq": {AROUND + 1}}})
+        log.info("huge unicode", seq={AROUND + 2}, text="日本é" * 500_000)
+        for seq in range({AROUND + 3}, {2 * AROUND + 3}):
+            log.info("after", seq=seq)
+        assert asynclog.shutdown(timeout=30)
+        """,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def _foreign_lines(path: Path) -> bytes:
+    """Another writer's over-long line (no bound), between two ordinary ones."""
+    now = format_time(time.time())
+    lines = [
+        {"time": now, "level": "info", "message": "foreign", "seq": "f0"},
+        {"time": now, "level": "info", "message": "long", "seq": "f1", "blob": "f" * 400_000},
+        {"time": now, "level": "info", "message": "foreign", "seq": "f2"},
+    ]
+    data = b"".join(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE) for line in lines)
+    path.write_bytes(data)
+    return data.split(b"\n")[1]
+
+
+def _stored(entries: list[LokiEntry]) -> dict[Any, dict[str, Any]]:
+    """Loki's lines by `seq` (a cut foreign line by the `seq` in its text)."""
+    found: dict[Any, dict[str, Any]] = {}
+    for entry in entries:
+        line = entry.json()
+        # What the loki output moved out of the line (`level`, a label) goes back in.
+        for key, value in {**entry.labels, **entry.metadata}.items():
+            line.setdefault(key, value)
+        seq = line.get("seq")
+        if seq is None and isinstance(line.get("log"), str) and '"seq":"f1"' in line["log"]:
+            seq = "f1"
+        assert seq not in found, f"seq {seq} stored twice"
+        found[seq] = line
+    return found
+
+
+@pytest.mark.parametrize("config", ["fluent-bit.yaml", "fluent-bit.conf"])
+def test_a_3_mb_record_reaches_loki_shortened_and_marked(tmp_path: Path, config: str) -> None:
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    sink = log_dir / "app.log"
+    _write_with_asynclog(sink)
+    written = read_lines(sink)
+    assert [line["seq"] for line in written] == list(range(2 * AROUND + 3))
+    assert max(len(line) + 1 for line in sink.read_bytes().split(b"\n")[:-1]) <= (
+        Settings.max_line_bytes
+    )
+    foreign = _foreign_lines(log_dir / "foreign.log")
+    expected = {*range(2 * AROUND + 3), "f0", "f1", "f2"}
+
+    with loki_serving(tmp_path / "loki") as loki:
+        env = {
+            "FLB_LOKI_MATCH": "asynclog.*",
+            "FLB_LOKI_HOST": "127.0.0.1",
+            "FLB_LOKI_PORT": str(loki.port),
+            "FLB_STDOUT_MATCH": "disabled",
+        }
+        with fluent_bit(ROOT / config, log_dir, env) as flb:
+            query = '{job="asynclog"}'
+            wait_for(
+                lambda: len(loki.query(query)) >= len(expected),
+                120,
+                f"Loki to store all {len(expected)} lines",
+            )
+            entries = loki.query(query)
+    stored = _stored(entries)
+    assert set(stored) == expected, "every line exactly once"
+    assert_no_errors_or_warnings(flb.log)
+
+    by_seq = {line["seq"]: line for line in written}
+    # The 3 MB field: shortened, and the line says so, with its size before and after.
+    huge = stored[AROUND]
+    assert huge["message"] == "huge field" and huge["kept"] == "k" * 100
+    assert set(huge["blob"]) == {"b"} and 30_000 < len(huge["blob"]) < Settings.max_line_bytes
+    assert huge[NOTES] == by_seq[AROUND][NOTES] == [
+        f"blob: 3000002 bytes shortened to {len(huge['blob']) + 2} "
+        f"(max_line_bytes {Settings.max_line_bytes})"
+    ]
+    exception = stored[AROUND + 1]
+    assert exception["message"] == "huge exception"
+    assert exception["exception"]["type"] == "ValueError"
+    assert exception["exception"]["message"].startswith("vvvv")
+    assert {note.split(":")[0] for note in exception[NOTES]} == {
+        "exception.message", "exception.stacktrace",
+    }  # fmt: skip
+    assert stored[AROUND + 2]["text"].startswith("日本é日本é")
+    assert any(note.startswith("text: ") for note in stored[AROUND + 2][NOTES])
+    # Every other line arrived with all its fields (the pipeline adds some).
+    for seq, line in by_seq.items():
+        assert {k: stored[seq].get(k) for k in line} == line, seq
+    # The foreign line, over the sidecar's buffer: cut, unparsed, but shipped.
+    cut = stored["f1"]["log"]
+    assert foreign.decode().startswith(cut) and 60_000 < len(cut) < len(foreign)
+    for entry in entries:  # what Loki was sent and kept, as the loki output wrote it
+        assert len(entry.line.encode()) < LOKI_MAX_LINE_SIZE
