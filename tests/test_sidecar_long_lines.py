@@ -147,3 +147,55 @@ def test_a_3_mb_record_reaches_loki_shortened_and_marked(tmp_path: Path, config:
     assert foreign.decode().startswith(cut) and 60_000 < len(cut) < len(foreign)
     for entry in entries:  # what Loki was sent and kept, as the loki output wrote it
         assert len(entry.line.encode()) < LOKI_MAX_LINE_SIZE
+
+
+def _readme_agent_config() -> str:
+    """The node-level agent's config that sidecar/README.md shows under "On stdout"."""
+    text = (ROOT / "sidecar" / "README.md").read_text()
+    section = text.split("### On stdout", 1)[1]
+    return section.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
+def test_a_node_agent_joins_what_the_runtime_split(tmp_path: Path) -> None:
+    """asynclog's lines on stdout, as containerd and CRI-O store them: a line over 16 KiB as
+    `P` (partial) entries of 16 KiB and a last `F` one. The README's agent config (the `cri`
+    multiline parser) gives back every line whole, parsed."""
+    sink = tmp_path / "stdout.jsonl"
+    result = run_python(
+        f"""
+        import asynclog
+        asynclog.configure(sink={str(sink)!r}, format="json")
+        log = asynclog.get_logger("e2e.cri")
+        for seq in range(20):
+            log.info("line", seq=seq, text="日本é" * (seq * 500), blob="b" * (seq * 2_000))
+        log.info("huge", seq=20, blob="b" * 3_000_000)
+        assert asynclog.shutdown(timeout=30)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    written = read_lines(sink)
+    entries = []
+    for line in sink.read_bytes().split(b"\n")[:-1]:
+        parts = [line[i : i + 16_384] for i in range(0, len(line), 16_384)]
+        for n, part in enumerate(parts):
+            flag = b"F" if n == len(parts) - 1 else b"P"
+            entries.append(b"2026-12-05T06:00:00.000000000Z stdout " + flag + b" " + part + b"\n")
+    assert sum(b" P " in entry[:40] for entry in entries) > 20  # lines were split
+    containers = tmp_path / "containers"
+    containers.mkdir()
+    (containers / "app_default_app-0123.log").write_bytes(b"".join(entries))
+    config = tmp_path / "agent.yaml"
+    agent = _readme_agent_config().replace("/var/log/containers/", f"{containers}/")
+    config.write_text(
+        "service:\n  flush: 1\n  http_server: on\n  http_listen: 127.0.0.1\n"
+        "  http_port: ${FLB_HTTP_PORT}\n  health_check: on\n"
+        + agent
+        + "  outputs:\n    - name: stdout\n      match: kube.*\n      format: json_lines\n"
+    )
+    with fluent_bit(config, containers) as flb:
+        wait_for(lambda: len(flb.records()) >= len(written), 60, "every line to be joined")
+    records = flb.records()
+    assert len(records) == len(written)
+    for record, line in zip(records, written, strict=True):
+        assert {k: record.get(k) for k in line} == line, line["seq"]
+    assert_no_errors_or_warnings(flb.log)
