@@ -73,7 +73,8 @@ def _foreign_lines(path: Path) -> bytes:
 
 
 def _stored(entries: list[LokiEntry]) -> dict[Any, dict[str, Any]]:
-    """Loki's lines by `seq` (a cut foreign line by the `seq` in its text)."""
+    """Loki's lines by `seq` (a cut foreign line by the `seq` in its text); fails on a `seq`
+    stored twice."""
     found: dict[Any, dict[str, Any]] = {}
     for entry in entries:
         line = entry.json()
@@ -89,7 +90,9 @@ def _stored(entries: list[LokiEntry]) -> dict[Any, dict[str, Any]]:
 
 
 @pytest.mark.parametrize("config", ["fluent-bit.yaml", "fluent-bit.conf"])
-def test_a_3_mb_record_reaches_loki_shortened_and_marked(tmp_path: Path, config: str) -> None:
+def test_a_3_mb_record_reaches_loki_shortened_and_marked(
+    tmp_path: Path, config: str, figures: Any
+) -> None:
     log_dir = tmp_path / "logs"
     log_dir.mkdir()
     sink = log_dir / "app.log"
@@ -109,14 +112,20 @@ def test_a_3_mb_record_reaches_loki_shortened_and_marked(tmp_path: Path, config:
             "FLB_LOKI_PORT": str(loki.port),
             "FLB_STDOUT_MATCH": "disabled",
         }
+        query = '{job="asynclog"}'
+        started = time.monotonic()
         with fluent_bit(ROOT / config, log_dir, env) as flb:
-            query = '{job="asynclog"}'
             wait_for(
                 lambda: len(loki.query(query)) >= len(expected),
                 120,
                 f"Loki to store all {len(expected)} lines",
             )
-            entries = loki.query(query)
+            caught_up = time.monotonic() - started
+        entries = loki.query(query)  # Fluent Bit has stopped: anything sent late is in
+    figures(
+        sent=len(expected), found=len(entries), duplicates=len(entries) - len(expected),
+        catch_up_s=round(caught_up, 1),
+    )  # fmt: skip
     stored = _stored(entries)
     assert set(stored) == expected, "every line exactly once"
     assert_no_errors_or_warnings(flb.log)
