@@ -281,7 +281,8 @@ class Encoder:
         call, with the request's context checked once rather than per line. Anything else
         (an exception, `%` args that do not match, a new or secret name, a span, a malformed
         record) goes through `encode`. With the C extension built, `_speedups.encode_into`
-        takes the same records and writes the same bytes.
+        takes the same records and writes the same bytes. A line over `max_line_bytes`, on
+        either path, is rewritten by `shorten_line`, as `encode` rewrites its own.
         """
         ends: list[int] = []
         end = ends.append
