@@ -26,6 +26,7 @@ _MIN_KEEP = 64
 _MAX_NOTES = 16
 _MAX_DEPTH = 64
 _OPTIONS = orjson.OPT_APPEND_NEWLINE
+_MISSING = object()
 
 
 def shorten_line(data: bytes, limit: int) -> bytes:
@@ -84,7 +85,8 @@ def _strings(
     container: Any, key: Any, value: Any, path: str, depth: int, found: list[Any]
 ) -> None:
     if type(value) is str:
-        if len(value) > _MIN_KEEP // 6:  # a shorter one cannot be over _MIN_KEEP bytes as JSON
+        # Skipped unmeasured: a str this short is under _MIN_KEEP bytes even fully escaped.
+        if len(value) > _MIN_KEEP // 6:
             found.append((container, key, path, len(orjson.dumps(value))))
     elif depth < _MAX_DEPTH and type(value) is dict:
         for k, v in value.items():
@@ -144,8 +146,6 @@ def _apply(
         else:
             line[_SUBSTITUTED] = previous
 
-
-_MISSING = object()
 
 
 def _head(text: str, size: int) -> str:
