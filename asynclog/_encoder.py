@@ -18,6 +18,8 @@ from opentelemetry import trace as _trace
 from ._accel import speedups as _speedups
 from ._record import Record
 from ._redact import REDACTED, Redactor
+from ._settings import Settings
+from ._shorten import shorten_line
 from ._snapshot import Frozen, json_default, numpy_option
 
 __all__ = ["RESERVED_KEYS", "Encoder", "encode_line", "format_time", "level_name", "notice_line"]
@@ -167,8 +169,11 @@ class Encoder:
         console: bool = False,
         color: bool = False,
         on_fault: Callable[[], None] | None = None,
+        max_line_bytes: int = Settings.max_line_bytes,
     ) -> None:
         self.redactor = redactor
+        # A JSON line longer than this is shortened (`shorten_line`); console lines are not.
+        self.max_line_bytes = max_line_bytes
         self.console = console
         self.color = color
         # Called for each record that could not be built or encoded at all (see `encode`).
@@ -276,7 +281,8 @@ class Encoder:
         call, with the request's context checked once rather than per line. Anything else
         (an exception, `%` args that do not match, a new or secret name, a span, a malformed
         record) goes through `encode`. With the C extension built, `_speedups.encode_into`
-        takes the same records and writes the same bytes.
+        takes the same records and writes the same bytes. A line over `max_line_bytes`, on
+        either path, is rewritten by `shorten_line`, as `encode` rewrites its own.
         """
         ends: list[int] = []
         end = ends.append
@@ -290,7 +296,7 @@ class Encoder:
             return self._c_encode_into(  # type: ignore[no-any-return]
                 records, buffer, self._plain_keys, self._key_prefixes, _LEVEL_NAMES,
                 self._span_ids, orjson.dumps, self._default, options, self.redactor.json_rule,
-                self.encode,
+                self.encode, self.max_line_bytes, shorten_line,
             )  # fmt: skip
         dumps = orjson.dumps
         default = self._default
@@ -298,6 +304,7 @@ class Encoder:
         names = _LEVEL_NAMES
         stamp_of = format_time
         checked = self._checked_context
+        limit = self.max_line_bytes
         for record in records:
             data = None
             try:
@@ -334,6 +341,8 @@ class Encoder:
                                 **context, **bound, **fields,
                             }  # fmt: skip
                         data = dumps(line, default, options)
+                        if len(data) > limit:
+                            data = shorten_line(data, limit)
             except BaseException as exc:  # `encode` writes the reason, or substitutes the line
                 _reraise_if_foreign(exc)
                 data = None
@@ -358,13 +367,16 @@ class Encoder:
                 return _console_line(self._thaw(line), self.color)
             try:
                 options = _JSON_OPTIONS | numpy_option()
-                return orjson.dumps(line, default=self._default, option=options)
+                data = orjson.dumps(line, default=self._default, option=options)
             except Exception:
-                return encode_line(self._thaw(line))
+                data = encode_line(self._thaw(line))
         except BaseException as exc:  # a gap in the fallback, or the record's own raise
             _reraise_if_foreign(exc)
             line = self._fault(record, "encoding the line failed", exc)
-            return _console_line(line, self.color) if self.console else encode_line(line)
+            if self.console:
+                return _console_line(line, self.color)
+            data = encode_line(line)
+        return data if len(data) <= self.max_line_bytes else shorten_line(data, self.max_line_bytes)
 
     def _fault(self, record: Any, problem: str, exc: BaseException) -> dict[str, Any]:
         if self.on_fault is not None:

@@ -75,6 +75,7 @@ class Pipeline:
             console=console,
             color=console and self.sink.isatty,
             on_fault=self._count_fault,
+            max_line_bytes=settings.max_line_bytes,
         )
         self.handler = AsyncLogHandler()
         self.writer = self._new_writer()

@@ -36,6 +36,8 @@ _LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 _FORMATS = ("auto", "json", "console")
 _OVERFLOWS = ("drop", "block")
 _SPANS = ("none", "log", "otlp")
+# A shortened line keeps its time, level, logger and a note of what was cut: ~300 bytes.
+_MIN_LINE_BYTES = 1_024
 # An HTTP method is a token (RFC 9110, section 5.6.2).
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -46,6 +48,7 @@ _ENV = {
     "format": "ASYNCLOG_FORMAT",
     "queue_size": "ASYNCLOG_QUEUE_SIZE",
     "overflow": "ASYNCLOG_OVERFLOW",
+    "max_line_bytes": "ASYNCLOG_MAX_LINE_BYTES",
 }
 _APP_ENV = {
     "tracing": "ASYNCLOG_TRACING",
@@ -83,6 +86,11 @@ class Settings:
     stdlib_caller_info: bool = True
     # Named loggers whose own handlers are removed so they propagate to asynclog only.
     capture_loggers: tuple[str, ...] = ()
+    # A JSON line longer than this is written with its largest values shortened (and says so).
+    # Below what the shipped sidecar's tail reads whole (buffer_max_size 80KB), and a third of
+    # what Loki accepts (max_line_size 256KB): Fluent Bit writes non-ASCII text as \u escapes,
+    # up to 3x the bytes, and Loki discards a longer line (a 400 Fluent Bit does not retry).
+    max_line_bytes: int = 65_536
 
 
 @dataclass(frozen=True)
@@ -205,6 +213,12 @@ def _validate(name: str, value: Any, setting: str | None = None) -> Any:
         return _choice(label, value, ("asynclog", "native", "instrumentor"))
     if name in ("queue_size", "batch_size", "redact_depth"):
         return _positive_int(label, value)
+    if name == "max_line_bytes":
+        size = _positive_int(label, value)
+        if size < _MIN_LINE_BYTES:
+            allowed = f"an integer >= {_MIN_LINE_BYTES}"
+            raise ValueError(f"asynclog: {label}={value!r} is not valid; allowed: {allowed}")
+        return size
     if name in (
         "block_timeout",
         "flush_interval",

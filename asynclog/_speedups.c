@@ -908,22 +908,55 @@ done:
     return result;
 }
 
+/* Replaces the line at `start` (to the end of `buf`) with what `shorten(line, max_line)`
+ * returns. */
+static int
+shorten_into(Buffer *buf, Py_ssize_t start, Py_ssize_t max_line, PyObject *shorten)
+{
+    PyObject *line = PyBytes_FromStringAndSize(buf->data + start, buf->size - start);
+    if (line == NULL) {
+        return -1;
+    }
+    PyObject *limit = PyLong_FromSsize_t(max_line);
+    PyObject *data = limit ? PyObject_CallFunctionObjArgs(shorten, line, limit, NULL) : NULL;
+    Py_DECREF(line);
+    Py_XDECREF(limit);
+    if (data == NULL) {
+        return -1;
+    }
+    int result = -1;
+    if (!PyBytes_Check(data)) {
+        PyErr_SetString(PyExc_TypeError, "shorten did not return bytes");
+    }
+    else {
+        buf->size = start;
+        result = put(buf, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
+    }
+    Py_DECREF(data);
+    return result;
+}
+
 PyDoc_STRVAR(encode_into_doc,
 "encode_into(records, buffer, known, prefixes, level_names, span_ids, dumps, default,\n"
-"            options, json_rule, fallback) -> ends\n"
+"            options, json_rule, fallback, max_line, shorten) -> ends\n"
 "\n"
 "Append the lines of `records` to the bytearray `buffer` as Encoder.encode_into does, and\n"
 "return where each ends. `prefixes` (a dict) keeps the known names' rendered prefixes.\n"
-"`fallback(record)` writes the records the fast path does not take.");
+"`fallback(record)` writes the records the fast path does not take; `shorten(line, max_line)`\n"
+"rewrites a line longer than `max_line` bytes.");
 
 static PyObject *
 encode_into(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
 {
-    if (argc != 11) {
-        PyErr_SetString(PyExc_TypeError, "encode_into takes 11 arguments");
+    if (argc != 13) {
+        PyErr_SetString(PyExc_TypeError, "encode_into takes 13 arguments");
         return NULL;
     }
-    PyObject *records = argv[0], *target = argv[1], *fallback = argv[10];
+    PyObject *records = argv[0], *target = argv[1], *fallback = argv[10], *shorten = argv[12];
+    Py_ssize_t max_line = PyLong_AsSsize_t(argv[11]);
+    if (max_line == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
     if (!PyList_CheckExact(records) || !PyByteArray_CheckExact(target)
         || !PySet_CheckExact(argv[2]) || !PyDict_CheckExact(argv[3])
         || !PyDict_CheckExact(argv[4])) {
@@ -945,6 +978,7 @@ encode_into(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
      * each time and each record is held while it is encoded. */
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(records); i++) {
         PyObject *record = Py_NewRef(PyList_GET_ITEM(records, i));
+        Py_ssize_t start = buf.size;
         int taken = encode_record(&job, &buf, record);
         if (taken < 0) {
             /* Whatever the record's own code raised (KeyboardInterrupt included): the
@@ -964,6 +998,11 @@ encode_into(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
             }
         }
         Py_DECREF(record);
+        /* The rare path, shared with the pure-Python encoder: a line over the bound. (The
+         * fallback's lines are already bounded: `encode` bounds its own.) */
+        if (buf.size - start > max_line && shorten_into(&buf, start, max_line, shorten) < 0) {
+            goto done;
+        }
         if (lines == capacity) {
             capacity = capacity ? capacity * 2 : 64;
             Py_ssize_t *grown = PyMem_Realloc(line_ends, (size_t)capacity * sizeof(Py_ssize_t));

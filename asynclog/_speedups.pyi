@@ -14,6 +14,8 @@ def encode_into(
     options: int,
     json_rule: tuple[int | None, tuple[tuple[bytes, ...], ...]] | None,
     fallback: Callable[[tuple[Any, ...]], bytes],
+    max_line: int,
+    shorten: Callable[[bytes, int], bytes],
 ) -> list[int]: ...
 
 class LevelMethod:

@@ -81,11 +81,13 @@ def _log_path(tmp_path: Path) -> Path:
     return tmp_path / "app.log"
 
 
-def assert_batches_write_what_encode_writes(records: list[Any], redactor: Any) -> list[bytes]:
+def assert_batches_write_what_encode_writes(
+    records: list[Any], redactor: Any, **options: Any
+) -> list[bytes]:
     """The batch encoder (`encode_into`) writes each record's `encode` bytes, on a fresh encoder
-    and again once it knows the names. Returns those lines."""
-    expected = [Encoder(redactor).encode(record) for record in records]
-    encoder = Encoder(redactor)
+    and again once it knows the names; `options` go to both encoders. Returns those lines."""
+    expected = [Encoder(redactor, **options).encode(record) for record in records]
+    encoder = Encoder(redactor, **options)
     for _ in range(2):  # the first pass meets the names, the second knows them
         buffer = bytearray()
         ends = encoder.encode_into(records, buffer)

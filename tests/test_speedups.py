@@ -287,6 +287,51 @@ def test_datetimes_uuids_enums_decimals_and_frozen_values_write_what_encode_writ
             assert f'"{name}":' not in line.decode() or _masked(json.loads(line), name)
 
 
+# Around the bound: values from a few bytes to ~30 KB (escapes included), a bound of 1-3 KB.
+_LONG = st.builds(lambda text, n: text * n, _TEXT.filter(bool), st.integers(0, 400))
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    lines=st.lists(
+        st.tuples(
+            _TEXT | _LONG,  # message
+            st.dictionaries(
+                _NAME,
+                _JSON_VALUE | _LONG | st.builds(snapshot_value, st.lists(_LONG, max_size=3)),
+                max_size=4,
+            ),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    limit=st.integers(1_024, 3_000),
+)
+def test_lines_over_the_bound_are_shortened_alike_and_lines_under_it_are_untouched(
+    lines: list[Any], limit: int, implementation: str
+) -> None:
+    """Over `max_line_bytes`, the batch encoder (either path) writes the line `encode` writes,
+    within the bound and marked; under it, the very bytes an unbounded encoder writes."""
+    records = [
+        (1796084572.25, 20, "long", msg, None, fields, {}, {"request_id": "r"}, {}, None)
+        for msg, fields in lines
+    ]
+    redactor = Redactor(frozenset({"password"}))
+    bounded = assert_batches_write_what_encode_writes(records, redactor, max_line_bytes=limit)
+    for line, record in zip(bounded, records, strict=True):
+        whole = Encoder(redactor, max_line_bytes=10**9).encode(record)
+        assert len(line) <= limit
+        if len(whole) <= limit:
+            assert line == whole
+        else:
+            notes = json.loads(line)["asynclog.substituted"]
+            assert any(f"(max_line_bytes {limit})" in note for note in notes), notes
+
+
 _FREEZABLE = st.recursive(
     _JSON_VALUE | st.just(_Str("subclass")) | st.just(2**64 - 1),
     lambda inner: (
