@@ -74,10 +74,13 @@ def _write_traffic(url: str, sink: Path, requests: int = 12) -> None:
     for n in range(requests):
         path = "/fail" if n % 6 == 5 else "/no-such-route" if n % 6 == 4 else f"/items/{n}"
         http_get(f"{url}{path}", {"x-request-id": f"req-{n}"})
-    # Bad input on the same stream: label lookalikes, a level outside the five, a raw line.
+    # Bad input on the same stream: a raw line (the lines after it must arrive too), label
+    # lookalikes, a level outside the five.
     result = run_python(
         f"""
         import logging, asynclog
+        with open({str(sink)!r}, "a") as stray:
+            stray.write({RAW_LINE!r} + "\\n")
         asynclog.configure(sink={str(sink)!r}, format="json")
         logging.addLevelName(25, "NOTICE")
         logging.getLogger("e2e.bad").log(25, "custom level", extra={{"service_name": "evil"}})
@@ -85,8 +88,6 @@ def _write_traffic(url: str, sink: Path, requests: int = 12) -> None:
             "label lookalikes", service_name="evil-svc", namespace="evil-ns", job="evil-job"
         )
         assert asynclog.shutdown(timeout=10)
-        with open({str(sink)!r}, "a") as stray:
-            stray.write({RAW_LINE!r} + "\\n")
         """
     )
     assert result.returncode == 0, result.stderr
