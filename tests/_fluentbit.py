@@ -487,7 +487,6 @@ service:
   http_server: on
   http_listen: 127.0.0.1
   http_port: {http_port}
-  storage.path: {storage}
 pipeline:
   inputs:
     - name: opentelemetry
@@ -532,8 +531,7 @@ def otlp_receiver(workdir: Path) -> Iterator[OtlpReceiver]:
     workdir.mkdir(parents=True, exist_ok=True)
     http_port, port = free_port(), free_port()
     config = workdir / "receiver.yaml"
-    storage = workdir / "storage"
-    config.write_text(_RECEIVER.format(http_port=http_port, port=port, storage=storage))
+    config.write_text(_RECEIVER.format(http_port=http_port, port=port))
     stdout, log = workdir / "receiver.out", workdir / "receiver.log"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("FLB_")}
     with stdout.open("wb") as out, log.open("wb") as err:
