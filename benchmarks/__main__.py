@@ -199,7 +199,7 @@ def _sidecar_summary(s: dict[str, Any]) -> str:
 
 def _sidecar_steps(profile: Profile) -> list[Step]:
     repeats = sidecar.PROFILES[profile.name].repeats
-    return [("sidecar: Fluent Bit on the shipped config", 5 + 2 * repeats * 6)]
+    return [("sidecar: Fluent Bit on the shipped config", 5 + len(sidecar.VARIANTS) * repeats * 6)]
 
 
 def _mix_summary(found: dict[str, dict[str, Any]]) -> str:

@@ -399,14 +399,15 @@ def sidecar_section(results: dict[str, Any]) -> list[str]:
     repeats = min(len(v["runs"]) for v in found["variants"].values())
     rows = [
         "| config | lines/s | CPU s per 100k lines | lines per CPU-second "
-        "| workers at full load per sidecar CPU | peak RSS |",
-        "|---|--:|--:|--:|--:|--:|",
+        "| workers at full load per sidecar CPU | delivered lines/s | peak RSS |",
+        "|---|--:|--:|--:|--:|--:|--:|",
     ]
     for name, v in found["variants"].items():
         per_cpu = v["lines_per_cpu_s"]
         rows.append(
             f"| {name} | {_n(v['lines_per_s'])} | {v['cpu_s_per_100k']:.3f} | {_n(per_cpu)} "
-            f"| {_n(None if worker is None else per_cpu / worker, 1)} | {_mb(v['peak_rss'])} |"
+            f"| {_n(None if worker is None else per_cpu / worker, 1)} "
+            f"| {_n(v['delivered_lines_per_s'])} | {_mb(v['peak_rss'])} |"
         )
     worker_text = (
         f"one asynclog worker at full load writes {_n(worker)} lines/s (the e2e row "
@@ -420,10 +421,18 @@ def sidecar_section(results: dict[str, Any]) -> list[str]:
         f"({found['bytes'] / MB:.0f} MB, {found['access_lines']:,} access lines) that asynclog "
         "wrote for the e2e request (two route lines and the access line), appended at once "
         "to the file it watches; its stdout (the log lines) is a pipe, as in a container. *logs*: "
-        "`FLB_METRICS_MATCH=disabled`; *logs+metrics*: the default, with the RED metrics. "
-        "lines/s: until the tail has read every line; CPU: all of Fluent Bit's threads until "
-        f"the output (and /metrics) has every line. Medians of {repeats} runs each. In this run "
+        "`FLB_METRICS_MATCH=disabled`; *logs+metrics*: the default, with the RED metrics; "
+        "*otlp* and *loki*: the default metrics, and the logs through the opentelemetry output "
+        "to Loki's OTLP endpoint, or through the loki output to its push API, instead of "
+        "stdout (a real Loki, on the other CPU). lines/s: until the tail has read every line; "
+        "CPU: all of Fluent Bit's threads until the output (and /metrics) has every line "
+        "(a network output: accepted by Loki); delivered lines/s: the lines over that time. "
+        f"Medians of {repeats} runs each. In this run "
         f"{worker_text}.",
+        *(
+            f"{name}: skipped, {why}."
+            for name, why in (found.get("skipped_variants") or {}).items()
+        ),
         "",
         "\n".join(rows),
     ]

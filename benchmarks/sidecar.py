@@ -3,16 +3,24 @@
 The sidecar tails the file every worker appends to. Here it runs the bundled
 ``fluent-bit.yaml`` unchanged, as the Kubernetes sidecar does, pinned to one CPU, with its
 stdout output (the default, the app's log lines) writing to a pipe, as in a container, in two
-forms:
+forms, and with each network output instead of stdout, delivering to a real receiver:
 
 - ``logs``: ``FLB_METRICS_MATCH=disabled``, log shipping only;
-- ``logs+metrics``: the default, which also derives the RED metrics from the access lines.
+- ``logs+metrics``: the default, which also derives the RED metrics from the access lines;
+- ``otlp``: the default metrics, logs as OTLP LogRecords (the opentelemetry output and its
+  processors) to Loki's OTLP endpoint;
+- ``loki``: the default metrics, logs to Loki's push API (labels, structured metadata).
+
+The receiver is a real Grafana Loki (``tests/_loki.py``: LOKI, or ``../shared/tools/loki``),
+one fresh instance per run, on the harness's CPU, not the sidecar's; without it those two
+variants are skipped and the report says why.
 
 The input is what one asynclog worker writes for the end-to-end benchmark's request: two
 field-carrying lines from the route and the access line, written by asynclog itself. Fluent
 Bit starts on an empty ``app.log``; the whole file is then appended at once, and the sidecar's
-CPU time (all its threads) is read when its stdout output has printed every line (and, with
-metrics, when /metrics counts every access line). lines/s is the ingest rate: the lines over
+CPU time (all its threads) is read when its output has handled every line (stdout: printed;
+a network output: its ``proc_records``, the records the receiver accepted) and, with metrics,
+when /metrics counts every access line. lines/s is the ingest rate: the lines over
 the time until the tail input's read offset reaches the end of the file (parsing and filters
 run as it reads); CPU per 100k lines includes the output.
 
@@ -23,6 +31,7 @@ and the report says why.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -32,6 +41,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,7 +54,19 @@ from benchmarks import e2e, loadgen
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "fluent-bit.yaml"
-VARIANTS = {"logs": {"FLB_METRICS_MATCH": "disabled"}, "logs+metrics": {}}
+_NETWORK = {"FLB_STDOUT_MATCH": "disabled"}
+VARIANTS = {
+    "logs": {"FLB_METRICS_MATCH": "disabled"},
+    "logs+metrics": {},
+    "otlp": _NETWORK | {"FLB_OTEL_MATCH": "asynclog.*", "FLB_OTEL_LOGS_URI": "/otlp/v1/logs"},
+    "loki": _NETWORK | {"FLB_LOKI_MATCH": "asynclog.*"},
+}
+# The variants that deliver to the receiver, with their output's alias in the config, and the
+# host and port variables pointed at the receiver.
+NETWORK_OUTPUTS = {
+    "otlp": ("out_otel", "FLB_OTEL_HOST", "FLB_OTEL_PORT"),
+    "loki": ("out_loki", "FLB_LOKI_HOST", "FLB_LOKI_PORT"),
+}
 HISTOGRAM_COUNT = "http_server_request_duration_seconds_count"
 # How long one run may take, beyond what its lines need at a very slow 20k lines/s.
 SLACK_SECONDS = 60.0
@@ -149,6 +171,28 @@ def _cpu_seconds(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def _loki() -> tuple[Any, str | None]:
+    """tests/_loki.py's `loki_serving` and the Loki binary (None if absent): one way to run the
+    receiver, shared with the delivery tests."""
+    tests = str(REPO / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import _loki  # type: ignore[import-not-found]  # tests/ is not a package
+
+    return _loki.loki_serving, _loki.LOKI
+
+
+def _proc_records(http_port: int, alias: str) -> int:
+    """How many records the output `alias` has delivered (Fluent Bit's own counter)."""
+    try:
+        metrics = json.loads(_get(f"http://127.0.0.1:{http_port}/api/v1/metrics"))
+    except urllib.error.HTTPError as error:
+        if error.code == 404:  # served once Fluent Bit has collected its metrics the first time
+            return 0
+        raise
+    return int(metrics["output"][alias]["proc_records"])
+
+
 def _histogram_count(exposition: str) -> int:
     return sum(
         int(float(line.rsplit(" ", 1)[1]))
@@ -244,13 +288,33 @@ def run_once(
     fluent_bit: str, source: Path, lines: int, access_lines: int, variant: str, workdir: Path
 ) -> dict[str, Any]:
     """Append `source` to the file a fresh sidecar tails; measure until all of it is handled."""
-    log_dir = workdir / "logs"
     shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    if variant not in NETWORK_OUTPUTS:
+        return _run_once(fluent_bit, source, lines, access_lines, variant, workdir, {})
+    loki_serving, _ = _loki()
+    _, host, port = NETWORK_OUTPUTS[variant]
+    with loki_serving(workdir / "loki") as loki:
+        receiver = {host: "127.0.0.1", port: str(loki.port)}
+        return _run_once(fluent_bit, source, lines, access_lines, variant, workdir, receiver)
+
+
+def _run_once(
+    fluent_bit: str,
+    source: Path,
+    lines: int,
+    access_lines: int,
+    variant: str,
+    workdir: Path,
+    receiver: dict[str, str],
+) -> dict[str, Any]:
+    log_dir = workdir / "logs"
     log_dir.mkdir(parents=True)
     target = log_dir / "app.log"
     target.touch()
     size = source.stat().st_size
-    with _fluent_bit(fluent_bit, log_dir, VARIANTS[variant]) as (proc, ports):
+    output = NETWORK_OUTPUTS[variant][0] if variant in NETWORK_OUTPUTS else None
+    with _fluent_bit(fluent_bit, log_dir, VARIANTS[variant] | receiver) as (proc, ports):
         assert proc.stdout is not None
         printed = _LineCounter(proc.stdout)
         # taskset execs Fluent Bit in place, so the PID is Fluent Bit's own.
@@ -267,7 +331,11 @@ def run_once(
             peak_rss = max(peak_rss, process.memory_info().rss)
             if read_at is None and offset() >= size:
                 read_at = time.monotonic()
-            if read_at is None or printed.lines < lines:
+            if read_at is None:
+                return False
+            if output is None and printed.lines < lines:
+                return False
+            if output is not None and _proc_records(ports["http"], output) < lines:
                 return False
             if variant == "logs":
                 return True
@@ -279,7 +347,7 @@ def run_once(
         handled = time.monotonic() - start
     printed.join()
     assert read_at is not None
-    if printed.lines != lines:
+    if printed.lines != (0 if output else lines):
         raise RuntimeError(f"the sidecar printed {printed.lines:,} lines of {lines:,}")
     return {
         "variant": variant,
@@ -289,6 +357,7 @@ def run_once(
         "cpu_s_per_100k": cpu / lines * 100_000,
         "lines_per_cpu_s": lines / cpu,
         "handled_s": handled,
+        "delivered_lines_per_s": lines / handled,
         "peak_rss": peak_rss,
     }
 
@@ -303,10 +372,12 @@ def run(profile_name: str, workdir: Path, note: Callable[[str], None]) -> dict[s
     note(f"writing {3 * profile.requests:,} lines with asynclog")
     lines = write_input(source, profile.requests)
     access_lines = sum(1 for line in source.open("rb") if b'"asynclog.access"' in line)
-    runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in VARIANTS}
+    _, loki = _loki()
+    variants_run = [v for v in VARIANTS if loki is not None or v not in NETWORK_OUTPUTS]
+    runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants_run}
     with e2e.load_cpu_only():
         for repeat in range(profile.repeats):
-            for variant in VARIANTS:
+            for variant in variants_run:
                 note(f"{variant} {repeat + 1}/{profile.repeats}")
                 runs[variant].append(
                     run_once(
@@ -320,7 +391,13 @@ def run(profile_name: str, workdir: Path, note: Callable[[str], None]) -> dict[s
     for variant, found in runs.items():
         variants[variant] = {
             key: statistics.median(r[key] for r in found)
-            for key in ("lines_per_s", "cpu_s_per_100k", "lines_per_cpu_s", "peak_rss")
+            for key in (
+                "lines_per_s",
+                "delivered_lines_per_s",
+                "cpu_s_per_100k",
+                "lines_per_cpu_s",
+                "peak_rss",
+            )
         } | {"runs": found}
     return {
         "fluent_bit": version(fluent_bit),
@@ -329,7 +406,11 @@ def run(profile_name: str, workdir: Path, note: Callable[[str], None]) -> dict[s
         "access_lines": access_lines,
         "bytes": size,
         "variants": variants,
-    }
+        **({} if loki is not None else {"skipped_variants": {
+            name: "no Loki: set LOKI to a loki binary, or provide ../shared/tools/loki/loki.xz"
+            for name in NETWORK_OUTPUTS
+        }}),
+    }  # fmt: skip
 
 
 def workers_per_cpu(sidecar: dict[str, Any], e2e_cases: list[dict[str, Any]]) -> float | None:

@@ -8,7 +8,8 @@ environment, and an empty variable counts as unset).
 
 `gunicorn_serving` runs the example app under sidecar/gunicorn.conf.py on a free port of
 127.0.0.1, `fluent_bit` runs the real Fluent Bit (FLUENT_BIT, or `fluent-bit` on PATH) on a
-bundled config, and `stop_process` stops what a test started, by PID, with bounded waits.
+bundled config, `otlp_receiver` runs it as an OTLP/HTTP receiver whose exports a test decodes,
+and `stop_process` stops what a test started, by PID, with bounded waits.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "ConfigError",
     "FluentBit",
     "Gunicorn",
+    "OtlpReceiver",
     "Pipeline",
     "Section",
     "assert_no_errors_or_warnings",
@@ -51,6 +53,7 @@ __all__ = [
     "http_text",
     "load_classic",
     "load_yaml",
+    "otlp_receiver",
     "stop_process",
     "wait_for",
 ]
@@ -77,6 +80,8 @@ class Section:
     kind: str
     entries: list[tuple[str, str]] = field(default_factory=list)
     source: str = ""
+    # A plugin's processors (YAML only: the classic format has none), as the YAML holds them.
+    processors: dict[str, Any] = field(default_factory=dict)
 
     def get(self, key: str, default: str | None = None) -> str | None:
         """The last value of `key` (case-insensitive), as Fluent Bit lets a later one win."""
@@ -276,6 +281,11 @@ def _yaml_section(kind: str, mapping: object, path: str | os.PathLike[str]) -> S
         raise ConfigError(f"{path}: a {kind} must be a mapping, not {mapping!r}")
     section = Section(kind, source=str(path))
     for key, value in mapping.items():
+        if key == "processors" and kind in ("input", "output"):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: a {kind}'s processors must be a mapping")
+            section.processors = value
+            continue
         values = value if isinstance(value, list) else [value]
         for item in values:
             if not isinstance(item, str):
@@ -467,3 +477,67 @@ def assert_no_errors_or_warnings(log: Path) -> None:
         and not any(ok in line for ok in EXPECTED_WARNINGS)
     ]
     assert not problems, "\n".join(problems)
+
+
+# A second Fluent Bit as the OTLP receiver: its opentelemetry input on loopback, and a stdout
+# output printing every export it decoded as one OTLP/JSON document a line.
+_RECEIVER = """\
+service:
+  flush: 1
+  http_server: on
+  http_listen: 127.0.0.1
+  http_port: {http_port}
+pipeline:
+  inputs:
+    - name: opentelemetry
+      listen: 127.0.0.1
+      port: {port}
+  outputs:
+    - name: stdout
+      match: "*"
+      format: otlp_json
+"""
+
+
+@dataclass
+class OtlpReceiver:
+    """A running OTLP/HTTP receiver: its port, and what it decoded."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    stdout: Path
+    log: Path
+
+    def exports(self) -> list[dict[str, Any]]:
+        """Every export request received, as OTLP/JSON (resourceLogs, resourceSpans, ...)."""
+        text = self.stdout.read_text(encoding="utf-8", errors="replace")
+        return [json.loads(line) for line in text.split("\n") if line.startswith("{")]
+
+    def log_records(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Every LogRecord received, with the Resource it came under."""
+        return [
+            (resource_logs.get("resource") or {}, record)
+            for export in self.exports()
+            for resource_logs in export.get("resourceLogs") or []
+            for scope_logs in resource_logs.get("scopeLogs") or []
+            for record in scope_logs.get("logRecords") or []
+        ]
+
+
+@contextmanager
+def otlp_receiver(workdir: Path) -> Iterator[OtlpReceiver]:
+    """The real Fluent Bit as an OTLP/HTTP receiver on a free port of 127.0.0.1."""
+    assert FLUENT_BIT is not None
+    workdir.mkdir(parents=True, exist_ok=True)
+    http_port, port = free_port(), free_port()
+    config = workdir / "receiver.yaml"
+    config.write_text(_RECEIVER.format(http_port=http_port, port=port))
+    stdout, log = workdir / "receiver.out", workdir / "receiver.log"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FLB_")}
+    with stdout.open("wb") as out, log.open("wb") as err:
+        process = subprocess.Popen(
+            [FLUENT_BIT, "-c", str(config)], stdout=out, stderr=err, env=environ
+        )
+    health = f"http://127.0.0.1:{http_port}/"
+    with ready_until_done(process, log, health, "the OTLP receiver", 30):
+        yield OtlpReceiver(process, port, stdout, log)

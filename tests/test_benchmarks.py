@@ -158,7 +158,10 @@ def test_sidecar_is_measured_next_to_a_worker_or_skipped(
         assert f"Skipped: {found['skipped']}" in text
         return
     assert found["lines"] == 3 * sidecar.PROFILES["quick"].requests
-    assert set(found["variants"]) == {"logs", "logs+metrics"}
+    skipped = set(found.get("skipped_variants") or {})
+    assert set(found["variants"]) == set(sidecar.VARIANTS) - skipped
+    for name in skipped:
+        assert f"{name}: skipped, no Loki" in text
     for name, variant in found["variants"].items():
         assert variant["lines_per_s"] > 0 and variant["cpu_s_per_100k"] > 0, name
         assert variant["peak_rss"] > 0

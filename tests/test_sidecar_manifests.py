@@ -213,9 +213,9 @@ def test_app_container_is_probed_limited_and_locked_down(pod: dict[str, Any]) ->
 
 
 # Measured by `make bench` (sidecar/README.md, "What one sidecar carries"): one sidecar CPU
-# keeps up with this many asynclog workers at full load, the metrics on (the lower figure of
-# the runs there). A worker at full load uses one CPU.
-WORKERS_PER_SIDECAR_CPU = 2.9
+# keeps up with this many asynclog workers at full load, the metrics on, with the costliest
+# output (opentelemetry; rounded down from 1.05). A worker at full load uses one CPU.
+WORKERS_PER_SIDECAR_CPU = 1.0
 
 
 def _cpu(quantity: str) -> float:
