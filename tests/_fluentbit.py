@@ -356,9 +356,14 @@ class Gunicorn:
 
 @contextmanager
 def gunicorn_serving(
-    root: Path, sink: Path, workers: int = 2, env: Mapping[str, str] | None = None
+    root: Path,
+    sink: Path,
+    workers: int = 2,
+    env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
 ) -> Iterator[Gunicorn]:
-    """Serve example.app:app with `workers` workers that all append to `sink`."""
+    """Serve example.app:app with `workers` workers that all append to `sink`; `args` are
+    gunicorn options that override the configuration file's."""
     port = free_port()
     env = {
         **os.environ,
@@ -373,7 +378,7 @@ def gunicorn_serving(
     command = [sys.executable, "-m", "gunicorn", "--config", "sidecar/gunicorn.conf.py"]
     with output.open("wb") as out:
         process = subprocess.Popen(
-            [*command, "example.app:app"], cwd=root, env=env, stdout=out, stderr=out
+            [*command, *args, "example.app:app"], cwd=root, env=env, stdout=out, stderr=out
         )
     server = Gunicorn(process, f"http://127.0.0.1:{port}", output)
     try:
