@@ -99,7 +99,7 @@ def test_forwarded_allow_ips_reads_the_variable_gunicorn_reads() -> None:
     assert app.forwarded_allow_ips == ("127.0.0.1", "::1")
     _, app = resolve_settings({}, {"FORWARDED_ALLOW_IPS": "10.0.0.0/8, 127.0.0.2,*"})
     assert app.forwarded_allow_ips == ("10.0.0.0/8", "127.0.0.2", "*")
-    with pytest.raises(ValueError, match="FORWARDED_ALLOW_IPS.*ingress is not an IP address"):
+    with pytest.raises(ValueError, match=r"FORWARDED_ALLOW_IPS.*ingress is not an IP address"):
         resolve_settings({}, {"FORWARDED_ALLOW_IPS": "127.0.0.1,ingress"})
     with pytest.raises(ValueError, match="forwarded_allow_ips"):
         resolve_settings({"forwarded_allow_ips": [1]}, {})
