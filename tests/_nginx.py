@@ -1,0 +1,180 @@
+"""A real nginx running sidecar/nginx.conf on loopback, in front of a real gunicorn.
+
+The shipped configuration is used as it is, with only its paths and addresses replaced (each
+replacement must match exactly once): the listen address, the upstream, the certificate, the
+access log and pid file, nginx's temporary directories, and `proxy_bind` so that gunicorn sees
+the proxy at its own loopback address. The certificate is a throw-away self-signed one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from _fluentbit import stop_process
+from _server import wait_for
+
+from conftest import ROOT
+
+NGINX = shutil.which("nginx") or (
+    "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+)
+OPENSSL = shutil.which("openssl")
+WRK = shutil.which("wrk")
+CONFIG = ROOT / "sidecar" / "nginx.conf"
+# The proxy connects from here (and listens here); gunicorn trusts only this address.
+PROXY_ADDRESS = "127.0.0.2"
+# Where a client that is not the proxy connects from.
+ATTACKER_ADDRESS = "127.0.0.3"
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A throw-away certificate for localhost, made by the openssl CLI."""
+    assert OPENSSL is not None
+    cert, key = directory / "tls.crt", directory / "tls.key"
+    subprocess.run(
+        [OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.2"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+def _replace_once(text: str, old: str, new: str) -> str:
+    count = text.count(old)
+    assert count == 1, f"sidecar/nginx.conf holds {old!r} {count} times, not once"
+    return text.replace(old, new)
+
+
+@dataclass
+class Nginx:
+    """A running nginx: its process, its JSON access log and the URL it serves."""
+
+    process: subprocess.Popen[bytes]
+    access_log: Path
+    error_log: Path
+    url: str
+    port: int
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every line of the JSON access log, decoded (each must be whole JSON)."""
+        text = self.access_log.read_text(encoding="utf-8") if self.access_log.exists() else ""
+        return [json.loads(line) for line in text.splitlines()]
+
+
+@contextmanager
+def nginx_serving(directory: Path, upstream_port: int) -> Iterator[Nginx]:
+    """nginx with sidecar/nginx.conf on PROXY_ADDRESS, proxying to gunicorn on 127.0.0.1."""
+    assert NGINX is not None
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = self_signed_certificate(directory)
+    port = free_port(PROXY_ADDRESS)
+    access_log, error_log = directory / "access.log", directory / "error.log"
+    text = CONFIG.read_text()
+    text = _replace_once(text, "listen 443 ssl;", f"listen {PROXY_ADDRESS}:{port} ssl;")
+    text = _replace_once(text, "server 127.0.0.1:8000 ", f"server 127.0.0.1:{upstream_port} ")
+    text = _replace_once(text, "/etc/nginx/tls/tls.crt", str(cert))
+    text = _replace_once(text, "/etc/nginx/tls/tls.key", str(key))
+    text = _replace_once(text, "/var/log/nginx/asynclog-access.log", str(access_log))
+    text = _replace_once(text, "/run/nginx-asynclog.pid", str(directory / "nginx.pid"))
+    temp = "".join(
+        f"    {kind}_temp_path {directory / kind};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    text = _replace_once(text, "http {\n", f"http {{\n{temp}")
+    text = _replace_once(
+        text, "proxy_pass http://asynclog_app;", f"proxy_pass http://asynclog_app;\n"
+        f"            proxy_bind {PROXY_ADDRESS};"
+    )
+    config = directory / "nginx.conf"
+    config.write_text(text)
+    # As root, nginx's workers would switch to `nobody`, who cannot enter pytest's directories.
+    directives = "daemon off;" + (" user root;" if os.geteuid() == 0 else "")
+    with error_log.open("wb") as err:
+        process = subprocess.Popen(
+            [NGINX, "-p", str(directory), "-e", "stderr", "-c", str(config), "-g", directives],
+            stdout=err, stderr=err,
+        )  # fmt: skip
+    url = f"https://{PROXY_ADDRESS}:{port}"
+    server = Nginx(process, access_log, error_log, url, port)
+
+    def listening() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"nginx exited: {error_log.read_text(errors='replace')}")
+        try:
+            socket.create_connection((PROXY_ADDRESS, port), timeout=2).close()
+        except OSError:
+            return False
+        return True
+
+    try:
+        wait_for(listening, 30, "nginx to listen")
+        yield server
+    finally:
+        if process.poll() is None:
+            stop_process(process, timeout=30)
+
+
+def tls_context() -> ssl.SSLContext:
+    """A client context that accepts the throw-away certificate."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def raw_request(
+    host: str,
+    port: int,
+    request: bytes,
+    *,
+    source: str | None = None,
+    tls: bool = False,
+    timeout: float = 30,
+) -> tuple[int, dict[str, str], bytes]:
+    """Send `request` as given on a new connection (from `source`, if named); return the
+    status, the lowercase headers and the body of the response, read to the close."""
+    chunks = []
+    with socket.create_connection(
+        (host, port), timeout=timeout, source_address=(source, 0) if source else None
+    ) as plain, (tls_context().wrap_socket(plain) if tls else plain) as sock:
+        sock.sendall(request)
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except ssl.SSLEOFError:  # a peer that closes without TLS close_notify: the end
+            pass
+    raw = b"".join(chunks)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    match = re.match(r"HTTP/1\.[01] (\d{3})", lines[0])
+    assert match, raw[:200]
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(match.group(1)), headers, body
+
+
+def get_request(path: str, headers: dict[str, str] | None = None) -> bytes:
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    return f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n".encode(
+        "latin-1"
+    )
