@@ -1,7 +1,7 @@
 """A real nginx running sidecar/nginx.conf on loopback, in front of a real gunicorn.
 
 The shipped configuration is used as it is, with only its paths and addresses replaced (each
-replacement must match exactly once): the listen address, the upstream, the certificate, the
+replacement must match as often as expected): the listen address, the upstream, the certificate, the
 access log and pid file, nginx's temporary directories, and `proxy_bind` so that gunicorn sees
 the proxy at its own loopback address. The certificate is a throw-away self-signed one.
 """
@@ -57,9 +57,9 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def _replace_once(text: str, old: str, new: str) -> str:
+def _replace_once(text: str, old: str, new: str, times: int = 1) -> str:
     count = text.count(old)
-    assert count == 1, f"sidecar/nginx.conf holds {old!r} {count} times, not once"
+    assert count == times, f"sidecar/nginx.conf holds {old!r} {count} times, not {times}"
     return text.replace(old, new)
 
 
@@ -89,7 +89,9 @@ def nginx_serving(directory: Path, upstream_port: int) -> Iterator[Nginx]:
     access_log, error_log = directory / "access.log", directory / "error.log"
     text = CONFIG.read_text()
     text = _replace_once(text, "listen 443 ssl;", f"listen {PROXY_ADDRESS}:{port} ssl;")
-    text = _replace_once(text, "server 127.0.0.1:8000 ", f"server 127.0.0.1:{upstream_port} ")
+    text = _replace_once(
+        text, "server 127.0.0.1:8000 ", f"server 127.0.0.1:{upstream_port} ", times=8
+    )
     text = _replace_once(text, "/etc/nginx/tls/tls.crt", str(cert))
     text = _replace_once(text, "/etc/nginx/tls/tls.key", str(key))
     text = _replace_once(text, "/var/log/nginx/asynclog-access.log", str(access_log))
