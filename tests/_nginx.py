@@ -1,15 +1,9 @@
-"""A real nginx running sidecar/nginx.conf on loopback, in front of a real gunicorn.
-
-The shipped configuration is used as it is, with only its paths and addresses replaced (each
-replacement must match as often as expected): the listen address, the upstream, the certificate, the
-access log and pid file, nginx's temporary directories, and `proxy_bind` so that gunicorn sees
-the proxy at its own loopback address. The certificate is a throw-away self-signed one.
-"""
+"""A real nginx running sidecar/nginx.conf on loopback, in front of a real gunicorn (the
+configuration is rendered by benchmarks/proxy.py, which the end-to-end benchmark shares)."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import socket
@@ -24,43 +18,15 @@ from typing import Any
 from _fluentbit import stop_process
 from _server import wait_for
 
-from conftest import ROOT
+from benchmarks import proxy
 
-NGINX = shutil.which("nginx") or (
-    "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
-)
-OPENSSL = shutil.which("openssl")
+NGINX = proxy.NGINX
+OPENSSL = proxy.OPENSSL
 WRK = shutil.which("wrk")
-CONFIG = ROOT / "sidecar" / "nginx.conf"
 # The proxy connects from here (and listens here); gunicorn trusts only this address.
 PROXY_ADDRESS = "127.0.0.2"
 # Where a client that is not the proxy connects from.
 ATTACKER_ADDRESS = "127.0.0.3"
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    """A throw-away certificate for localhost, made by the openssl CLI."""
-    assert OPENSSL is not None
-    cert, key = directory / "tls.crt", directory / "tls.key"
-    subprocess.run(
-        [OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.2"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return cert, key
-
-
-def _replace_once(text: str, old: str, new: str, times: int = 1) -> str:
-    count = text.count(old)
-    assert count == times, f"sidecar/nginx.conf holds {old!r} {count} times, not {times}"
-    return text.replace(old, new)
 
 
 @dataclass
@@ -82,38 +48,12 @@ class Nginx:
 @contextmanager
 def nginx_serving(directory: Path, upstream_port: int) -> Iterator[Nginx]:
     """nginx with sidecar/nginx.conf on PROXY_ADDRESS, proxying to gunicorn on 127.0.0.1."""
-    assert NGINX is not None
     directory.mkdir(parents=True, exist_ok=True)
-    cert, key = self_signed_certificate(directory)
-    port = free_port(PROXY_ADDRESS)
+    port = proxy.free_port(PROXY_ADDRESS)
     access_log, error_log = directory / "access.log", directory / "error.log"
-    text = CONFIG.read_text()
-    text = _replace_once(text, "listen 443 ssl;", f"listen {PROXY_ADDRESS}:{port} ssl;")
-    text = _replace_once(
-        text, "server 127.0.0.1:8000 ", f"server 127.0.0.1:{upstream_port} ", times=8
-    )
-    text = _replace_once(text, "/etc/nginx/tls/tls.crt", str(cert))
-    text = _replace_once(text, "/etc/nginx/tls/tls.key", str(key))
-    text = _replace_once(text, "/var/log/nginx/asynclog-access.log", str(access_log))
-    text = _replace_once(text, "/run/nginx-asynclog.pid", str(directory / "nginx.pid"))
-    temp = "".join(
-        f"    {kind}_temp_path {directory / kind};\n"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    text = _replace_once(text, "http {\n", f"http {{\n{temp}")
-    text = _replace_once(
-        text, "proxy_pass http://asynclog_app;", f"proxy_pass http://asynclog_app;\n"
-        f"            proxy_bind {PROXY_ADDRESS};"
-    )
-    config = directory / "nginx.conf"
-    config.write_text(text)
-    # As root, nginx's workers would switch to `nobody`, who cannot enter pytest's directories.
-    directives = "daemon off;" + (" user root;" if os.geteuid() == 0 else "")
+    config = proxy.render_config(directory, PROXY_ADDRESS, port, upstream_port, PROXY_ADDRESS)
     with error_log.open("wb") as err:
-        process = subprocess.Popen(
-            [NGINX, "-p", str(directory), "-e", "stderr", "-c", str(config), "-g", directives],
-            stdout=err, stderr=err,
-        )  # fmt: skip
+        process = subprocess.Popen(proxy.command(directory, config), stdout=err, stderr=err)
     url = f"https://{PROXY_ADDRESS}:{port}"
     server = Nginx(process, access_log, error_log, url, port)
 
