@@ -830,3 +830,35 @@ def test_no_forwarded_headers_keep_the_peer(log_path: Path) -> None:
     assert seen == {"client": ("127.0.0.1", 40000), "scheme": "http"}
     assert access["client.address"] == access["network.peer.address"] == "127.0.0.1"
     assert access["url.scheme"] == "http"
+
+
+@pytest.mark.parametrize(
+    ("peer", "allow", "forwarded_for", "proto"),
+    [
+        ("127.0.0.1", "127.0.0.1", b"203.0.113.9", b"https"),
+        ("198.51.100.7", "127.0.0.1", b"203.0.113.9", b"https"),
+        ("10.1.2.3", "10.0.0.0/8", b"6.6.6.6, 203.0.113.9, 10.4.4.4", b"http"),
+        ("10.1.2.3", "*", b"203.0.113.9, 10.4.4.4", b"https"),
+        ("10.1.2.3", "10.0.0.0/8", b"10.9.9.9, 10.4.4.4", b"ftp"),
+    ],
+)
+def test_forwarded_headers_give_the_app_what_uvicorn_would(
+    log_path: Path, peer: str, allow: str, forwarded_for: bytes, proto: bytes
+) -> None:
+    """gunicorn.conf.py hands the forwarded headers to asynclog instead of uvicorn: the app
+    must see the same client and scheme as with uvicorn's own middleware, without asynclog."""
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    headers = [(b"x-forwarded-for", forwarded_for), (b"x-forwarded-proto", proto)]
+    without: dict[str, Any] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        without.update(client=scope["client"], scheme=scope["scheme"])
+
+    scope = {"type": "http", "method": "GET", "path": "/p", "scheme": "http",
+             "headers": headers, "client": (peer, 40000)}  # fmt: skip
+    # uvicorn's middleware neither receives nor sends for an http scope it passes on.
+    uvicorn = ProxyHeadersMiddleware(app, trusted_hosts=allow)
+    asyncio.run(uvicorn(scope, None, None))
+    seen, _ = _forwarded(log_path, peer, headers, forwarded_allow_ips=allow.split(","))
+    assert seen == without
