@@ -95,6 +95,8 @@ class TrustedProxies:
         """The client a trusted peer forwarded for: the rightmost address it did not add
         itself, as every trusted hop appends the one it received from; entries further left
         came from the client and may be forged."""
+        if "," not in forwarded_for:  # one hop, as an edge proxy sends: the client
+            return forwarded_for.strip()
         hops = [hop.strip() for hop in forwarded_for.split(",")]
         if not self.any:
             for hop in reversed(hops):
