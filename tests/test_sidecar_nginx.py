@@ -55,7 +55,9 @@ LOAD_SECONDS = int(os.environ.get("ASYNCLOG_PROXY_LOAD_SECONDS", "12"))
 # sidecar/gunicorn.conf.py's: at wrk's rate both workers are recycled several times a run.
 MAX_REQUESTS = 1000
 NGINX_ID = re.compile(r"[0-9a-f]{32}")
-ENV = {"FORWARDED_ALLOW_IPS": PROXY_ADDRESS}
+# Rotation off: every line must stay in the one file the join reads (a minute of load passes
+# LOG_ROTATE_BYTES; rotation has its own tests in test_sidecar_gunicorn.py).
+ENV = {"FORWARDED_ALLOW_IPS": PROXY_ADDRESS, "LOG_ROTATE_BYTES": "0"}
 
 
 @dataclass
