@@ -298,14 +298,17 @@ def test_sigkill_of_a_worker_costs_only_its_in_flight_requests(
         time.sleep(LOAD_SECONDS / 3)
         os.kill(victim, signal.SIGKILL)
         killed_at = time.time()
-        # The master notices the death and boots a replacement; wait for its startup line.
+        # The master notices the death and boots a replacement, which serves once it holds
+        # a connection from nginx (nginx sends requests on every connection it opened).
         wait_for(lambda: len(_booted(topology.sink)) >= 3, 60, "a replacement worker")
+        replacement = _booted(topology.sink)[2]
+        wait_for(lambda: _connected_to_proxy(replacement), 60, "the replacement to serve")
+        serving_s = time.time() - killed_at
         output, _ = load.communicate(timeout=LOAD_SECONDS + 120)
         assert load.returncode == 0, output
         entries = topology.nginx.entries()
         lines = _lines(topology)
     join = _join(entries, lines)
-    replacement = _booted(topology.sink)[2]
     started = [
         line for line in lines
         if line["message"] == f"Started server process [{replacement}]"
@@ -326,7 +329,8 @@ def test_sigkill_of_a_worker_costs_only_its_in_flight_requests(
     lost_late = [entry for entry in join.unmatched if entry["status"] < 500]
     figures(seconds=LOAD_SECONDS, **join.figures(), failed_at_nginx=len(failed),
             answered_but_line_lost=len(lost_late), wrk=_wrk_summary(output),
-            replacement_ready_s=round(min(ready) - killed_at, 2))  # fmt: skip
+            replacement_ready_s=round(min(ready) - killed_at, 2),
+            replacement_serving_within_s=round(serving_s, 2))  # fmt: skip
     assert join.nginx > 1000 and len(served_after) > 100
     # Only requests in flight on the killed worker fail: a handful at most, never a burst.
     assert len(failed) <= 16, failed  # wrk's 16 connections: one request each in flight
@@ -337,6 +341,14 @@ def test_sigkill_of_a_worker_costs_only_its_in_flight_requests(
     for entry in lost_late:
         assert abs(entry["msec"] - killed_at) < 2, entry
     assert join.matched + len(join.unmatched) == join.upstream
+
+
+def _connected_to_proxy(pid: int) -> bool:
+    connections = psutil.Process(pid).net_connections("tcp")
+    return any(
+        c.status == psutil.CONN_ESTABLISHED and c.raddr and c.raddr.ip == PROXY_ADDRESS
+        for c in connections
+    )
 
 
 def _epoch(stamp: str) -> float:
