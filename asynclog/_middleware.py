@@ -72,7 +72,8 @@ class RequestLogConfig:
 
 
 class TrustedProxies:
-    """The peers whose X-Forwarded-For and X-Forwarded-Proto are believed."""
+    """The peers whose X-Forwarded-For and X-Forwarded-Proto are believed (read as uvicorn's
+    proxy-headers middleware reads them, so the app sees the same client)."""
 
     def __init__(self, entries: tuple[str, ...]) -> None:
         self.any = "*" in entries
@@ -83,26 +84,39 @@ class TrustedProxies:
     def __contains__(self, host: str) -> bool:
         if self.any or host in self.addresses:
             return True
-        if not self.networks:
-            return False
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
             return False
-        return any(address in network for network in self.networks)
+        # One address has many spellings in IPv6: compare the canonical one.
+        return str(address) in self.addresses or any(address in n for n in self.networks)
 
-    def client(self, forwarded_for: str) -> str:
+    def client(self, forwarded_for: str) -> tuple[str, int]:
         """The client a trusted peer forwarded for: the rightmost address it did not add
         itself, as every trusted hop appends the one it received from; entries further left
         came from the client and may be forged."""
         if "," not in forwarded_for:  # one hop, as an edge proxy sends: the client
-            return forwarded_for.strip()
+            return _host_port(forwarded_for.strip())
         hops = [hop.strip() for hop in forwarded_for.split(",")]
         if not self.any:
             for hop in reversed(hops):
-                if hop not in self:
-                    return hop
-        return hops[0]
+                host, port = _host_port(hop)
+                if host not in self:
+                    return host, port
+        return _host_port(hops[0])
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    """`host`, `host:port` or `[v6]:port` as (host, port), port 0 when absent or malformed."""
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return value, 0
+        return host, int(rest[1:]) if rest[1:].isdigit() else 0
+    if value.count(":") == 1:
+        host, _, port = value.partition(":")
+        return (host, int(port)) if port.isdigit() else (value, 0)
+    return value, 0
 
 
 class LifespanHooks(Protocol):
@@ -230,8 +244,10 @@ class AccessLogMiddleware:
         ):
             # Rewritten in place, as uvicorn's proxy-headers middleware does, so the app's
             # request.client and url_for() see the original client and scheme too.
-            if forwarded_for is not None and (host := config.trusted_proxies.client(forwarded_for)):
-                scope["client"] = (host, 0)
+            if forwarded_for is not None:
+                original = config.trusted_proxies.client(forwarded_for)
+                if original[0]:  # an empty header names no one
+                    scope["client"] = original
             if forwarded_proto in ("http", "https"):
                 scope["scheme"] = forwarded_proto
         request_id = (

@@ -840,6 +840,11 @@ def test_no_forwarded_headers_keep_the_peer(log_path: Path) -> None:
         ("10.1.2.3", "10.0.0.0/8", b"6.6.6.6, 203.0.113.9, 10.4.4.4", b"http"),
         ("10.1.2.3", "*", b"203.0.113.9, 10.4.4.4", b"https"),
         ("10.1.2.3", "10.0.0.0/8", b"10.9.9.9, 10.4.4.4", b"ftp"),
+        # Ports, bracketed IPv6, another spelling of a trusted address, garbage, nothing.
+        ("127.0.0.1", "127.0.0.1", b"203.0.113.9:4711", b"https"),
+        ("::1", "::1", b"[2001:db8::5]:443, 0:0:0:0:0:0:0:1", b"https"),
+        ("127.0.0.1", "127.0.0.1", b"unknown, \x1b[31m:x", b"https"),
+        ("127.0.0.1", "127.0.0.1", b"", b""),
     ],
 )
 def test_forwarded_headers_give_the_app_what_uvicorn_would(
