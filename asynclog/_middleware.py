@@ -3,6 +3,7 @@ line for an unhandled exception, and hooks on the ASGI lifespan."""
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import re
 import time
@@ -58,14 +59,64 @@ class RequestLogConfig:
     # provider and sampler): the request then gets ids only, without an SDK span.
     ids_only: bool = False
     request_id_header: bytes = field(init=False)
+    trusted_proxies: TrustedProxies = field(init=False)
     # Header names the global propagator reads (W3C trace context and baggage by default).
     propagation_headers: frozenset[bytes] = field(init=False)
 
     def __post_init__(self) -> None:
         self.request_id_header = self.settings.request_id_header.encode("latin-1")
+        self.trusted_proxies = TrustedProxies(self.settings.forwarded_allow_ips)
         self.propagation_headers = frozenset(
             name.encode("latin-1") for name in propagate.get_global_textmap().fields
         )
+
+
+class TrustedProxies:
+    """The peers whose X-Forwarded-For and X-Forwarded-Proto are believed (read as uvicorn's
+    proxy-headers middleware reads them, so the app sees the same client)."""
+
+    def __init__(self, entries: tuple[str, ...]) -> None:
+        self.any = "*" in entries
+        networks = [ipaddress.ip_network(e, strict=False) for e in entries if e != "*"]
+        self.addresses = frozenset(str(n.network_address) for n in networks if n.num_addresses == 1)
+        self.networks = tuple(n for n in networks if n.num_addresses > 1)
+
+    def __contains__(self, host: str) -> bool:
+        if self.any or host in self.addresses:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        # One address has many spellings in IPv6: compare the canonical one.
+        return str(address) in self.addresses or any(address in n for n in self.networks)
+
+    def client(self, forwarded_for: str) -> tuple[str, int]:
+        """The client a trusted peer forwarded for: the rightmost address it did not add
+        itself, as every trusted hop appends the one it received from; entries further left
+        came from the client and may be forged."""
+        if "," not in forwarded_for:  # one hop, as an edge proxy sends: the client
+            return _host_port(forwarded_for.strip())
+        hops = [hop.strip() for hop in forwarded_for.split(",")]
+        if not self.any:
+            for hop in reversed(hops):
+                host, port = _host_port(hop)
+                if host not in self:
+                    return host, port
+        return _host_port(hops[0])
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    """`host`, `host:port` or `[v6]:port` as (host, port), port 0 when absent or malformed."""
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return value, 0
+        return host, int(rest[1:]) if rest[1:].isdigit() else 0
+    if value.count(":") == 1:
+        host, _, port = value.partition(":")
+        return (host, int(port)) if port.isdigit() else (value, 0)
+    return value, 0
 
 
 class LifespanHooks(Protocol):
@@ -90,6 +141,7 @@ class _Request:
         "finished",
         "logged",
         "otel_token",
+        "peer",
         "request_id",
         "span",
         "start",
@@ -97,9 +149,10 @@ class _Request:
         "user_agent",
     )
 
-    def __init__(self, request_id: str, user_agent: str | None) -> None:
+    def __init__(self, request_id: str, user_agent: str | None, peer: str | None) -> None:
         self.request_id = request_id
         self.user_agent = user_agent
+        self.peer = peer
         self.start = time.perf_counter()
         self.status: int | None = None
         self.finished = 0.0
@@ -162,26 +215,48 @@ class AccessLogMiddleware:
             self._end(scope, request)
 
     def _begin(self, scope: Scope) -> _Request:
-        """Read the headers once, choose the request id, bind it, start the span."""
+        """Read the headers once, choose the request id, bind it, take the client from a
+        trusted proxy's headers, start the span."""
         config = self.config
         wanted = config.request_id_header
-        incoming = user_agent = None
+        incoming = user_agent = forwarded_for = forwarded_proto = None
         carrier: dict[str, str] | None = None
         for key, value in scope.get("headers") or ():
             if key == wanted:
                 incoming = value.decode("latin-1")
             elif key == b"user-agent":
                 user_agent = value.decode("latin-1")
+            elif key == b"x-forwarded-for":
+                # Repeated headers are one list (RFC 9110, section 5.3).
+                text = value.decode("latin-1")
+                forwarded_for = text if forwarded_for is None else f"{forwarded_for},{text}"
+            elif key == b"x-forwarded-proto":
+                forwarded_proto = value.decode("latin-1").strip().lower()
             elif key in config.propagation_headers:
                 carrier = carrier or {}
                 carrier[key.decode("latin-1")] = value.decode("latin-1")
+        client = scope.get("client")
+        peer = client[0] if client else None
+        if (
+            (forwarded_for is not None or forwarded_proto is not None)
+            and peer is not None
+            and peer in config.trusted_proxies
+        ):
+            # Rewritten in place, as uvicorn's proxy-headers middleware does, so the app's
+            # request.client and url_for() see the original client and scheme too.
+            if forwarded_for is not None:
+                original = config.trusted_proxies.client(forwarded_for)
+                if original[0]:  # an empty header names no one
+                    scope["client"] = original
+            if forwarded_proto in ("http", "https"):
+                scope["scheme"] = forwarded_proto
         request_id = (
             incoming
             if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming)
             # 32 hex digits, at half the cost of f"{bits:032x}"
             else _random_bits(128).to_bytes(16, "big").hex()
         )
-        request = _Request(request_id, user_agent)
+        request = _Request(request_id, user_agent, peer)
         request.context_token = bound_fields.set({**bound_fields.get(), "request_id": request_id})
         if config.tracer is not None:
             parent = propagate.extract(carrier) if carrier is not None else None
@@ -203,7 +278,7 @@ class AccessLogMiddleware:
                 request.status = _CLIENT_CLOSED
             self._log(scope, request)
         if request.span is not None:
-            _end_span(request.span, scope, request.status, self.config.settings)
+            _end_span(request.span, scope, request.status, request.peer, self.config.settings)
         if request.otel_token is not None:
             otel_context.detach(request.otel_token)
         if request.context_token is not None:
@@ -267,6 +342,9 @@ class AccessLogMiddleware:
             # Seconds, the unit of the semconv metric the sidecar derives from this line.
             "duration_s": micros / 1_000_000,
             "client.address": (scope.get("client") or (None,))[0],
+            # The connection's other end: the proxy, when one forwarded the client's address.
+            "network.peer.address": request.peer,
+            "url.scheme": scope.get("scheme", "http"),
             "user_agent.original": request.user_agent,
             "request_id": request.request_id,
         }
@@ -364,7 +442,9 @@ def _method_fields(method: Any, known: frozenset[str]) -> dict[str, Any]:
     return {"http.request.method": _OTHER_METHOD, "http.request.method_original": method}
 
 
-def _end_span(span: trace.Span, scope: Scope, status: int | None, settings: AppSettings) -> None:
+def _end_span(
+    span: trace.Span, scope: Scope, status: int | None, peer: str | None, settings: AppSettings
+) -> None:
     # Attributes only for a span that records: an unsampled request pays for none of them.
     if span.is_recording():
         route = _route(scope)
@@ -383,6 +463,8 @@ def _end_span(span: trace.Span, scope: Scope, status: int | None, settings: AppS
         client = scope.get("client")
         if client:
             attributes["client.address"] = client[0]
+        if peer is not None:
+            attributes["network.peer.address"] = peer
         span.set_attributes(attributes)
         if status is not None and status >= 500:
             span.set_status(Status(StatusCode.ERROR))

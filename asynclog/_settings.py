@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -56,6 +57,8 @@ _APP_ENV = {
     "tracing_backend": "ASYNCLOG_TRACING_BACKEND",
     # Named by the OpenTelemetry semantic conventions, which every instrumentation honours.
     "http_known_methods": "OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS",
+    # The variable gunicorn and uvicorn read for the same list: one value configures all three.
+    "forwarded_allow_ips": "FORWARDED_ALLOW_IPS",
 }
 
 
@@ -118,6 +121,9 @@ class AppSettings:
     warn_debug_json: bool = True
     uvicorn_access_log: bool = False
     gc_freeze: bool = True
+    # Peers whose X-Forwarded-For/-Proto are believed: addresses, networks or "*". Loopback
+    # only by default (gunicorn's and uvicorn's default), so no remote peer can forge a client.
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
 
 
 def _choice(name: str, value: Any, allowed: Iterable[str]) -> str:
@@ -197,6 +203,27 @@ def _methods(name: str, value: Any) -> frozenset[str]:
     return methods
 
 
+def _addresses(name: str, value: Any) -> tuple[str, ...]:
+    """Addresses and networks (`10.0.0.0/8`), or `*`: a collection or one comma-separated
+    string (the variable's form)."""
+    items = value.split(",") if isinstance(value, str) else value
+    items = list(items) if isinstance(items, Iterable) else [items]  # an iterator is read once
+    if not all(isinstance(i, str) for i in items):
+        raise ValueError(f"asynclog: {name}={value!r} is not valid; allowed: IP addresses")
+    entries = tuple(dict.fromkeys(i.strip() for i in items if i.strip()))
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"asynclog: {name}={value!r} is not valid; {entry} is not an IP address, "
+                "a network or *"
+            ) from None
+    return entries
+
+
 def _validate(name: str, value: Any, setting: str | None = None) -> Any:
     label = setting or name
     if name == "sink":
@@ -244,6 +271,8 @@ def _validate(name: str, value: Any, setting: str | None = None) -> Any:
         return _methods(label, value)
     if name == "request_id_header":
         return str(value).lower()
+    if name == "forwarded_allow_ips":
+        return _addresses(label, value)
     if name in _BOOLS:
         return _bool(label, value)
     return value

@@ -3,6 +3,8 @@
 One case is a mode (how the app logs) and a sink (where its lines go):
 
 - ``file``: the app writes a file.
+- ``file+nginx``: the same, loaded over TLS through nginx running sidecar/nginx.conf (pinned
+  to the load generator's CPU), the production front layer.
 - ``slow-pipe``: the app writes stdout, a pipe whose reader drains ~800 KiB/s.
 - ``stalled-pipe``: the app writes stdout, a pipe whose reader stops for ``stall`` seconds
   in every measured round, then resumes.
@@ -34,7 +36,7 @@ from typing import IO, Any
 
 import psutil  # type: ignore[import-untyped]  # no stubs in the bench extra
 
-from benchmarks import loadgen
+from benchmarks import loadgen, proxy
 from benchmarks.records import LineCheck, check_json_lines
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,6 +69,11 @@ class Case:
     def name(self) -> str:
         return f"{self.mode}/{self.sink}"
 
+    @property
+    def to_file(self) -> bool:
+        """The app writes a file (directly loaded or through the proxy), not a pipe."""
+        return self.sink in ("file", PROXIED)
+
 
 @dataclass(frozen=True)
 class Target:
@@ -87,12 +94,17 @@ MODES = {
     "asynclog-tracing": "asynclog, tracing on",
 }
 
+# A file sink, the load going through nginx (sidecar/nginx.conf, TLS) to the same server.
+PROXIED = "file+nginx"
+
 CASES = (
     Case("none", "file"),
     Case("stdlib-sync", "file"),
     Case("stdlib-otel", "file"),
     Case("asynclog", "file"),
     Case("asynclog-tracing", "file"),
+    Case("none", PROXIED),
+    Case("asynclog", PROXIED),
     Case("stdlib-sync", "slow-pipe"),
     Case("stdlib-queue", "slow-pipe"),
     Case("asynclog", "slow-pipe"),
@@ -104,7 +116,7 @@ CASES = (
 
 # File-sink servers do nothing while idle, so they run side by side (see run_group); a pipe
 # case runs alone, because its logger may keep draining a backlog between rounds.
-GROUPS = [[c for c in CASES if c.sink == "file"]] + [[c] for c in CASES if c.sink != "file"]
+GROUPS = [[c for c in CASES if c.to_file]] + [[c] for c in CASES if not c.to_file]
 
 
 def target(mode: str, sink: str, extra_env: Mapping[str, str] | None = None) -> Target:
@@ -216,7 +228,7 @@ def _shutdown_report(server_log: Path) -> dict[str, Any]:
 
 
 def _start_reader(case: Case, capture: Path, stall: float) -> subprocess.Popen[bytes] | None:
-    if case.sink == "file":
+    if case.to_file:
         return None
     mode = "slow" if case.sink == "slow-pipe" else "stalled"
     return subprocess.Popen(
@@ -294,6 +306,8 @@ class Server:
             self.target.spec,
         ], SERVER_CPU)  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}{self.target.path}"
+        self.proxy_dir = workdir / f"{name}.nginx" if case.sink == PROXIED else None
+        self.nginx: subprocess.Popen[bytes] | None = None
         self.warm: dict[str, Any] = {"requests": 0, "errors": 0}
         self.rounds: list[dict[str, Any]] = []
         self.proc: subprocess.Popen[bytes] | None = None
@@ -319,9 +333,34 @@ class Server:
         except RuntimeError as exc:
             tail = self.server_log.read_text(errors="replace").strip().splitlines()[-3:]
             raise RuntimeError(f"{exc}; server log: " + " | ".join(tail)) from exc
+        if self.proxy_dir is not None:
+            self._start_nginx(self.proxy_dir)
         worker = psutil.Process(self.proc.pid).children()[0]
         self.rss = RssSampler(worker.pid).__enter__()
         self.idle_rss = self.rss.peak
+
+    def _start_nginx(self, directory: Path) -> None:
+        """nginx on the load generator's CPU, so the app's CPU serves the app alone, as in
+        the direct cases; the load then goes to its TLS port."""
+        directory.mkdir(parents=True, exist_ok=True)
+        port = proxy.free_port("127.0.0.1")
+        config = proxy.render_config(directory, "127.0.0.1", port, self.port)
+        with (directory / "error.log").open("wb") as err:
+            self.nginx = subprocess.Popen(
+                loadgen.pinned(proxy.command(directory, config), LOAD_CPU), stdout=err, stderr=err
+            )  # fmt: skip
+        deadline = time.monotonic() + self.profile.boot_timeout
+        while True:
+            if self.nginx.poll() is not None:
+                raise RuntimeError(f"nginx exited: {(directory / 'error.log').read_text()[-300:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("nginx not listening") from None
+                time.sleep(0.1)
+        self.url = f"https://127.0.0.1:{port}{self.target.path}"
 
     def load(self, gen: loadgen.LoadGen, duration: float, warmup: bool = False) -> None:
         """One load run; a stalled pipe's reader is stopped a little into every round."""
@@ -342,6 +381,13 @@ class Server:
         """SIGTERM the server (lifespan shutdown drains), then let the pipe reader finish."""
         if self.rss:
             self.rss.__exit__()
+        if self.nginx and self.nginx.poll() is None:
+            self.nginx.terminate()
+            try:
+                self.nginx.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.nginx.kill()
+                self.nginx.wait()
         if self.proc and self.proc.poll() is None:
             self.stop_seconds = _stop_server(self.proc)
         _stop_reader(self.reader, self.profile.stall)

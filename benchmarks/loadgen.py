@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -117,10 +118,16 @@ def run(
 
 
 async def _connection(
-    host: str, port: int, request: bytes, deadline: float, latencies: list[float], errors: list[int]
+    host: str,
+    port: int,
+    tls: ssl.SSLContext | None,
+    request: bytes,
+    deadline: float,
+    latencies: list[float],
+    errors: list[int],
 ) -> None:
     try:
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(host, port, ssl=tls)
     except OSError:
         errors[0] += 1
         return
@@ -154,7 +161,13 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 async def generate(url: str, connections: int, duration: float) -> dict[str, Any]:
     """Keep *connections* keep-alive connections busy for *duration* seconds."""
     parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    tls = None
+    if parts.scheme == "https":
+        # The benchmark's proxy has a throw-away self-signed certificate.
+        tls = ssl.create_default_context()
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+    host, port = parts.hostname or "127.0.0.1", parts.port or (443 if tls else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
     latencies: list[float] = []
@@ -162,7 +175,10 @@ async def generate(url: str, connections: int, duration: float) -> dict[str, Any
     start = time.perf_counter()
     deadline = start + duration
     await asyncio.gather(
-        *(_connection(host, port, request, deadline, latencies, errors) for _ in range(connections))
+        *(
+            _connection(host, port, tls, request, deadline, latencies, errors)
+            for _ in range(connections)
+        )
     )
     seconds = time.perf_counter() - start
     ms = sorted(x * 1e3 for x in latencies)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import sidecar
-from benchmarks.e2e import LINES_PER_REQUEST, MODES
+from benchmarks.e2e import LINES_PER_REQUEST, MODES, PROXIED
 
 MB = 1 << 20
 PACKAGES = (
@@ -95,11 +95,12 @@ def add_ratios(micro: list[dict[str, Any]], e2e: list[dict[str, Any]], baseline:
             m["throughput_x"] = m["records_per_s"] / base["records_per_s"]
         if "rss_peak" in m and "rss_baseline" in m:
             m["rss_growth"] = max(0, m["rss_peak"] - m["rss_baseline"])
-    none = _case(e2e, "none", "file")
     for c in e2e:
         if "error" in c:
             continue
         c["rss_growth"] = max(0, c["worker_peak_rss"] - c["worker_idle_rss"])
+        # Through the proxy, the baseline is no logging through the same proxy.
+        none = _case(e2e, "none", PROXIED if c["sink"] == PROXIED else "file")
         if none:
             c["rps_x_none"] = c["requests_per_s"] / none["requests_per_s"]
             c["p99_x_none"] = c["p99_ms"] / none["p99_ms"]
@@ -190,6 +191,16 @@ def targets(micro: list[dict[str, Any]], e2e: list[dict[str, Any]]) -> list[Targ
         ),
         _at_most("e2e file: asynclog + tracing p99 vs no logging", _of(on, "p99_x_none"), 2.0),
     ]
+    # Behind nginx, asynclog's share of the cost must be what it is without the proxy.
+    through, direct = _of(_case(e2e, "asynclog", PROXIED), "rps_x_none"), _of(off, "rps_x_none")
+    out.append(
+        _at_most(
+            "e2e file+nginx: asynclog req/s vs no logging, its distance from the direct ratio",
+            None if through is None or direct is None else abs(through - direct),
+            0.05,
+            "",
+        )
+    )
     for sink in ("slow-pipe", "stalled-pipe"):
         c = _case(e2e, "asynclog", sink)
         out += [

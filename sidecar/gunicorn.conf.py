@@ -4,6 +4,7 @@
 
 Environment: GUNICORN_BIND (default 127.0.0.1:8000; the container image sets 0.0.0.0:8000),
 GUNICORN_WORKERS (default 4), GUNICORN_TIMEOUT, GUNICORN_GRACEFUL_TIMEOUT, GUNICORN_KEEPALIVE,
+FORWARDED_ALLOW_IPS (the proxies trusted for X-Forwarded-For/-Proto; default loopback only),
 LOG_ROTATE_BYTES (default 100 MiB, 0 turns rotation off), and asynclog's own ASYNCLOG_*
 variables (ASYNCLOG_SINK names the file every worker appends to).
 """
@@ -35,8 +36,13 @@ max_requests_jitter = 50
 # `graceful_timeout` to finish requests and drain asynclog (lifespan shutdown).
 timeout = _int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
-# Above the idle timeout of a proxy in front would avoid its 502s; 5 s suits a Service or Ingress.
+# Above the idle timeout of a proxy in front would avoid its 502s; 5 s suits a Service or Ingress
+# (sidecar/nginx.conf keeps idle upstream connections for 4 s).
 keepalive = _int("GUNICORN_KEEPALIVE", 5)
+# The proxies whose X-Forwarded-For and X-Forwarded-Proto name the client and the scheme: a
+# comma-separated list of addresses or networks, "*" for any. Loopback only by default, so a
+# peer elsewhere cannot forge its address. asynclog's middleware reads the same variable.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "").strip() or "127.0.0.1,::1"
 # Code reloading watches files and restarts workers: a development tool, never in production.
 reload = False
 # Heartbeat files on tmpfs: /tmp may be read-only or slow disk in a container.
@@ -108,6 +114,15 @@ def when_ready(server: object) -> None:
         target=_rotate_when_full, args=(sink, max_bytes), name="log-rotation", daemon=True
     )
     thread.start()
+
+
+def post_worker_init(worker: object) -> None:
+    """Leave the forwarded headers to asynclog's middleware (it applies the same list):
+    uvicorn's would overwrite the peer's address before the app sees it, and the access line
+    would lose `network.peer.address`, the proxy's."""
+    config = getattr(worker, "config", None)
+    if config is not None:
+        config.proxy_headers = False
 
 
 def worker_exit(server: object, worker: object) -> None:

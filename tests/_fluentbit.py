@@ -24,7 +24,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -366,9 +366,14 @@ class Gunicorn:
 
 @contextmanager
 def gunicorn_serving(
-    root: Path, sink: Path, workers: int = 2, env: Mapping[str, str] | None = None
+    root: Path,
+    sink: Path,
+    workers: int = 2,
+    env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
 ) -> Iterator[Gunicorn]:
-    """Serve example.app:app with `workers` workers that all append to `sink`."""
+    """Serve example.app:app with `workers` workers that all append to `sink`; `args` are
+    gunicorn options that override the configuration file's."""
     port = free_port()
     env = {
         **os.environ,
@@ -383,7 +388,7 @@ def gunicorn_serving(
     command = [sys.executable, "-m", "gunicorn", "--config", "sidecar/gunicorn.conf.py"]
     with output.open("wb") as out:
         process = subprocess.Popen(
-            [*command, "example.app:app"], cwd=root, env=env, stdout=out, stderr=out
+            [*command, *args, "example.app:app"], cwd=root, env=env, stdout=out, stderr=out
         )
     server = Gunicorn(process, f"http://127.0.0.1:{port}", output)
     try:

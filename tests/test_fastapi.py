@@ -774,3 +774,96 @@ def test_a_failing_start_stops_the_server_as_a_failing_app_startup_does(
     monkeypatch.setattr("asynclog._fastapi.run_startup_checks", check_fails)
     assert _uvicorn_startup(app) == (True, True)
     assert started == []
+
+
+def _forwarded(log_path: Path, peer: str, headers: list[tuple[bytes, bytes]], **settings: Any
+               ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """One request from `peer` through the middleware: what the app saw, and its access line."""
+    asynclog.configure(sink=str(log_path), format="json")
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.update(client=scope["client"], scheme=scope["scheme"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    config = RequestLogConfig(AppSettings(**settings), Redactor(frozenset()))
+    scope = {"type": "http", "method": "GET", "path": "/p", "scheme": "http",
+             "headers": headers, "client": (peer, 40000)}  # fmt: skip
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        pass
+
+    asyncio.run(AccessLogMiddleware(app, config)(scope, receive, send))
+    [access] = lines_of(log_path, "asynclog.access")
+    return seen, access
+
+
+@pytest.mark.parametrize(
+    ("peer", "allow", "forwarded_for", "client"),
+    [
+        # Loopback is trusted by default; an untrusted peer's forged header is ignored.
+        ("127.0.0.1", ("127.0.0.1", "::1"), b"203.0.113.9", "203.0.113.9"),
+        ("198.51.100.7", ("127.0.0.1", "::1"), b"203.0.113.9", "198.51.100.7"),
+        # The rightmost address no trusted proxy added: the forged entries to its left lose.
+        ("10.1.2.3", ("10.0.0.0/8",), b"6.6.6.6, 203.0.113.9, 10.4.4.4", "203.0.113.9"),
+        ("10.1.2.3", ("*",), b"203.0.113.9, 10.4.4.4", "203.0.113.9"),
+        ("::1", ("::1",), b"2001:db8::5", "2001:db8::5"),
+    ],
+)
+def test_forwarded_client_only_from_trusted_proxies(
+    log_path: Path, peer: str, allow: tuple[str, ...], forwarded_for: bytes, client: str
+) -> None:
+    headers = [(b"x-forwarded-for", forwarded_for), (b"x-forwarded-proto", b"https")]
+    seen, access = _forwarded(log_path, peer, headers, forwarded_allow_ips=allow)
+    trusted = client != peer
+    assert access["client.address"] == client == seen["client"][0]
+    assert access["network.peer.address"] == peer
+    assert access["url.scheme"] == seen["scheme"] == ("https" if trusted else "http")
+
+
+def test_no_forwarded_headers_keep_the_peer(log_path: Path) -> None:
+    seen, access = _forwarded(log_path, "127.0.0.1", [])
+    assert seen == {"client": ("127.0.0.1", 40000), "scheme": "http"}
+    assert access["client.address"] == access["network.peer.address"] == "127.0.0.1"
+    assert access["url.scheme"] == "http"
+
+
+@pytest.mark.parametrize(
+    ("peer", "allow", "forwarded_for", "proto"),
+    [
+        ("127.0.0.1", "127.0.0.1", b"203.0.113.9", b"https"),
+        ("198.51.100.7", "127.0.0.1", b"203.0.113.9", b"https"),
+        ("10.1.2.3", "10.0.0.0/8", b"6.6.6.6, 203.0.113.9, 10.4.4.4", b"http"),
+        ("10.1.2.3", "*", b"203.0.113.9, 10.4.4.4", b"https"),
+        ("10.1.2.3", "10.0.0.0/8", b"10.9.9.9, 10.4.4.4", b"ftp"),
+        # Ports, bracketed IPv6, another spelling of a trusted address, garbage, nothing.
+        ("127.0.0.1", "127.0.0.1", b"203.0.113.9:4711", b"https"),
+        ("::1", "::1", b"[2001:db8::5]:443, 0:0:0:0:0:0:0:1", b"https"),
+        ("127.0.0.1", "127.0.0.1", b"unknown, \x1b[31m:x", b"https"),
+        ("127.0.0.1", "127.0.0.1", b"", b""),
+    ],
+)
+def test_forwarded_headers_give_the_app_what_uvicorn_would(
+    log_path: Path, peer: str, allow: str, forwarded_for: bytes, proto: bytes
+) -> None:
+    """gunicorn.conf.py hands the forwarded headers to asynclog instead of uvicorn: the app
+    must see the same client and scheme as with uvicorn's own middleware, without asynclog."""
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    headers = [(b"x-forwarded-for", forwarded_for), (b"x-forwarded-proto", proto)]
+    without: dict[str, Any] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        without.update(client=scope["client"], scheme=scope["scheme"])
+
+    scope = {"type": "http", "method": "GET", "path": "/p", "scheme": "http",
+             "headers": headers, "client": (peer, 40000)}  # fmt: skip
+    # uvicorn's middleware neither receives nor sends for an http scope it passes on.
+    uvicorn = ProxyHeadersMiddleware(app, trusted_hosts=allow)
+    asyncio.run(uvicorn(scope, None, None))
+    seen, _ = _forwarded(log_path, peer, headers, forwarded_allow_ips=allow.split(","))
+    assert seen == without

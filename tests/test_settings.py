@@ -92,3 +92,14 @@ def test_unopenable_sink_fails_fast(tmp_path: Path) -> None:
 def test_format_auto_is_json_for_files(tmp_path: Path) -> None:
     handle = asynclog.configure(sink=str(tmp_path / "a.log"))
     assert handle.format == "json"
+
+
+def test_forwarded_allow_ips_reads_the_variable_gunicorn_reads() -> None:
+    _, app = resolve_settings({}, {})
+    assert app.forwarded_allow_ips == ("127.0.0.1", "::1")
+    _, app = resolve_settings({}, {"FORWARDED_ALLOW_IPS": "10.0.0.0/8, 127.0.0.2,*"})
+    assert app.forwarded_allow_ips == ("10.0.0.0/8", "127.0.0.2", "*")
+    with pytest.raises(ValueError, match=r"FORWARDED_ALLOW_IPS.*ingress is not an IP address"):
+        resolve_settings({}, {"FORWARDED_ALLOW_IPS": "127.0.0.1,ingress"})
+    with pytest.raises(ValueError, match="forwarded_allow_ips"):
+        resolve_settings({"forwarded_allow_ips": [1]}, {})

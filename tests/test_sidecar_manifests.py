@@ -251,6 +251,48 @@ def test_grace_period_covers_app_drain_and_fluent_bit_grace(pod: dict[str, Any])
     assert pod["terminationGracePeriodSeconds"] > pre_stop + settings["graceful_timeout"] + grace
 
 
+def test_ingress_fronts_the_service_with_tls_and_nginx_conf_timeouts() -> None:
+    manifests = _manifests()
+    ingress, service = manifests["Ingress"], manifests["Service"]
+    settings = runpy.run_path(str(SIDECAR / "gunicorn.conf.py"))
+    [rule] = ingress["spec"]["rules"]
+    [path] = rule["http"]["paths"]
+    backend = path["backend"]["service"]
+    assert backend["name"] == service["metadata"]["name"]
+    assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+    assert rule["host"] in ingress["spec"]["tls"][0]["hosts"]
+    annotations = ingress["metadata"]["annotations"]
+    prefix = "nginx.ingress.kubernetes.io/"
+    # Idle upstream connections are dropped by the proxy before gunicorn drops them.
+    assert int(annotations[prefix + "upstream-keepalive-timeout"]) < settings["keepalive"]
+    assert int(annotations[prefix + "proxy-read-timeout"]) > settings["graceful_timeout"]
+    assert "error" in annotations[prefix + "proxy-next-upstream"]
+    # The app believes the controller's forwarded headers, and only those of the pod network.
+    pod = manifests["Deployment"]["spec"]["template"]["spec"]
+    assert _env(_container(pod, "app"))["FORWARDED_ALLOW_IPS"] not in ("", "*")
+
+
+def test_hpa_scales_the_deployment_on_cpu_and_pdb_keeps_pods_serving() -> None:
+    manifests = _manifests()
+    deployment, hpa, pdb = (
+        manifests["Deployment"], manifests["HorizontalPodAutoscaler"],
+        manifests["PodDisruptionBudget"],
+    )  # fmt: skip
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    # CPU utilisation is measured against the requests: every container must declare one.
+    pod = deployment["spec"]["template"]["spec"]
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        assert container["resources"]["requests"]["cpu"], container["name"]
+    # The HPA owns the replica count; a `replicas` here would reset it on every apply.
+    assert "replicas" not in deployment["spec"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]
+
+
 # docker compose.
 
 
@@ -335,7 +377,8 @@ def test_dockerfile_runs_gunicorn_as_non_root() -> None:
 
 
 def test_gunicorn_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("GUNICORN_BIND", "GUNICORN_WORKERS", "GUNICORN_TIMEOUT", "GUNICORN_KEEPALIVE"):
+    for name in ("GUNICORN_BIND", "GUNICORN_WORKERS", "GUNICORN_TIMEOUT", "GUNICORN_KEEPALIVE",
+                 "FORWARDED_ALLOW_IPS"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     settings = runpy.run_path(str(SIDECAR / "gunicorn.conf.py"))
     assert settings["workers"] == 4
@@ -356,11 +399,16 @@ def test_gunicorn_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     # A misspelt setting is silently ignored by gunicorn, so check every name.
     assert public <= known, public - known
     hooks = {k for k, v in settings.items() if callable(v) and not k.startswith("_")}
-    assert {"on_starting", "when_ready", "on_exit", "worker_exit"} <= hooks <= known
+    assert {"on_starting", "when_ready", "on_exit", "worker_exit", "post_worker_init"} <= hooks
+    assert hooks <= known
+    # Only loopback's forwarded headers are believed unless FORWARDED_ALLOW_IPS says more.
+    assert settings["forwarded_allow_ips"] == "127.0.0.1,::1"
 
 
 def test_gunicorn_config_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GUNICORN_BIND", "0.0.0.0:9000")
     monkeypatch.setenv("GUNICORN_WORKERS", "3")
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "10.244.0.0/16")
     settings = runpy.run_path(str(SIDECAR / "gunicorn.conf.py"))
     assert (settings["bind"], settings["workers"]) == ("0.0.0.0:9000", 3)
+    assert settings["forwarded_allow_ips"] == "10.244.0.0/16"
