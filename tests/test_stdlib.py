@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import logging.handlers
 import os
+import queue
 from pathlib import Path
 
 import pytest
@@ -184,6 +186,29 @@ def test_lean_records_keep_every_switch_for_a_handler_class_of_unknown_code(
     before = record_options()
     asynclog.configure(sink=str(log_path), format="json", stdlib_caller_info=False)
     assert record_options() == before
+
+
+def test_lean_records_keep_every_switch_for_a_handler_that_hands_records_on(
+    log_path: Path,
+) -> None:
+    """A QueueHandler's listener, a MemoryHandler's target (and a socket's peer) format the
+    record elsewhere, with formats the tree does not show."""
+    stream = io.StringIO()
+    target = logging.StreamHandler(stream)
+    target.setFormatter(logging.Formatter("[%(process)d] %(funcName)s %(message)s"))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, target)
+    logging.getLogger("lib.noisy").addHandler(logging.handlers.QueueHandler(records))
+    logging.getLogger("lib.noisy").addHandler(logging.handlers.MemoryHandler(1, target=target))
+    before = record_options()
+    asynclog.configure(sink=str(log_path), format="json", stdlib_caller_info=False)
+    assert record_options() == before
+    listener.start()
+    try:
+        _log_from_here()
+    finally:
+        listener.stop()
+    assert stream.getvalue() == f"[{os.getpid()}] _log_from_here the same line\n" * 2
 
 
 def test_lean_records_count_no_asynclog_handler(log_path: Path) -> None:
