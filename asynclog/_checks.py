@@ -8,7 +8,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ._compat import degraded
+from ._compat import degraded, server_configs
 from ._logger import Logger
 from ._settings import AppSettings, Settings
 
@@ -37,15 +37,13 @@ def reload_enabled(frame: FrameType | None = None) -> bool:
         if any(arg == "--reload" or arg.startswith("--reload=") for arg in _cmdline(pid)):
             return True
     under_uvicorn = found_config = False
-    while frame is not None:
-        under_uvicorn = under_uvicorn or str(frame.f_globals.get("__name__")).startswith("uvicorn.")
-        config = getattr(frame.f_locals.get("self"), "config", None)
+    for module, config in server_configs(frame):
+        under_uvicorn = under_uvicorn or module.startswith("uvicorn.")
         reload = getattr(config, "reload", None)
         if isinstance(reload, bool):
             found_config = True
             if reload:
                 return True
-        frame = frame.f_back
     if under_uvicorn and not found_config:
         degraded(
             "uvicorn: the lifespan's self.config (its Config, found by walking frames)",

@@ -11,14 +11,25 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from types import FrameType
 from typing import Any
 
-__all__ = ["degraded"]
+__all__ = ["degraded", "server_configs"]
 
 _EMPTY: Mapping[str, Any] = {}
 _said: set[str] = set()
 _lock = threading.Lock()
+
+
+def server_configs(frame: FrameType | None) -> Iterator[tuple[str, Any]]:
+    """Up the stack from `frame` (a lifespan startup's caller): each frame's module name and
+    the `self.config` its method holds, or None. uvicorn's and hypercorn's lifespans keep their
+    `Config` there (not documented): the caller says when its server's frames hold none."""
+    while frame is not None:
+        config = getattr(frame.f_locals.get("self"), "config", None)
+        yield str(frame.f_globals.get("__name__")), config
+        frame = frame.f_back
 
 
 def degraded(internal: str, fallback: str) -> None:

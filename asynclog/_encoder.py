@@ -19,7 +19,6 @@ from ._accel import speedups as _speedups
 from ._record import Record
 from ._redact import REDACTED, Redactor
 from ._settings import Settings
-from ._shorten import shorten_line
 from ._snapshot import Frozen, json_default, numpy_option
 
 __all__ = ["RESERVED_KEYS", "Encoder", "encode_line", "format_time", "level_name", "notice_line"]
@@ -174,6 +173,9 @@ class Encoder:
         self.redactor = redactor
         # A JSON line longer than this is shortened (`shorten_line`); console lines are not.
         self.max_line_bytes = max_line_bytes
+        from ._shorten import shorten_line  # _shorten writes its lines with this module's parts
+
+        self._shorten = shorten_line
         self.console = console
         self.color = color
         # Called for each record that could not be built or encoded at all (see `encode`).
@@ -296,7 +298,7 @@ class Encoder:
             return self._c_encode_into(  # type: ignore[no-any-return]
                 records, buffer, self._plain_keys, self._key_prefixes, _LEVEL_NAMES,
                 self._span_ids, orjson.dumps, self._default, options, self.redactor.json_rule,
-                self.encode, self.max_line_bytes, shorten_line,
+                self.encode, self.max_line_bytes, self._shorten,
             )  # fmt: skip
         dumps = orjson.dumps
         default = self._default
@@ -305,6 +307,7 @@ class Encoder:
         stamp_of = format_time
         checked = self._checked_context
         limit = self.max_line_bytes
+        shorten = self._shorten
         for record in records:
             data = None
             try:
@@ -342,7 +345,7 @@ class Encoder:
                             }  # fmt: skip
                         data = dumps(line, default, options)
                         if len(data) > limit:
-                            data = shorten_line(data, limit)
+                            data = shorten(data, limit)
             except BaseException as exc:  # `encode` writes the reason, or substitutes the line
                 _reraise_if_foreign(exc)
                 data = None
@@ -376,7 +379,8 @@ class Encoder:
             if self.console:
                 return _console_line(line, self.color)
             data = encode_line(line)
-        return data if len(data) <= self.max_line_bytes else shorten_line(data, self.max_line_bytes)
+        limit = self.max_line_bytes
+        return data if len(data) <= limit else self._shorten(data, limit)
 
     def _fault(self, record: Any, problem: str, exc: BaseException) -> dict[str, Any]:
         if self.on_fault is not None:

@@ -14,7 +14,7 @@ from opentelemetry import trace
 
 from . import _middleware
 from ._checks import run_startup_checks
-from ._compat import degraded
+from ._compat import degraded, server_configs
 from ._middleware import AccessLogMiddleware, RequestLogConfig
 from ._pipeline import Pipeline, current, start_pipeline
 from ._redact import Redactor
@@ -156,15 +156,12 @@ def _materialize_server_loggers(frame: FrameType | None) -> None:
     startup that captures them: make them now, from the `Config` its lifespan holds as
     `self.config` (not documented), so the capture that follows removes their handlers."""
     under_hypercorn = False
-    while frame is not None:
-        module = str(frame.f_globals.get("__name__"))
+    for module, config in server_configs(frame):
         if module.startswith("hypercorn."):
             under_hypercorn = True
-            config = getattr(frame.f_locals.get("self"), "config", None)
-            if config is not None and type(config).__module__ == "hypercorn.config":
+            if type(config).__module__ == "hypercorn.config":
                 config.log  # noqa: B018 - the property makes the loggers
                 return
-        frame = frame.f_back
     if under_hypercorn:
         degraded(
             "hypercorn: the lifespan's self.config (its Config, found by walking frames)",

@@ -336,7 +336,8 @@ def configure(**settings: Any) -> Pipeline:
     return start_pipeline(core)
 
 
-# True while a pipeline is made: the AsyncLogHandler it makes must not start another one.
+# True while a pipeline is made (under _lock): the AsyncLogHandler it makes must not start
+# another one.
 _building = False
 
 
@@ -377,9 +378,9 @@ def get_logger(name: str | None = None) -> Logger:
 def ensure_started() -> None:
     """Start asynclog from the environment for native lines only, if this process never
     configured it (the stdlib's configuration is left as it is)."""
-    if _current is None and not _building:
-        with _lock:
-            if _current is None and not _building:
+    if _current is None:
+        with _lock:  # another thread's configure() under way is waited for
+            if _current is None and not _building:  # _building: this thread is making one
                 configure(capture_stdlib=False)
 
 

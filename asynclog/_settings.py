@@ -90,9 +90,10 @@ class Settings:
     # Named loggers whose own handlers are removed so they propagate to asynclog only.
     capture_loggers: tuple[str, ...] = ()
     # A JSON line longer than this is written with its largest values shortened (and says so).
-    # Below what the shipped sidecar's tail reads whole (buffer_max_size 80KB), and a third of
-    # what Loki accepts (max_line_size 256KB): Fluent Bit writes non-ASCII text as \u escapes,
-    # up to 3x the bytes, and Loki discards a longer line (a 400 Fluent Bit does not retry).
+    # Below what the shipped sidecar's tail reads whole (buffer_max_size 80KB), and under a
+    # third of what Loki accepts (max_line_size 256KB): Fluent Bit writes non-ASCII text as \u
+    # escapes, up to 3x the bytes, and Loki discards a longer line (a 400 Fluent Bit does not
+    # retry).
     max_line_bytes: int = 65_536
 
 

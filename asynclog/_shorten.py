@@ -15,17 +15,16 @@ from typing import Any
 
 import orjson
 
+from ._encoder import _JSON_OPTIONS, _MAX_DEPTH, SUBSTITUTED_KEY, format_time
+
 __all__ = ["shorten_line"]
 
-_SUBSTITUTED = "asynclog.substituted"
 # Never shortened: what identifies the line (and the notes that say what was cut).
-_KEPT = frozenset({"time", "level", "logger", _SUBSTITUTED})
+_KEPT = frozenset({"time", "level", "logger", SUBSTITUTED_KEY})
 # A value is shortened to no less than this many bytes, so each keeps a readable head.
 _MIN_KEEP = 64
 # Notes beyond this many are summed up in one, so a line of many large values still fits.
 _MAX_NOTES = 16
-_MAX_DEPTH = 64
-_OPTIONS = orjson.OPT_APPEND_NEWLINE
 _MISSING = object()
 
 
@@ -48,7 +47,7 @@ def shorten_line(data: bytes, limit: int) -> bytes:
 
 
 def _shortened(line: dict[str, Any], size: int, limit: int) -> bytes | None:
-    notes: list[str] = [n for n in line.get(_SUBSTITUTED, ()) if type(n) is str]
+    notes: list[str] = [n for n in line.get(SUBSTITUTED_KEY, ()) if type(n) is str]
     # First the strings, at any depth, so the structure stays; else whole top-level values.
     for whole in (False, True):
         slots = _slots(line, whole)
@@ -133,19 +132,18 @@ def _apply(
     if len(added) > _MAX_NOTES:
         rest = added[_MAX_NOTES - 1 :]
         added = [*added[: _MAX_NOTES - 1], f"and {len(rest)} more values shortened"]
-    previous = line.get(_SUBSTITUTED, _MISSING)
-    line[_SUBSTITUTED] = [*notes, *added]
+    previous = line.get(SUBSTITUTED_KEY, _MISSING)
+    line[SUBSTITUTED_KEY] = [*notes, *added]
     try:
-        return orjson.dumps(line, option=_OPTIONS)
+        return orjson.dumps(line, option=_JSON_OPTIONS)
     finally:
         # Undone, so a later attempt with another cap starts from the same line.
         for container, key, value in reversed(cut):
             container[key] = value
         if previous is _MISSING:
-            del line[_SUBSTITUTED]
+            del line[SUBSTITUTED_KEY]
         else:
-            line[_SUBSTITUTED] = previous
-
+            line[SUBSTITUTED_KEY] = previous
 
 
 def _head(text: str, size: int) -> str:
@@ -163,14 +161,14 @@ def _minimal(line: dict[str, Any], size: int, limit: int, why: str) -> bytes:
     """What identifies a record, when shortening its values cannot make it fit."""
     stamp = line.get("time")
     if type(stamp) is not str or len(stamp) > 64:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+        stamp = format_time(time.time())
     out: dict[str, Any] = {
         "time": stamp,
         "level": _head(str(line.get("level", "error")), 32),
         "logger": _head(str(line.get("logger", "")), 256),
         "message": "",
-        _SUBSTITUTED: [f"line: {size} bytes over max_line_bytes {limit}: {why}"],
+        SUBSTITUTED_KEY: [f"line: {size} bytes over max_line_bytes {limit}: {why}"],
     }
-    room = limit - len(orjson.dumps(out, option=_OPTIONS))
+    room = limit - len(orjson.dumps(out, option=_JSON_OPTIONS))
     out["message"] = _head(str(line.get("message", "")), max(room, 2))
-    return orjson.dumps(out, option=_OPTIONS)
+    return orjson.dumps(out, option=_JSON_OPTIONS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -85,16 +86,26 @@ _RECORD_SWITCHES: dict[str, tuple[Any, frozenset[str]]] = {
 }
 _ALL_SWITCHED = frozenset().union(*(fields for _, fields in _RECORD_SWITCHES.values()))
 _STDLIB_MODULES = frozenset({"logging", "logging.handlers"})
+# The stdlib's handlers that hand the record on whole, to be formatted out of the tree's sight
+# (a QueueHandler's listener, a socket's or web server's peer).
+_HANDING_ON = (
+    logging.handlers.QueueHandler,
+    logging.handlers.SocketHandler,
+    logging.handlers.HTTPHandler,
+)
 
 
 def _fields_read(handler: logging.Handler) -> frozenset[str]:
     """The switched record attributes `handler` may read: those its format string names, or
     all of them when its handler or formatter class is not the stdlib's own (its code may read
-    any attribute). asynclog's own handlers (a `dictConfig`'s too) read none."""
+    any attribute) or it hands the record on; a MemoryHandler's are its target's. asynclog's
+    own handlers (a `dictConfig`'s too) read none."""
     if isinstance(handler, AsyncLogHandler):
         return frozenset()
-    if type(handler).__module__ not in _STDLIB_MODULES:
+    if type(handler).__module__ not in _STDLIB_MODULES or isinstance(handler, _HANDING_ON):
         return _ALL_SWITCHED
+    if isinstance(handler, logging.handlers.MemoryHandler):  # it formats nothing itself
+        return _ALL_SWITCHED if handler.target is None else _fields_read(handler.target)
     formatter = handler.formatter
     if formatter is None:
         return frozenset()  # logging's default format is "%(message)s"

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,22 +70,13 @@ def gunicorn(
     log_path: Path | None = None,
     startup_timeout: float = 60.0,
 ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    """Run gunicorn serving `app` on a free 127.0.0.1 port until the block ends."""
+    """Run gunicorn serving `app` on a free 127.0.0.1 port until the block ends, its stdout and
+    stderr together in `log_path`."""
     port = free_port()
-    output = open(log_path or os.devnull, "ab")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", *args, "--bind", f"127.0.0.1:{port}", app],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-        stdout=output,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_until_healthy(port, proc, startup_timeout)
+    argv = [sys.executable, "-m", "gunicorn", *args, "--bind", f"127.0.0.1:{port}", app]
+    output = log_path or Path(os.devnull)
+    with serving(argv, port, env=env, stdout=output, startup_timeout=startup_timeout) as proc:
         yield port, proc
-    finally:
-        stop(proc)
-        output.close()
 
 
 @contextmanager
@@ -95,12 +86,15 @@ def serving(
     *,
     env: dict[str, str],
     stdout: Path,
-    stderr: Path,
+    stderr: Path | None = None,
     startup_timeout: float = 60.0,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run a server command (listening on 127.0.0.1:`port`) from the repository's root, its
-    stdout and stderr kept apart, until the block ends; stopped by SIGTERM to its pid."""
-    with stdout.open("ab") as out, stderr.open("ab") as err:
+    stdout and stderr kept apart (stderr in stdout's file if None), until the block ends;
+    stopped by SIGTERM to its pid."""
+    with ExitStack() as files:
+        out = files.enter_context(stdout.open("ab"))
+        err = subprocess.STDOUT if stderr is None else files.enter_context(stderr.open("ab"))
         proc = subprocess.Popen(
             list(argv),
             cwd=ROOT,

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import asynclog
@@ -66,23 +66,30 @@ def test_a_large_list_is_written_as_the_head_of_its_json() -> None:
     assert line["ids"].startswith("[0,1,2,3,") and line[NOTES][0].startswith("ids: 588891 bytes")
 
 
+# Strings of up to ~16 KB (escapes and multi-byte characters included): most lines built of
+# them are over a bound of 1-4 KB, as `text(max_size=...)` alone, mostly short, never made one.
+_LONG_TEXT = st.builds(
+    lambda text, n: text * n, st.text(min_size=1, max_size=16), st.integers(1, 1_000)
+)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     value=st.recursive(
         st.text(max_size=3_000)
+        | _LONG_TEXT
         | st.integers(-(2**63), 2**63 - 1)
         | st.floats(allow_nan=False)
         | st.none(),
         lambda inner: st.lists(inner, max_size=8) | st.dictionaries(st.text(max_size=8), inner),
         max_leaves=40,
     ),
-    message=st.text(max_size=3_000),
+    message=st.text(max_size=3_000) | _LONG_TEXT,
     limit=st.integers(1_024, 4_096),
 )
 def test_a_shortened_line_always_fits_and_says_why(value: Any, message: str, limit: int) -> None:
     data = _line(message=message, value=value)
-    if len(data) <= limit:
-        return
+    assume(len(data) > limit)
     out = shorten_line(data, limit)
     line = json.loads(out)
     assert len(out) <= limit and out.endswith(b"\n") and b"\n" not in out[:-1]

@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import logging.handlers
 import os
+import queue
+import threading
 from pathlib import Path
 
 import pytest
@@ -184,6 +187,29 @@ def test_lean_records_keep_every_switch_for_a_handler_class_of_unknown_code(
     before = record_options()
     asynclog.configure(sink=str(log_path), format="json", stdlib_caller_info=False)
     assert record_options() == before
+
+
+def test_lean_records_keep_every_switch_for_a_handler_that_hands_records_on(
+    log_path: Path,
+) -> None:
+    """A QueueHandler's listener, a MemoryHandler's target (and a socket's peer) format the
+    record elsewhere, with formats the tree does not show."""
+    stream = io.StringIO()
+    target = logging.StreamHandler(stream)
+    target.setFormatter(logging.Formatter("[%(process)d] %(funcName)s %(message)s"))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, target)
+    logging.getLogger("lib.noisy").addHandler(logging.handlers.QueueHandler(records))
+    logging.getLogger("lib.noisy").addHandler(logging.handlers.MemoryHandler(1, target=target))
+    before = record_options()
+    asynclog.configure(sink=str(log_path), format="json", stdlib_caller_info=False)
+    assert record_options() == before
+    listener.start()
+    try:
+        _log_from_here()
+    finally:
+        listener.stop()
+    assert stream.getvalue() == f"[{os.getpid()}] _log_from_here the same line\n" * 2
 
 
 def test_lean_records_count_no_asynclog_handler(log_path: Path) -> None:
@@ -373,3 +399,40 @@ def test_a_dictconfig_naming_the_handler_writes_without_configure() -> None:
         ("uvicorn.error", "info", "Started parent process [42]"),
         ("_granian", "warning", "from granian's main process"),
     ]
+
+
+def test_a_start_on_another_thread_waits_for_a_configure_under_way(
+    log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While `configure()` builds its pipeline (whose own AsyncLogHandler must not start
+    another), a `get_logger()` or an AsyncLogHandler made on another thread waits for it, as it
+    always did, rather than going on with asynclog not started."""
+    from asynclog._pipeline import Pipeline
+
+    building, release = threading.Event(), threading.Event()
+    build = Pipeline.__init__
+
+    def slow_build(self: Pipeline, *args: object) -> None:
+        build(self, *args)  # type: ignore[arg-type]
+        building.set()
+        release.wait(10)
+
+    monkeypatch.setattr(Pipeline, "__init__", slow_build)
+    configuring = threading.Thread(
+        target=asynclog.configure, kwargs={"sink": str(log_path), "format": "json"}
+    )
+    configuring.start()
+    assert building.wait(10)
+    seen: list[object] = []
+
+    def start_elsewhere() -> None:
+        asynclog.AsyncLogHandler()
+        seen.append(asynclog._pipeline._current)
+
+    other = threading.Thread(target=start_elsewhere)
+    other.start()
+    other.join(0.5)  # it runs while the pipeline is being built
+    release.set()
+    configuring.join(10)
+    other.join(10)
+    assert seen == [asynclog._pipeline._current] and seen[0] is not None
