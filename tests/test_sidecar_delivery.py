@@ -10,18 +10,19 @@ issue's 60 s to keep CI's time bounded: RATE lines a second for the seconds each
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _fluentbit import FLUENT_BIT, FluentBit, fluent_bit, free_port
+from _fluentbit import FLUENT_BIT, FluentBit, fluent_bit, free_port, gunicorn_serving
 from _loki import LOKI, LOKI_SKIP_REASON, Loki, LokiEntry, loki_serving
 
 from conftest import ROOT
@@ -122,20 +123,29 @@ class Delivery:
         }
 
 
-def delivered(loki: Loki, stream: Stream, since: float) -> Delivery:
+def delivered(
+    loki: Loki, stream: Stream, since: float, lost: Callable[[], int] | None = None
+) -> Delivery:
     """Wait until Loki holds every line of the finished `stream` (bounded), then count them.
 
     `since` is the monotonic time the last fault ended: the catch-up is how long after it the
-    last line arrived."""
+    last line arrived. Where `lost()` lines were counted as deleted unshipped, it waits for the
+    rest: until at most that many are missing and three polls in a row find nothing new."""
     sent = stream.finish()
     wanted = set(range(stream.first, stream.first + sent))
     deadline = time.monotonic() + DELIVERED_WITHIN_S
+    counts: list[int] = []
     while time.monotonic() < deadline:  # else counted below: the test fails naming the missing
         try:
-            if wanted <= set(seqs_in_loki(loki, stream.started)):
-                break
+            found = len(wanted & set(seqs_in_loki(loki, stream.started)))
         except OSError as error:  # a query that timed out on a loaded machine
             print(f"Loki query failed: {error}", file=sys.stderr)
+            found = 0
+        counts.append(found)
+        if found == sent:
+            break
+        if lost is not None and found >= sent - lost() and len(set(counts[-4:])) == 1:
+            break
         time.sleep(POLL_S)
     catch_up = time.monotonic() - since
     # A duplicate may trail the last new line (a retried batch): count after a short settle.
@@ -274,3 +284,93 @@ def test_aggregator_stop_and_sigkill_lose_nothing(tmp_path: Path, figures: Any) 
             delivery = delivered(loki, stream, restarted)
     figures(**delivery.figures())
     assert_at_least_once(delivery)
+
+
+# Overload: the app writes faster than the sidecar ships. A CPU limit throttles a container by
+# stopping it for part of each period; here the sidecar is stopped outright (SIGSTOP) while
+# the stream goes on, then resumed (SIGCONT).
+
+
+def notices(output: Path) -> list[dict[str, Any]]:
+    """The rotation's stderr lines saying what the disk budget deleted unshipped."""
+    found = []
+    for line in output.read_text(errors="replace").splitlines():
+        if line.startswith("{") and '"log lines deleted unshipped"' in line:
+            found.append(json.loads(line))
+    return found
+
+
+def rotations(loki: Loki, since: float) -> int:
+    return sum(
+        1
+        for entry in entries(loki, since)
+        if entry.json().get("message", "").startswith("rotated ")
+    )
+
+
+@contextmanager
+def stopped(process: subprocess.Popen[bytes]) -> Iterator[None]:
+    process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGCONT)
+
+
+def test_overload_within_the_budget_rotates_without_deleting_unshipped_lines(
+    tmp_path: Path, figures: Any
+) -> None:
+    """Rotation every ~5 s at RATE; the sidecar stopped for 8 s: app.log.1 waits for it."""
+    log_dir, rotate = tmp_path / "logs", 256 * 1024
+    log_dir.mkdir()
+    env = {"LOG_ROTATE_BYTES": str(rotate)}  # the default budget: three times that
+    with (
+        loki_serving(tmp_path / "loki") as loki,
+        sidecar(log_dir, loki_env(loki)) as shipper,
+        gunicorn_serving(ROOT, log_dir / "app.log", workers=1, env=env) as app,
+    ):
+        stream = start_stream(log_dir / "app.log", seconds=30)
+        time.sleep(6)
+        with stopped(shipper.process):
+            time.sleep(8)
+        resumed = time.monotonic()
+        delivery = delivered(loki, stream, resumed)
+        rotated = rotations(loki, stream.started)
+    figures(**delivery.figures(), rotations=rotated, stopped_s=8)
+    assert_exactly_once(delivery)
+    assert rotated >= 3, "app.log rotated several times"
+    assert notices(app.output) == []
+
+
+def test_overload_past_the_budget_counts_what_it_deletes(tmp_path: Path, figures: Any) -> None:
+    """The sidecar stopped for longer than the budget holds: the rotation deletes the oldest
+    unshipped lines and says how many, on stderr; Loki misses exactly those."""
+    log_dir, rotate = tmp_path / "logs", 128 * 1024
+    log_dir.mkdir()
+    env = {"LOG_ROTATE_BYTES": str(rotate), "LOG_DISK_BUDGET_BYTES": str(3 * rotate)}
+    with (
+        loki_serving(tmp_path / "loki") as loki,
+        sidecar(log_dir, loki_env(loki)) as shipper,
+        gunicorn_serving(ROOT, log_dir / "app.log", workers=1, env=env) as app,
+    ):
+        stream = start_stream(log_dir / "app.log", seconds=20)
+        time.sleep(2)
+        with stopped(shipper.process):
+            time.sleep(15)
+        resumed = time.monotonic()
+        delivery = delivered(
+            loki, stream, resumed, lambda: sum(n["lines"] for n in notices(app.output))
+        )
+        counted = notices(app.output)
+        in_loki = [e.json() for e in entries(loki, stream.started)]
+    lost = sum(notice["lines"] for notice in counted)
+    figures(**delivery.figures(), counted_lost=lost, stopped_s=15)
+    assert counted, "the budget forced a deletion, and said so"
+    assert delivery.missing, "the budget forced a deletion"
+    assert delivery.duplicates == 0
+    # Besides the stream's lines, those files held only a few of the master's own lines
+    # ("rotated ...", the notices themselves): every missing line is counted.
+    assert 0 <= lost - len(delivery.missing) <= 5 * len(counted)
+    # The same count reached Loki as a record, for the sidecar's metric.
+    shipped = [r for r in in_loki if r.get("message") == "log lines deleted unshipped"]
+    assert sorted(r["lines"] for r in shipped) == sorted(n["lines"] for n in counted)
