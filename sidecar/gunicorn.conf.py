@@ -80,7 +80,8 @@ def on_starting(server: object) -> None:
 # LOG_ROTATE_BYTES; every process reopens app.log within a second. app.log.1 is replaced only
 # once Fluent Bit's offsets DB (LOG_SHIPPER_DB) shows it read to the end: a sidecar that falls
 # behind makes app.log grow instead, up to LOG_DISK_BUDGET_BYTES for the two files. Only the
-# budget forces an unshipped file out, and then the lines lost are counted (_count_unshipped).
+# budget forces an unshipped file out, and then the lines lost are counted (_count_unshipped,
+# in unshipped.log beside the sink).
 _ROTATE_CHECK_SECONDS = 1.0
 _UNSHIPPED_MESSAGE = "log lines deleted unshipped"
 
@@ -98,28 +99,35 @@ def _offsets_read(db: str) -> dict[int, int] | None:
     return {int(inode): int(offset) for inode, offset in rows}
 
 
-def _count_unshipped(backup: str, shipped: int) -> None:
+def _count_unshipped(backup: str, shipped: int, ledger: str) -> None:
     """Count the lines of `backup` past `shipped`, which the disk budget deletes unread: one
-    asynclog line on stderr, and one record in the sink, which the sidecar's metrics count."""
+    asynclog line on stderr, and the same line appended to `ledger`, a small file beside the
+    sink that is never rotated, so the sidecar ships it and counts it in its metrics even while
+    it is behind on the sink."""
     with open(backup, "rb") as file:
         file.seek(shipped)
         lines = sum(chunk.count(b"\n") for chunk in iter(lambda: file.read(1 << 20), b""))
-    fields = {"lines": lines, "bytes": os.path.getsize(backup) - shipped, "file": backup}
+    now = datetime.datetime.now(datetime.timezone.utc)
     notice = {
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
+        "time": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "level": "error",
         "logger": "asynclog.rotation",
         "message": _UNSHIPPED_MESSAGE,
-        **fields,
+        "lines": lines,
+        "bytes": os.path.getsize(backup) - shipped,
+        "file": backup,
     }
-    sys.stderr.write(json.dumps(notice).replace("+00:00", "Z") + "\n")
+    line = json.dumps(notice, separators=(",", ":")) + "\n"
+    sys.stderr.write(line)
     sys.stderr.flush()
-    logging.getLogger("asynclog.rotation").error(_UNSHIPPED_MESSAGE, extra=fields)
+    with open(ledger, "a", encoding="utf-8") as file:
+        file.write(line)
 
 
 def _rotate_when_full(path: str, max_bytes: int, budget: int, db: str) -> None:
     log = logging.getLogger("gunicorn.error")
     backup = f"{path}.1"
+    ledger = os.path.join(os.path.dirname(path), "unshipped.log")
     # The furthest offset ever seen per inode: Fluent Bit drops a rotated file's row when it
     # stops following it (Rotate_Wait), read to the end or not.
     read: dict[int, int] = {}
@@ -137,7 +145,7 @@ def _rotate_when_full(path: str, max_bytes: int, budget: int, db: str) -> None:
                 if shipped < old.st_size:
                     if size + old.st_size < budget:
                         continue  # the shipper is behind: wait for it, within the budget
-                    _count_unshipped(backup, shipped)
+                    _count_unshipped(backup, shipped, ledger)
                 os.unlink(backup)
                 read.pop(old.st_ino, None)  # the inode may be reused by a new file
             os.rename(path, backup)

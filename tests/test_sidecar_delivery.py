@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _fluentbit import FLUENT_BIT, FluentBit, fluent_bit, free_port, gunicorn_serving
+from _fluentbit import (
+    FLUENT_BIT,
+    FluentBit,
+    fluent_bit,
+    free_port,
+    gunicorn_serving,
+    wait_for,
+)
 from _loki import LOKI, LOKI_SKIP_REASON, Loki, LokiEntry, loki_serving
 
 from conftest import ROOT
@@ -350,7 +357,7 @@ def test_overload_past_the_budget_counts_what_it_deletes(tmp_path: Path, figures
     env = {"LOG_ROTATE_BYTES": str(rotate), "LOG_DISK_BUDGET_BYTES": str(3 * rotate)}
     with (
         loki_serving(tmp_path / "loki") as loki,
-        sidecar(log_dir, loki_env(loki)) as shipper,
+        sidecar(log_dir, {**loki_env(loki), "FLB_METRICS_MATCH": "asynclog.*"}) as shipper,
         gunicorn_serving(ROOT, log_dir / "app.log", workers=1, env=env) as app,
     ):
         stream = start_stream(log_dir / "app.log", seconds=20)
@@ -363,7 +370,9 @@ def test_overload_past_the_budget_counts_what_it_deletes(tmp_path: Path, figures
         )
         counted = notices(app.output)
         in_loki = [e.json() for e in entries(loki, stream.started)]
-    lost = sum(notice["lines"] for notice in counted)
+        lost = sum(notice["lines"] for notice in counted)
+        metric = "asynclog_unshipped_lines_deleted_sum"
+        wait_for(lambda: f"{metric} {lost}\n" in shipper.metrics(), 30, f"{metric} {lost}")
     figures(**delivery.figures(), counted_lost=lost, stopped_s=15)
     assert counted, "the budget forced a deletion, and said so"
     assert delivery.missing, "the budget forced a deletion"
@@ -371,6 +380,6 @@ def test_overload_past_the_budget_counts_what_it_deletes(tmp_path: Path, figures
     # Besides the stream's lines, those files held only a few of the master's own lines
     # ("rotated ...", the notices themselves): every missing line is counted.
     assert 0 <= lost - len(delivery.missing) <= 5 * len(counted)
-    # The same count reached Loki as a record, for the sidecar's metric.
+    # The same notices reached Loki from unshipped.log, and the sidecar's metric (above).
     shipped = [r for r in in_loki if r.get("message") == "log lines deleted unshipped"]
     assert sorted(r["lines"] for r in shipped) == sorted(n["lines"] for n in counted)
