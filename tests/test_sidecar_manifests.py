@@ -134,12 +134,15 @@ def test_paths_agree_in_the_pod(pod: dict[str, Any]) -> None:
     sidecar, app = _container(pod, "fluent-bit"), _container(pod, "app")
     (logs,) = [v for v in pod["volumes"] if v["name"] == "logs"]
     assert logs["emptyDir"]["sizeLimit"] == "1Gi"
-    # Two log files and the buffer of two enabled outputs fit the volume.
+    # The log files' disk budget (sidecar/gunicorn.conf.py's default: three files' worth) and
+    # the buffer of two enabled outputs fit the volume.
     forward = load_yaml(ROOT / "fluent-bit.yaml").plugin("outputs", "forward")
     limit = expand(forward.get("storage.total_limit_size") or "", {})
     assert limit.endswith("M")
     storage_limit = int(limit[:-1]) * 1024**2
-    assert 2 * int(_env(app)["LOG_ROTATE_BYTES"]) + 2 * storage_limit < 1024**3
+    rotate = int(_env(app)["LOG_ROTATE_BYTES"])
+    budget = int(_env(app).get("LOG_DISK_BUDGET_BYTES", 3 * rotate))
+    assert budget + 2 * storage_limit < 1024**3
     # The file the sidecar runs, and the other form that a switch of format would run.
     for pipeline in (_config_for(sidecar["command"] + sidecar["args"]), load_classic(CLASSIC)):
         _check_paths_agree(
