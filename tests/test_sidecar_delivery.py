@@ -35,6 +35,7 @@ from _loki import LOKI, LOKI_SKIP_REASON, Loki, LokiEntry, loki_serving
 from conftest import ROOT
 
 pytestmark = [
+    pytest.mark.integration,
     pytest.mark.skipif(
         FLUENT_BIT is None, reason="no Fluent Bit: set FLUENT_BIT or put it on PATH"
     ),
