@@ -242,7 +242,7 @@ def test_backend_outage_loses_nothing(tmp_path: Path, figures: Any) -> None:
     with loki_serving(data) as loki:
         port = loki.port
         with sidecar(tmp_path / "logs", loki_env(loki)):
-            stream = start_stream(tmp_path / "logs" / "app.log", seconds=25)
+            stream = start_stream(tmp_path / "logs" / "app.log", seconds=20)
             time.sleep(5)
             loki.process.terminate()
             loki.process.wait(60)
@@ -259,7 +259,7 @@ def test_sidecar_sigkill_loses_nothing(tmp_path: Path, figures: Any) -> None:
     log_dir = tmp_path / "logs"
     with loki_serving(tmp_path / "loki") as loki:
         with sidecar(log_dir, loki_env(loki)) as first:
-            stream = start_stream(log_dir / "app.log", seconds=25)
+            stream = start_stream(log_dir / "app.log", seconds=20)
             time.sleep(8)
             first.process.kill()
             first.process.wait(30)
@@ -276,7 +276,7 @@ def test_aggregator_stop_and_sigkill_lose_nothing(tmp_path: Path, figures: Any) 
     then SIGKILLed and started again 5 s later, on the same buffer each time."""
     port, storage = free_port(), tmp_path / "aggregator"
     with loki_serving(tmp_path / "loki") as loki, sidecar(tmp_path / "logs", forward_env(port)):
-        stream = start_stream(tmp_path / "logs" / "app.log", seconds=35)
+        stream = start_stream(tmp_path / "logs" / "app.log", seconds=30)
         with aggregator(storage, port, loki, name="aggregator-1") as first:
             time.sleep(5)
             first.process.terminate()
