@@ -460,3 +460,14 @@ def test_aggregator_deployment_runs_its_configmap_on_a_buffer_volume() -> None:
     labels = manifests["Deployment"]["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
     assert [p["targetPort"] for p in service["spec"]["ports"]] == ["forward"]
+
+
+def test_gunicorn_rotation_budget_below_two_files_fails_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ASYNCLOG_SINK", str(tmp_path / "app.log"))
+    monkeypatch.setenv("LOG_ROTATE_BYTES", "1000")
+    monkeypatch.setenv("LOG_DISK_BUDGET_BYTES", "1999")
+    settings = runpy.run_path(str(SIDECAR / "gunicorn.conf.py"))
+    with pytest.raises(ValueError, match="LOG_DISK_BUDGET_BYTES"):
+        settings["when_ready"](None)
