@@ -5,14 +5,21 @@
 Environment: GUNICORN_BIND (default 127.0.0.1:8000; the container image sets 0.0.0.0:8000),
 GUNICORN_WORKERS (default 4), GUNICORN_TIMEOUT, GUNICORN_GRACEFUL_TIMEOUT, GUNICORN_KEEPALIVE,
 FORWARDED_ALLOW_IPS (the proxies trusted for X-Forwarded-For/-Proto; default loopback only),
-LOG_ROTATE_BYTES (default 100 MiB, 0 turns rotation off), and asynclog's own ASYNCLOG_*
+LOG_ROTATE_BYTES (default 100 MiB, 0 turns rotation off), LOG_DISK_BUDGET_BYTES (default three
+times LOG_ROTATE_BYTES), LOG_SHIPPER_DB (Fluent Bit's offsets DB, default fluent-bit-tail.db
+beside the sink), and asynclog's own ASYNCLOG_*
 variables (ASYNCLOG_SINK names the file every worker appends to).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import json
 import logging
 import os
+import sqlite3
+import sys
 import threading
 import time
 
@@ -76,25 +83,77 @@ def on_starting(server: object) -> None:
 
 # asynclog appends to one file and only reopens it when renamed; nothing else bounds its size,
 # and a full emptyDir gets the pod evicted. The master renames app.log to app.log.1 past
-# LOG_ROTATE_BYTES; every process reopens app.log within a second, and Fluent Bit follows the
-# renamed file for its Rotate_Wait (30 s). app.log.1 is replaced only once it has been idle for
-# longer than that, so at most two files are on the volume.
+# LOG_ROTATE_BYTES; every process reopens app.log within a second. app.log.1 is replaced only
+# once Fluent Bit's offsets DB (LOG_SHIPPER_DB) shows it read to the end: a sidecar that falls
+# behind makes app.log grow instead, up to LOG_DISK_BUDGET_BYTES for the two files. Only the
+# budget forces an unshipped file out, and then the lines lost are counted (_count_unshipped,
+# in unshipped.log beside the sink).
 _ROTATE_CHECK_SECONDS = 1.0
-_ROTATED_IDLE_SECONDS = 60.0
+_UNSHIPPED_MESSAGE = "log lines deleted unshipped"
 
 
-def _rotate_when_full(path: str, max_bytes: int) -> None:
+def _offsets_read(db: str) -> dict[int, int] | None:
+    """inode -> the offset Fluent Bit's tail has read to, from its offsets DB (None: unreadable
+    now, {}: no DB yet). Needs the tail's `db.locking` off, else the DB is Fluent Bit's alone."""
+    if not os.path.exists(db):
+        return {}
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.2)) as c:
+            rows = c.execute("SELECT inode, offset FROM in_tail_files").fetchall()
+    except sqlite3.Error:
+        return None
+    return {int(inode): int(offset) for inode, offset in rows}
+
+
+def _count_unshipped(backup: str, shipped: int, ledger: str) -> None:
+    """Count the lines of `backup` past `shipped`, which the disk budget deletes unread: one
+    asynclog line on stderr, and the same line appended to `ledger`, a small file beside the
+    sink that is never rotated, so the sidecar ships it and counts it in its metrics even while
+    it is behind on the sink."""
+    with open(backup, "rb") as file:
+        file.seek(shipped)
+        lines = sum(chunk.count(b"\n") for chunk in iter(lambda: file.read(1 << 20), b""))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    notice = {
+        "time": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "level": "error",
+        "logger": "asynclog.rotation",
+        "message": _UNSHIPPED_MESSAGE,
+        "lines": lines,
+        "bytes": os.path.getsize(backup) - shipped,
+        "file": backup,
+    }
+    line = json.dumps(notice, separators=(",", ":")) + "\n"
+    sys.stderr.write(line)
+    sys.stderr.flush()
+    with open(ledger, "a", encoding="utf-8") as file:
+        file.write(line)
+
+
+def _rotate_when_full(path: str, max_bytes: int, budget: int, db: str) -> None:
     log = logging.getLogger("gunicorn.error")
     backup = f"{path}.1"
+    ledger = os.path.join(os.path.dirname(path), "unshipped.log")
+    # The furthest offset ever seen per inode: Fluent Bit drops a rotated file's row when it
+    # stops following it (Rotate_Wait), read to the end or not.
+    read: dict[int, int] = {}
     while True:
         time.sleep(_ROTATE_CHECK_SECONDS)
         try:
-            if os.stat(path).st_size < max_bytes:
+            for inode, offset in (_offsets_read(db) or {}).items():
+                read[inode] = max(read.get(inode, 0), offset)
+            size = os.stat(path).st_size
+            if size < max_bytes:
                 continue
             if os.path.exists(backup):
-                if time.time() - os.stat(backup).st_mtime < _ROTATED_IDLE_SECONDS:
-                    continue
+                old = os.stat(backup)
+                shipped = min(read.get(old.st_ino, 0), old.st_size)
+                if shipped < old.st_size:
+                    if size + old.st_size < budget:
+                        continue  # the shipper is behind: wait for it, within the budget
+                    _count_unshipped(backup, shipped, ledger)
                 os.unlink(backup)
+                read.pop(old.st_ino, None)  # the inode may be reused by a new file
             os.rename(path, backup)
         except OSError as error:  # a missing file is recreated by the next write
             if not isinstance(error, FileNotFoundError):
@@ -110,8 +169,16 @@ def when_ready(server: object) -> None:
     max_bytes = _int("LOG_ROTATE_BYTES", 100 * 1024 * 1024)
     if sink.lower() in ("stdout", "stderr") or max_bytes <= 0:
         return
+    budget = _int("LOG_DISK_BUDGET_BYTES", 3 * max_bytes)
+    if budget < 2 * max_bytes:
+        raise ValueError(f"LOG_DISK_BUDGET_BYTES ({budget}) must be at least 2 x LOG_ROTATE_BYTES")
+    default_db = os.path.join(os.path.dirname(sink), "fluent-bit-tail.db")
+    db = os.environ.get("LOG_SHIPPER_DB", "").strip() or default_db
     thread = threading.Thread(
-        target=_rotate_when_full, args=(sink, max_bytes), name="log-rotation", daemon=True
+        target=_rotate_when_full,
+        args=(sink, max_bytes, budget, db),
+        name="log-rotation",
+        daemon=True,
     )
     thread.start()
 

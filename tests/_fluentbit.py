@@ -445,10 +445,11 @@ class FluentBit:
 
 @contextmanager
 def fluent_bit(
-    config: Path, log_dir: Path, env: Mapping[str, str] | None = None
+    config: Path, log_dir: Path, env: Mapping[str, str] | None = None, name: str = "fluent-bit"
 ) -> Iterator[FluentBit]:
     """Fluent Bit on `config`, tailing `log_dir`, listening on free ports of 127.0.0.1; `env`
-    adds variables (outputs, log level) to the deployment's."""
+    adds variables (outputs, log level) to the deployment's. Its stdout and log are `name`.out
+    and `name`.log beside `log_dir` (a restart under another name keeps the first ones)."""
     http_port, otlp_port, metrics_port = free_port(), free_port(), free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("FLB_")}
     environ.update(env or {})
@@ -462,7 +463,7 @@ def fluent_bit(
         POD_NAMESPACE=METADATA["k8s.namespace.name"],
         NODE_NAME=METADATA["k8s.node.name"],
     )
-    stdout, log = log_dir.parent / "fluent-bit.out", log_dir.parent / "fluent-bit.log"
+    stdout, log = log_dir.parent / f"{name}.out", log_dir.parent / f"{name}.log"
     assert FLUENT_BIT is not None
     with stdout.open("wb") as out, log.open("wb") as err:
         process = subprocess.Popen(

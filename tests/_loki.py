@@ -135,14 +135,24 @@ class Loki:
     port: int
     log: Path
 
-    def query(self, logql: str, limit: int = 100_000, since_s: float = 6 * 3600) -> list[LokiEntry]:
-        """Every entry a LogQL log query returns over the last `since_s` seconds, oldest first."""
+    def query(
+        self,
+        logql: str,
+        limit: int = 100_000,
+        since_s: float = 6 * 3600,
+        start_s: float | None = None,
+        end_s: float | None = None,
+    ) -> list[LokiEntry]:
+        """Every entry a LogQL log query returns over the last `since_s` seconds (or from the
+        Unix time `start_s` to `end_s`), oldest first."""
         now = time.time_ns()
+        start = now - int(since_s * 1e9) if start_s is None else int(start_s * 1e9)
+        end = now + 60 * 10**9 if end_s is None else int(end_s * 1e9)
         params = {
             "query": logql,
             "limit": str(limit),
-            "start": str(now - int(since_s * 1e9)),
-            "end": str(now + 60 * 10**9),
+            "start": str(start),
+            "end": str(end),
             "direction": "forward",
         }
         url = f"{self.url}/loki/api/v1/query_range?{urllib.parse.urlencode(params)}"

@@ -324,6 +324,7 @@ def test_request_duration_histogram_follows_the_semantic_conventions(
         "metric_labels",
         "http_server_metrics",
         "asynclog_drop_metrics",
+        "asynclog_unshipped_metrics",
         "deployment_metadata",
     ]
 
@@ -342,7 +343,7 @@ def test_drop_notices_become_a_counter(pipelines: Pipeline) -> None:
 
 def test_metrics_are_derived_unless_switched_off(pipelines: Pipeline) -> None:
     derived = [f for f in pipelines.filters if f.get("alias") != "deployment_metadata"]
-    assert len(derived) == 3
+    assert len(derived) == 4
     for section in derived:
         assert section.get("match") == "${FLB_METRICS_MATCH:-asynclog.*}"
         assert _value(section.get("match"), {"FLB_METRICS_MATCH": "disabled"}) == "disabled"

@@ -13,7 +13,6 @@ import gzip
 import json
 import os
 import re
-import socket
 import subprocess
 import threading
 import time
@@ -32,6 +31,7 @@ from _fluentbit import (
     METADATA,
     assert_no_errors_or_warnings,
     fluent_bit,
+    free_port,
     gunicorn_serving,
     http_get,
     stop_process,
@@ -349,52 +349,19 @@ class _Backend(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def _backends() -> Iterator[tuple[int, int, list[tuple[str, bytes]], bytearray]]:
-    """An HTTP backend and a raw TCP forward receiver on 127.0.0.1, for one test."""
+def _backends() -> Iterator[tuple[int, list[tuple[str, bytes]]]]:
+    """An HTTP backend on 127.0.0.1, for one test."""
     _Backend.received = []
     _Backend.headers_seen = []
     http = ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
-    forward = socket.create_server(("127.0.0.1", 0))
-    forward.settimeout(0.2)
-    forwarded = bytearray()
-    stop = threading.Event()
-
-    def drain(connection: socket.socket) -> None:
-        with connection:
-            connection.settimeout(0.2)
-            while not stop.is_set():
-                try:
-                    chunk = connection.recv(65536)
-                except TimeoutError:
-                    continue
-                if not chunk:
-                    return
-                forwarded.extend(chunk)
-
-    def receive() -> None:
-        # Each output worker opens its own connection.
-        while not stop.is_set():
-            try:
-                connection, _ = forward.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=drain, args=(connection,), daemon=True).start()
-
-    threads = [
-        threading.Thread(target=http.serve_forever, daemon=True),
-        threading.Thread(target=receive, daemon=True),
-    ]
-    for thread in threads:
-        thread.start()
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
     try:
-        yield http.server_address[1], forward.getsockname()[1], _Backend.received, forwarded
+        yield http.server_address[1], _Backend.received
     finally:
-        stop.set()
         http.shutdown()
         http.server_close()
-        forward.close()
-        for thread in threads:
-            thread.join(5)
+        thread.join(5)
 
 
 @pytest.mark.parametrize("config", ["fluent-bit.conf", "fluent-bit.yaml"])
@@ -402,7 +369,22 @@ def test_outputs_selected_by_environment_deliver(tmp_path: Path, config: str) ->
     log_dir = tmp_path / "logs"
     log_dir.mkdir()
     marker = "output-marker-7f3a"
-    with _backends() as (http_port, forward_port, received, forwarded):
+    forward_port = free_port()
+    # The forward output waits for in_forward's ack: the real aggregator receives, printing
+    # what arrives on its stdout.
+    with (
+        _backends() as (http_port, received),
+        fluent_bit(
+            ROOT / "sidecar" / "fluent-bit-aggregator.yaml",
+            tmp_path / "aggregator",
+            {
+                "FLB_STDOUT_MATCH": "*",
+                "FLB_FORWARD_PORT": str(forward_port),
+                "FLB_STORAGE_DIR": str(tmp_path / "aggregator"),
+            },
+            name="aggregator",
+        ) as aggregator,
+    ):
         outputs = {
             "FLB_STDOUT_MATCH": "disabled",
             "FLB_FORWARD_MATCH": "*",
@@ -433,8 +415,8 @@ def test_outputs_selected_by_environment_deliver(tmp_path: Path, config: str) ->
             def delivered() -> bool:
                 return (
                     marker.encode() in bodies("/_bulk")
-                    and marker.encode() in forwarded
-                    and b"output-span-7f3a" in forwarded
+                    and marker in aggregator.stdout.read_text(errors="replace")
+                    and "output-span-7f3a" in aggregator.stdout.read_text(errors="replace")
                 )
 
             wait_for(delivered, 60, "every output to deliver")

@@ -134,12 +134,15 @@ def test_paths_agree_in_the_pod(pod: dict[str, Any]) -> None:
     sidecar, app = _container(pod, "fluent-bit"), _container(pod, "app")
     (logs,) = [v for v in pod["volumes"] if v["name"] == "logs"]
     assert logs["emptyDir"]["sizeLimit"] == "1Gi"
-    # Two log files and the buffer of two enabled outputs fit the volume.
+    # The log files' disk budget (sidecar/gunicorn.conf.py's default: three files' worth) and
+    # the buffer of two enabled outputs fit the volume.
     forward = load_yaml(ROOT / "fluent-bit.yaml").plugin("outputs", "forward")
     limit = expand(forward.get("storage.total_limit_size") or "", {})
     assert limit.endswith("M")
     storage_limit = int(limit[:-1]) * 1024**2
-    assert 2 * int(_env(app)["LOG_ROTATE_BYTES"]) + 2 * storage_limit < 1024**3
+    rotate = int(_env(app)["LOG_ROTATE_BYTES"])
+    budget = int(_env(app).get("LOG_DISK_BUDGET_BYTES", 3 * rotate))
+    assert budget + 2 * storage_limit < 1024**3
     # The file the sidecar runs, and the other form that a switch of format would run.
     for pipeline in (_config_for(sidecar["command"] + sidecar["args"]), load_classic(CLASSIC)):
         _check_paths_agree(
@@ -412,3 +415,107 @@ def test_gunicorn_config_reads_the_environment(monkeypatch: pytest.MonkeyPatch) 
     settings = runpy.run_path(str(SIDECAR / "gunicorn.conf.py"))
     assert (settings["bind"], settings["workers"]) == ("0.0.0.0:9000", 3)
     assert settings["forwarded_allow_ips"] == "10.244.0.0/16"
+
+
+# The aggregator tier (sidecar/fluent-bit-aggregator.yaml, sidecar/k8s/aggregator/).
+
+AGGREGATOR_K8S = K8S / "aggregator"
+AGGREGATOR_CONFIG = SIDECAR / "fluent-bit-aggregator.yaml"
+
+
+def _aggregator_manifests() -> dict[str, dict[str, Any]]:
+    found = {}
+    for path in sorted(AGGREGATOR_K8S.glob("*.yaml")):
+        for document in _documents(path):
+            found[document["kind"]] = document
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(AGGREGATOR_K8S.glob("*.yaml")), ids=lambda p: p.name)
+def test_aggregator_manifests_validate_against_kubernetes_schemas(path: Path) -> None:
+    for document in _documents(path):
+        if document.get("kind") == "Kustomization":
+            continue
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_aggregator_kustomization_lists_every_manifest() -> None:
+    (kustomization,) = _documents(AGGREGATOR_K8S / "kustomization.yaml")
+    others = {p.name for p in AGGREGATOR_K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == others
+
+
+def test_aggregator_ships_with_the_sidecars_outputs_and_variables() -> None:
+    """Forward in, a filesystem buffer, and each network output of the sidecar, chosen by the
+    same FLB_<OUTPUT>_MATCH variable with the same settings (only the buffer's default size
+    differs: the aggregator holds every pod's backlog)."""
+    sidecar, aggregator = load_yaml(ROOT / "fluent-bit.yaml"), load_yaml(AGGREGATOR_CONFIG)
+    (forward,) = aggregator.inputs
+    assert forward.name == "forward"
+    assert forward.get("storage.type") == "filesystem"
+    assert expand(forward.get("listen") or "", {}) == "127.0.0.1"
+    assert aggregator.service.get("storage.path")
+    outputs = {o.name: o for o in aggregator.outputs}
+    assert set(outputs) == {"stdout", "es", "loki", "opentelemetry"}
+    for name, output in outputs.items():
+        theirs = sidecar.plugin("outputs", name)
+        mine = [(k, v) for k, v in output.entries if k != "storage.total_limit_size"]
+        assert mine == [(k, v) for k, v in theirs.entries if k != "storage.total_limit_size"]
+    # What the sidecar's forward output reaches by default is this Service and port.
+    out_forward = sidecar.plugin("outputs", "forward")
+    assert out_forward.get("require_ack_response") == "true"
+    service = _aggregator_manifests()["Service"]
+    assert expand(out_forward.get("host") or "", {}) == service["metadata"]["name"]
+    (port,) = service["spec"]["ports"]
+    assert str(port["port"]) == expand(out_forward.get("port") or "", {})
+    assert str(port["port"]) == expand(forward.get("port") or "", {})
+
+
+def test_aggregator_deployment_runs_its_configmap_on_a_buffer_volume() -> None:
+    manifests = _aggregator_manifests()
+    pod = manifests["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == FLUENT_BIT_IMAGE
+    command = container["command"] + container["args"]
+    config_path = PurePosixPath(command[command.index("-c") + 1])
+    assert str(config_path.parent) == _mount(container, "config")
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "config"]
+    assert volume["configMap"]["name"] == manifests["ConfigMap"]["metadata"]["name"]
+    assert manifests["ConfigMap"]["data"] == {
+        config_path.name: AGGREGATOR_CONFIG.read_text(encoding="utf-8")
+    }
+    pipeline = load_yaml(AGGREGATOR_CONFIG)
+    storage = PurePosixPath(expand(pipeline.service.get("storage.path") or "", _env(container)))
+    assert storage.parent == PurePosixPath(_mount(container, "buffer"))
+    # The sidecars connect from other pods, the kubelet probes from the node: the pod IP.
+    overrides = {e["name"]: e for e in container["env"]}
+    for name in ("FLB_FORWARD_LISTEN", "FLB_HTTP_LISTEN"):
+        assert overrides[name]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    (forward,) = pipeline.inputs
+    assert ports["forward"] == int(expand(forward.get("port") or "", {}))
+    assert ports["flb-http"] == int(expand(pipeline.service.get("http_port") or "", {}))
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/api/v1/health", "port": "flb-http"}
+    context = container["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    grace = int(pipeline.service.get("grace") or 0)
+    assert pod["terminationGracePeriodSeconds"] > grace
+    service = manifests["Service"]
+    labels = manifests["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["forward"]
+
+
+def test_gunicorn_rotation_budget_below_two_files_fails_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ASYNCLOG_SINK", str(tmp_path / "app.log"))
+    monkeypatch.setenv("LOG_ROTATE_BYTES", "1000")
+    monkeypatch.setenv("LOG_DISK_BUDGET_BYTES", "1999")
+    settings = runpy.run_path(str(SIDECAR / "gunicorn.conf.py"))
+    with pytest.raises(ValueError, match="LOG_DISK_BUDGET_BYTES"):
+        settings["when_ready"](None)
