@@ -107,16 +107,28 @@ class TrustedProxies:
 
 
 def _host_port(value: str) -> tuple[str, int]:
-    """`host`, `host:port` or `[v6]:port` as (host, port), port 0 when absent or malformed."""
+    """`host`, `host:port` or `[v6]:port` as (host, port), port 0 when absent or malformed.
+    The port is whatever int() reads, as uvicorn's: str.isdigit() would pass "²", which int()
+    rejects, and a forged hop would then raise out of the middleware."""
     if value.startswith("["):
         host, bracket, rest = value[1:].partition("]")
         if not bracket or (rest and not rest.startswith(":")):
             return value, 0
-        return host, int(rest[1:]) if rest[1:].isdigit() else 0
+        return host, _port(rest[1:])
     if value.count(":") == 1:
         host, _, port = value.partition(":")
-        return (host, int(port)) if port.isdigit() else (value, 0)
+        try:
+            return host, int(port)
+        except ValueError:
+            return value, 0
     return value, 0
+
+
+def _port(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return 0
 
 
 class LifespanHooks(Protocol):

@@ -845,6 +845,10 @@ def test_no_forwarded_headers_keep_the_peer(log_path: Path) -> None:
         ("::1", "::1", b"[2001:db8::5]:443, 0:0:0:0:0:0:0:1", b"https"),
         ("127.0.0.1", "127.0.0.1", b"unknown, \x1b[31m:x", b"https"),
         ("127.0.0.1", "127.0.0.1", b"", b""),
+        # Ports int() reads or rejects: a Latin-1 superscript passes str.isdigit() only.
+        ("127.0.0.1", "*", b"203.0.113.9:\xb2, 10.4.4.4", b"https"),
+        ("::1", "::1", b"[2001:db8::5]:\xb3", b"https"),
+        ("127.0.0.1", "127.0.0.1", b"203.0.113.9: 80", b"https"),
     ],
 )
 def test_forwarded_headers_give_the_app_what_uvicorn_would(
