@@ -81,9 +81,11 @@ class TrustedProxies:
         self.addresses = frozenset(str(n.network_address) for n in networks if n.num_addresses == 1)
         self.networks = tuple(n for n in networks if n.num_addresses > 1)
 
-    def __contains__(self, host: str) -> bool:
+    def __contains__(self, host: str | None) -> bool:
         if self.any or host in self.addresses:
-            return True
+            return True  # "*" trusts a peer with no address too (a unix socket), as uvicorn's
+        if host is None:
+            return False
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
@@ -249,10 +251,8 @@ class AccessLogMiddleware:
                 carrier[key.decode("latin-1")] = value.decode("latin-1")
         client = scope.get("client")
         peer = client[0] if client else None
-        if (
-            (forwarded_for is not None or forwarded_proto is not None)
-            and peer is not None
-            and peer in config.trusted_proxies
+        if (forwarded_for is not None or forwarded_proto is not None) and (
+            peer in config.trusted_proxies
         ):
             # Rewritten in place, as uvicorn's proxy-headers middleware does, so the app's
             # request.client and url_for() see the original client and scheme too.

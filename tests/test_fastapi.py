@@ -776,7 +776,7 @@ def test_a_failing_start_stops_the_server_as_a_failing_app_startup_does(
     assert started == []
 
 
-def _forwarded(log_path: Path, peer: str, headers: list[tuple[bytes, bytes]], **settings: Any
+def _forwarded(log_path: Path, peer: str | None, headers: list[tuple[bytes, bytes]], **settings: Any
                ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
     """One request from `peer` through the middleware: what the app saw, and its access line."""
     asynclog.configure(sink=str(log_path), format="json")
@@ -789,7 +789,7 @@ def _forwarded(log_path: Path, peer: str, headers: list[tuple[bytes, bytes]], **
 
     config = RequestLogConfig(AppSettings(**settings), Redactor(frozenset()))
     scope = {"type": "http", "method": "GET", "path": "/p", "scheme": "http",
-             "headers": headers, "client": (peer, 40000)}  # fmt: skip
+             "headers": headers, "client": (peer, 40000) if peer else None}  # fmt: skip
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b""}
@@ -849,10 +849,13 @@ def test_no_forwarded_headers_keep_the_peer(log_path: Path) -> None:
         ("127.0.0.1", "*", b"203.0.113.9:\xb2, 10.4.4.4", b"https"),
         ("::1", "::1", b"[2001:db8::5]:\xb3", b"https"),
         ("127.0.0.1", "127.0.0.1", b"203.0.113.9: 80", b"https"),
+        # A peer with no address (a unix socket, nginx's usual upstream): trusted by "*" only.
+        (None, "*", b"203.0.113.9", b"https"),
+        (None, "127.0.0.1", b"203.0.113.9", b"https"),
     ],
 )
 def test_forwarded_headers_give_the_app_what_uvicorn_would(
-    log_path: Path, peer: str, allow: str, forwarded_for: bytes, proto: bytes
+    log_path: Path, peer: str | None, allow: str, forwarded_for: bytes, proto: bytes
 ) -> None:
     """gunicorn.conf.py hands the forwarded headers to asynclog instead of uvicorn: the app
     must see the same client and scheme as with uvicorn's own middleware, without asynclog."""
@@ -865,7 +868,7 @@ def test_forwarded_headers_give_the_app_what_uvicorn_would(
         without.update(client=scope["client"], scheme=scope["scheme"])
 
     scope = {"type": "http", "method": "GET", "path": "/p", "scheme": "http",
-             "headers": headers, "client": (peer, 40000)}  # fmt: skip
+             "headers": headers, "client": (peer, 40000) if peer else None}  # fmt: skip
     # uvicorn's middleware neither receives nor sends for an http scope it passes on.
     uvicorn = ProxyHeadersMiddleware(app, trusted_hosts=allow)
     asyncio.run(uvicorn(scope, None, None))
