@@ -528,6 +528,16 @@ class OtlpReceiver:
             for record in scope_logs.get("logRecords") or []
         ]
 
+    def spans(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Every span received, with the Resource it came under."""
+        return [
+            (resource_spans.get("resource") or {}, span)
+            for export in self.exports()
+            for resource_spans in export.get("resourceSpans") or []
+            for scope_spans in resource_spans.get("scopeSpans") or []
+            for span in scope_spans.get("spans") or []
+        ]
+
 
 @contextmanager
 def otlp_receiver(workdir: Path) -> Iterator[OtlpReceiver]:

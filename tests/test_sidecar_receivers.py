@@ -366,7 +366,7 @@ def test_otlp_logs_traces_and_metrics_reach_a_collector(tmp_path: Path) -> None:
             )  # fmt: skip
             return (
                 len(receiver.log_records()) >= written.total
-                and len(_spans(receiver)) >= len(written.access)
+                and len(receiver.spans()) >= len(written.access)
                 and _histogram_counts(receiver) == counted
             )
 
@@ -378,7 +378,7 @@ def test_otlp_logs_traces_and_metrics_reach_a_collector(tmp_path: Path) -> None:
     # Spans as the app exported them, with the trace ids of the lines: each request's server
     # span is the one whose id its lines carry, under the app's own Resource (the sidecar's
     # log processors never touch traces).
-    by_id = {(span["traceId"], span["spanId"]): (res, span) for res, span in _spans(receiver)}
+    by_id = {(span["traceId"], span["spanId"]): (res, span) for res, span in receiver.spans()}
     for line in access:
         resource, span = by_id[line["trace_id"], line["span_id"]]
         assert _attributes(resource["attributes"])["service.name"] == "asynclog-example"
@@ -389,17 +389,6 @@ def test_otlp_logs_traces_and_metrics_reach_a_collector(tmp_path: Path) -> None:
             assert attributes[key] == line[key], (key, span)
         assert attributes.get("http.route") == line["http.route"]
     assert_no_errors_or_warnings(flb.log)
-
-
-def _spans(receiver: OtlpReceiver) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Every span received, with the Resource it came under."""
-    return [
-        (resource_spans.get("resource") or {}, span)
-        for export in receiver.exports()
-        for resource_spans in export.get("resourceSpans") or []
-        for scope_spans in resource_spans.get("scopeSpans") or []
-        for span in scope_spans.get("spans") or []
-    ]
 
 
 def _histogram_counts(receiver: OtlpReceiver) -> Counter[tuple[str, str, str]]:
