@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from benchmarks import proxy
+
 # Long enough that a request stuck behind a stalled log pipe is measured, not dropped.
 REQUEST_TIMEOUT = 30.0
 
@@ -161,12 +163,8 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 async def generate(url: str, connections: int, duration: float) -> dict[str, Any]:
     """Keep *connections* keep-alive connections busy for *duration* seconds."""
     parts = urlsplit(url)
-    tls = None
-    if parts.scheme == "https":
-        # The benchmark's proxy has a throw-away self-signed certificate.
-        tls = ssl.create_default_context()
-        tls.check_hostname = False
-        tls.verify_mode = ssl.CERT_NONE
+    # The benchmark's proxy has a throw-away self-signed certificate.
+    tls = proxy.tls_context() if parts.scheme == "https" else None
     host, port = parts.hostname or "127.0.0.1", parts.port or (443 if tls else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()

@@ -22,6 +22,7 @@ from benchmarks import proxy
 
 NGINX = proxy.NGINX
 OPENSSL = proxy.OPENSSL
+tls_context = proxy.tls_context
 WRK = shutil.which("wrk")
 # The proxy connects from here (and listens here); gunicorn trusts only this address.
 PROXY_ADDRESS = "127.0.0.2"
@@ -72,14 +73,6 @@ def nginx_serving(directory: Path, upstream_port: int) -> Iterator[Nginx]:
     finally:
         if process.poll() is None:
             stop_process(process, timeout=30)
-
-
-def tls_context() -> ssl.SSLContext:
-    """A client context that accepts the throw-away certificate."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def raw_request(
