@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 from _fluentbit import (
-    FLUENT_BIT,
     METADATA,
     FluentBit,
     OtlpReceiver,
@@ -28,6 +27,7 @@ from _fluentbit import (
     fluent_bit,
     gunicorn_serving,
     http_get,
+    needs_fluent_bit,
     otlp_receiver,
     stop_process,
     wait_for,
@@ -38,9 +38,7 @@ from conftest import ROOT, run_python
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(
-        not FLUENT_BIT, reason="no Fluent Bit: set FLUENT_BIT=/path/to/fluent-bit or put it on PATH"
-    ),
+    needs_fluent_bit,
     pytest.mark.skipif(LOKI is None, reason=LOKI_SKIP_REASON),
 ]
 
