@@ -94,9 +94,9 @@ class TrustedProxies:
         return str(address) in self.addresses or any(address in n for n in self.networks)
 
     def client(self, forwarded_for: str) -> tuple[str, int]:
-        """The client a trusted peer forwarded for: the rightmost address it did not add
-        itself, as every trusted hop appends the one it received from; entries further left
-        came from the client and may be forged."""
+        """The client a trusted peer forwarded for: the rightmost address that is not a
+        trusted proxy, as every trusted hop appends the one it received from; entries further
+        left came from the client and may be forged. All trusted: the leftmost, as uvicorn."""
         if "," not in forwarded_for:  # one hop, as an edge proxy sends: the client
             return _host_port(forwarded_for.strip())
         hops = [hop.strip() for hop in forwarded_for.split(",")]

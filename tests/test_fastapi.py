@@ -808,7 +808,7 @@ def _forwarded(log_path: Path, peer: str | None, headers: list[tuple[bytes, byte
         # Loopback is trusted by default; an untrusted peer's forged header is ignored.
         ("127.0.0.1", ("127.0.0.1", "::1"), b"203.0.113.9", "203.0.113.9"),
         ("198.51.100.7", ("127.0.0.1", "::1"), b"203.0.113.9", "198.51.100.7"),
-        # The rightmost address no trusted proxy added: the forged entries to its left lose.
+        # The rightmost address that is not a trusted proxy: the forged entries to its left lose.
         ("10.1.2.3", ("10.0.0.0/8",), b"6.6.6.6, 203.0.113.9, 10.4.4.4", "203.0.113.9"),
         ("10.1.2.3", ("*",), b"203.0.113.9, 10.4.4.4", "203.0.113.9"),
         ("::1", ("::1",), b"2001:db8::5", "2001:db8::5"),
