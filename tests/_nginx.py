@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from _fluentbit import stop_process
-from _server import wait_for
 
 from benchmarks import proxy
 
@@ -56,20 +55,9 @@ def nginx_serving(directory: Path, upstream_port: int) -> Iterator[Nginx]:
     with error_log.open("wb") as err:
         process = subprocess.Popen(proxy.command(directory, config), stdout=err, stderr=err)
     url = f"https://{PROXY_ADDRESS}:{port}"
-    server = Nginx(process, access_log, error_log, url, port)
-
-    def listening() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"nginx exited: {error_log.read_text(errors='replace')}")
-        try:
-            socket.create_connection((PROXY_ADDRESS, port), timeout=2).close()
-        except OSError:
-            return False
-        return True
-
     try:
-        wait_for(listening, 30, "nginx to listen")
-        yield server
+        proxy.wait_listening(process, PROXY_ADDRESS, port, 30, error_log)
+        yield Nginx(process, access_log, error_log, url, port)
     finally:
         if process.poll() is None:
             stop_process(process, timeout=30)
