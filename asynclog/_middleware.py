@@ -108,6 +108,21 @@ class TrustedProxies:
         return _host_port(hops[0])
 
 
+def _apply_forwarded(
+    scope: Scope, trusted: TrustedProxies, forwarded_for: str | None, forwarded_proto: str | None
+) -> None:
+    """A trusted peer's forwarded client and scheme, written into the scope as uvicorn's
+    proxy-headers middleware does, so the app's request.client and url_for() see them too."""
+    if forwarded_for is not None:
+        original = trusted.client(forwarded_for)
+        if original[0]:  # an empty header names no one
+            scope["client"] = original
+    if forwarded_proto in ("http", "https"):
+        # A websocket's scheme is ws or wss.
+        websocket = scope["type"] == "websocket"
+        scope["scheme"] = forwarded_proto.replace("http", "ws") if websocket else forwarded_proto
+
+
 def _host_port(value: str) -> tuple[str, int]:
     """`host`, `host:port` or `[v6]:port` as (host, port), port 0 when absent or malformed.
     The port is whatever int() reads, as uvicorn's: str.isdigit() would pass "²", which int()
@@ -198,8 +213,10 @@ class AccessLogMiddleware:
         if scope["type"] != "http":
             if scope["type"] == "lifespan" and self.lifespan is not None:
                 await _run_lifespan(self.app, self.lifespan, scope, receive, send)
-            else:
-                await self.app(scope, receive, send)
+                return
+            if scope["type"] == "websocket":
+                self._forwarded_websocket(scope)
+            await self.app(scope, receive, send)
             return
         request = self._begin(scope)
         header = (self.config.request_id_header, request.request_id.encode("latin-1"))
@@ -254,14 +271,7 @@ class AccessLogMiddleware:
         if (forwarded_for is not None or forwarded_proto is not None) and (
             peer in config.trusted_proxies
         ):
-            # Rewritten in place, as uvicorn's proxy-headers middleware does, so the app's
-            # request.client and url_for() see the original client and scheme too.
-            if forwarded_for is not None:
-                original = config.trusted_proxies.client(forwarded_for)
-                if original[0]:  # an empty header names no one
-                    scope["client"] = original
-            if forwarded_proto in ("http", "https"):
-                scope["scheme"] = forwarded_proto
+            _apply_forwarded(scope, config.trusted_proxies, forwarded_for, forwarded_proto)
         request_id = (
             incoming
             if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming)
@@ -283,6 +293,23 @@ class AccessLogMiddleware:
                 )
             request.otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
         return request
+
+    def _forwarded_websocket(self, scope: Scope) -> None:
+        """No line for a websocket, but the client and scheme a trusted proxy forwarded:
+        gunicorn.conf.py turns uvicorn's proxy headers off for every scope, not only http."""
+        forwarded_for = forwarded_proto = None
+        for key, value in scope.get("headers") or ():
+            if key == b"x-forwarded-for":
+                text = value.decode("latin-1")
+                forwarded_for = text if forwarded_for is None else f"{forwarded_for},{text}"
+            elif key == b"x-forwarded-proto":
+                forwarded_proto = value.decode("latin-1").strip().lower()
+        client = scope.get("client")
+        trusted = self.config.trusted_proxies
+        if (forwarded_for is not None or forwarded_proto is not None) and (
+            (client[0] if client else None) in trusted
+        ):
+            _apply_forwarded(scope, trusted, forwarded_for, forwarded_proto)
 
     def _end(self, scope: Scope, request: _Request) -> None:
         if not request.logged:

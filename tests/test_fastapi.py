@@ -874,3 +874,36 @@ def test_forwarded_headers_give_the_app_what_uvicorn_would(
     asyncio.run(uvicorn(scope, None, None))
     seen, _ = _forwarded(log_path, peer, headers, forwarded_allow_ips=allow.split(","))
     assert seen == without
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded_for", "proto"),
+    [
+        ("127.0.0.1", b"203.0.113.9", b"https"),
+        ("127.0.0.1", b"203.0.113.9:4711", b"http"),
+        ("198.51.100.7", b"203.0.113.9", b"https"),
+    ],
+)
+def test_websocket_scopes_get_the_forwarded_client_too(
+    peer: str, forwarded_for: bytes, proto: bytes
+) -> None:
+    """gunicorn.conf.py turns uvicorn's proxy-headers middleware off for every scope: a
+    websocket behind the proxy must still see the client and scheme uvicorn would give it."""
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    headers = [(b"x-forwarded-for", forwarded_for), (b"x-forwarded-proto", proto)]
+
+    def websocket() -> dict[str, Any]:
+        return {"type": "websocket", "path": "/ws", "scheme": "ws", "client": (peer, 40000),
+                "headers": headers}  # fmt: skip
+
+    seen: list[tuple[Any, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope["client"], scope["scheme"]))
+
+    asyncio.run(ProxyHeadersMiddleware(app, trusted_hosts="127.0.0.1")(websocket(), None, None))
+    settings = AppSettings(forwarded_allow_ips=("127.0.0.1",))
+    config = RequestLogConfig(settings, Redactor(frozenset()))
+    asyncio.run(AccessLogMiddleware(app, config)(websocket(), None, None))  # type: ignore[arg-type]
+    assert seen[1] == seen[0]
