@@ -128,50 +128,36 @@ async def _connection(
     latencies: list[float],
     errors: list[int],
 ) -> None:
-    # A server may end a keep-alive connection after some requests, saying so with
-    # `Connection: close` (nginx's keepalive_requests, 1000 by default): open another, as wrk
-    # does, or the load through the proxy would stop after 1000 requests a connection.
-    while time.perf_counter() < deadline:
-        try:
-            reader, writer = await asyncio.open_connection(host, port, ssl=tls)
-        except OSError:
-            errors[0] += 1
-            return
-        try:
-            await _requests(reader, writer, request, deadline, latencies, errors)
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
-            errors[0] += 1
-            return
-        finally:
+    writer = None
+    try:
+        while time.perf_counter() < deadline:
+            if writer is None:
+                reader, writer = await asyncio.open_connection(host, port, ssl=tls)
+            start = time.perf_counter()
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+            length, closes = 0, False
+            for line in head.lower().split(b"\r\n"):
+                if line.startswith(b"content-length:"):
+                    length = int(line[15:])
+                elif line.startswith(b"connection:"):
+                    closes = b"close" in line
+            if length:
+                await reader.readexactly(length)
+            latencies.append(time.perf_counter() - start)
+            if not head.startswith(b"HTTP/1.1 2"):
+                errors[0] += 1
+            if closes:
+                # A server may end a keep-alive connection after some requests (nginx's
+                # keepalive_requests, 1000 by default): open another, as wrk does, or the
+                # load through the proxy would stop there.
+                writer.close()
+                writer = None
+    except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
+        errors[0] += 1
+    finally:
+        if writer is not None:
             writer.close()
-
-
-async def _requests(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    request: bytes,
-    deadline: float,
-    latencies: list[float],
-    errors: list[int],
-) -> None:
-    """Requests on one connection until the deadline or a response that closes it."""
-    while time.perf_counter() < deadline:
-        start = time.perf_counter()
-        writer.write(request)
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
-        length, closes = 0, False
-        for line in head.lower().split(b"\r\n"):
-            if line.startswith(b"content-length:"):
-                length = int(line[15:])
-            elif line.startswith(b"connection:"):
-                closes = b"close" in line
-        if length:
-            await reader.readexactly(length)
-        latencies.append(time.perf_counter() - start)
-        if not head.startswith(b"HTTP/1.1 2"):
-            errors[0] += 1
-        if closes:
-            return
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
