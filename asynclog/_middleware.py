@@ -81,9 +81,11 @@ class TrustedProxies:
         self.addresses = frozenset(str(n.network_address) for n in networks if n.num_addresses == 1)
         self.networks = tuple(n for n in networks if n.num_addresses > 1)
 
-    def __contains__(self, host: str) -> bool:
+    def __contains__(self, host: str | None) -> bool:
         if self.any or host in self.addresses:
-            return True
+            return True  # "*" trusts a peer with no address too (a unix socket), as uvicorn's
+        if host is None:
+            return False
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
@@ -92,9 +94,9 @@ class TrustedProxies:
         return str(address) in self.addresses or any(address in n for n in self.networks)
 
     def client(self, forwarded_for: str) -> tuple[str, int]:
-        """The client a trusted peer forwarded for: the rightmost address it did not add
-        itself, as every trusted hop appends the one it received from; entries further left
-        came from the client and may be forged."""
+        """The client a trusted peer forwarded for: the rightmost address that is not a
+        trusted proxy, as every trusted hop appends the one it received from; entries further
+        left came from the client and may be forged. All trusted: the leftmost, as uvicorn."""
         if "," not in forwarded_for:  # one hop, as an edge proxy sends: the client
             return _host_port(forwarded_for.strip())
         hops = [hop.strip() for hop in forwarded_for.split(",")]
@@ -106,17 +108,44 @@ class TrustedProxies:
         return _host_port(hops[0])
 
 
+def _apply_forwarded(
+    scope: Scope, trusted: TrustedProxies, forwarded_for: str | None, forwarded_proto: str | None
+) -> None:
+    """A trusted peer's forwarded client and scheme, written into the scope as uvicorn's
+    proxy-headers middleware does, so the app's request.client and url_for() see them too."""
+    if forwarded_for is not None:
+        original = trusted.client(forwarded_for)
+        if original[0]:  # an empty header names no one
+            scope["client"] = original
+    if forwarded_proto in ("http", "https"):
+        # A websocket's scheme is ws or wss.
+        websocket = scope["type"] == "websocket"
+        scope["scheme"] = forwarded_proto.replace("http", "ws") if websocket else forwarded_proto
+
+
 def _host_port(value: str) -> tuple[str, int]:
-    """`host`, `host:port` or `[v6]:port` as (host, port), port 0 when absent or malformed."""
+    """`host`, `host:port` or `[v6]:port` as (host, port), port 0 when absent or malformed.
+    The port is whatever int() reads, as uvicorn's: str.isdigit() would pass "²", which int()
+    rejects, and a forged hop would then raise out of the middleware."""
     if value.startswith("["):
         host, bracket, rest = value[1:].partition("]")
         if not bracket or (rest and not rest.startswith(":")):
             return value, 0
-        return host, int(rest[1:]) if rest[1:].isdigit() else 0
+        return host, _port(rest[1:])
     if value.count(":") == 1:
         host, _, port = value.partition(":")
-        return (host, int(port)) if port.isdigit() else (value, 0)
+        try:
+            return host, int(port)
+        except ValueError:
+            return value, 0
     return value, 0
+
+
+def _port(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return 0
 
 
 class LifespanHooks(Protocol):
@@ -184,8 +213,10 @@ class AccessLogMiddleware:
         if scope["type"] != "http":
             if scope["type"] == "lifespan" and self.lifespan is not None:
                 await _run_lifespan(self.app, self.lifespan, scope, receive, send)
-            else:
-                await self.app(scope, receive, send)
+                return
+            if scope["type"] == "websocket":
+                self._forwarded_websocket(scope)
+            await self.app(scope, receive, send)
             return
         request = self._begin(scope)
         header = (self.config.request_id_header, request.request_id.encode("latin-1"))
@@ -237,19 +268,10 @@ class AccessLogMiddleware:
                 carrier[key.decode("latin-1")] = value.decode("latin-1")
         client = scope.get("client")
         peer = client[0] if client else None
-        if (
-            (forwarded_for is not None or forwarded_proto is not None)
-            and peer is not None
-            and peer in config.trusted_proxies
+        if (forwarded_for is not None or forwarded_proto is not None) and (
+            peer in config.trusted_proxies
         ):
-            # Rewritten in place, as uvicorn's proxy-headers middleware does, so the app's
-            # request.client and url_for() see the original client and scheme too.
-            if forwarded_for is not None:
-                original = config.trusted_proxies.client(forwarded_for)
-                if original[0]:  # an empty header names no one
-                    scope["client"] = original
-            if forwarded_proto in ("http", "https"):
-                scope["scheme"] = forwarded_proto
+            _apply_forwarded(scope, config.trusted_proxies, forwarded_for, forwarded_proto)
         request_id = (
             incoming
             if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming)
@@ -271,6 +293,23 @@ class AccessLogMiddleware:
                 )
             request.otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
         return request
+
+    def _forwarded_websocket(self, scope: Scope) -> None:
+        """No line for a websocket, but the client and scheme a trusted proxy forwarded:
+        gunicorn.conf.py turns uvicorn's proxy headers off for every scope, not only http."""
+        forwarded_for = forwarded_proto = None
+        for key, value in scope.get("headers") or ():
+            if key == b"x-forwarded-for":
+                text = value.decode("latin-1")
+                forwarded_for = text if forwarded_for is None else f"{forwarded_for},{text}"
+            elif key == b"x-forwarded-proto":
+                forwarded_proto = value.decode("latin-1").strip().lower()
+        client = scope.get("client")
+        trusted = self.config.trusted_proxies
+        if (forwarded_for is not None or forwarded_proto is not None) and (
+            (client[0] if client else None) in trusted
+        ):
+            _apply_forwarded(scope, trusted, forwarded_for, forwarded_proto)
 
     def _end(self, scope: Scope, request: _Request) -> None:
         if not request.logged:

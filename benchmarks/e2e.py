@@ -349,17 +349,9 @@ class Server:
             self.nginx = subprocess.Popen(
                 loadgen.pinned(proxy.command(directory, config), LOAD_CPU), stdout=err, stderr=err
             )  # fmt: skip
-        deadline = time.monotonic() + self.profile.boot_timeout
-        while True:
-            if self.nginx.poll() is not None:
-                raise RuntimeError(f"nginx exited: {(directory / 'error.log').read_text()[-300:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("nginx not listening") from None
-                time.sleep(0.1)
+        proxy.wait_listening(
+            self.nginx, "127.0.0.1", port, self.profile.boot_timeout, directory / "error.log"
+        )
         self.url = f"https://127.0.0.1:{port}{self.target.path}"
 
     def load(self, gen: loadgen.LoadGen, duration: float, warmup: bool = False) -> None:

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from benchmarks import proxy
+
 # Long enough that a request stuck behind a stalled log pipe is measured, not dropped.
 REQUEST_TIMEOUT = 30.0
 
@@ -126,29 +128,36 @@ async def _connection(
     latencies: list[float],
     errors: list[int],
 ) -> None:
-    try:
-        reader, writer = await asyncio.open_connection(host, port, ssl=tls)
-    except OSError:
-        errors[0] += 1
-        return
+    writer = None
     try:
         while time.perf_counter() < deadline:
+            if writer is None:
+                reader, writer = await asyncio.open_connection(host, port, ssl=tls)
             start = time.perf_counter()
             writer.write(request)
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
+            length, closes = 0, False
+            for line in head.lower().split(b"\r\n"):
+                if line.startswith(b"content-length:"):
                     length = int(line[15:])
+                elif line.startswith(b"connection:"):
+                    closes = b"close" in line
             if length:
                 await reader.readexactly(length)
             latencies.append(time.perf_counter() - start)
             if not head.startswith(b"HTTP/1.1 2"):
                 errors[0] += 1
+            if closes:
+                # A server may end a keep-alive connection after some requests (nginx's
+                # keepalive_requests, 1000 by default): open another, as wrk does, or the
+                # load through the proxy would stop there.
+                writer.close()
+                writer = None
     except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
         errors[0] += 1
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -161,12 +170,8 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 async def generate(url: str, connections: int, duration: float) -> dict[str, Any]:
     """Keep *connections* keep-alive connections busy for *duration* seconds."""
     parts = urlsplit(url)
-    tls = None
-    if parts.scheme == "https":
-        # The benchmark's proxy has a throw-away self-signed certificate.
-        tls = ssl.create_default_context()
-        tls.check_hostname = False
-        tls.verify_mode = ssl.CERT_NONE
+    # The benchmark's proxy has a throw-away self-signed certificate.
+    tls = proxy.tls_context() if parts.scheme == "https" else None
     host, port = parts.hostname or "127.0.0.1", parts.port or (443 if tls else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()

@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,6 +46,14 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
     return cert, key
+
+
+def tls_context() -> ssl.SSLContext:
+    """A client context that accepts the throw-away certificate."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _replace(text: str, old: str, new: str, times: int = 1) -> str:
@@ -80,6 +90,23 @@ def render_config(
     config = directory / "nginx.conf"
     config.write_text(text)
     return config
+
+
+def wait_listening(
+    process: subprocess.Popen[bytes], host: str, port: int, timeout: float, error_log: Path
+) -> None:
+    """Until nginx accepts connections on `port`; RuntimeError if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"nginx exited: {error_log.read_text(errors='replace')[-300:]}")
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("nginx not listening") from None
+            time.sleep(0.1)
 
 
 def command(directory: Path, config: Path) -> list[str]:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 import yaml
 from _server import free_port, wait_for
 
@@ -53,6 +54,7 @@ __all__ = [
     "http_text",
     "load_classic",
     "load_yaml",
+    "needs_fluent_bit",
     "otlp_receiver",
     "stop_process",
     "wait_for",
@@ -411,6 +413,10 @@ def gunicorn_serving(
 FLUENT_BIT = os.environ.get("FLUENT_BIT") or shutil.which("fluent-bit")
 if FLUENT_BIT and not os.access(FLUENT_BIT, os.X_OK):
     FLUENT_BIT = None  # a FLUENT_BIT pointing nowhere counts as absent
+# The mark of every test that runs it.
+needs_fluent_bit = pytest.mark.skipif(
+    not FLUENT_BIT, reason="no Fluent Bit: set FLUENT_BIT=/path/to/fluent-bit or put it on PATH"
+)
 
 # What the tests run Fluent Bit with, for the deployment metadata the modify filter adds.
 METADATA = {
@@ -527,6 +533,16 @@ class OtlpReceiver:
             for resource_logs in export.get("resourceLogs") or []
             for scope_logs in resource_logs.get("scopeLogs") or []
             for record in scope_logs.get("logRecords") or []
+        ]
+
+    def spans(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Every span received, with the Resource it came under."""
+        return [
+            (resource_spans.get("resource") or {}, span)
+            for export in self.exports()
+            for resource_spans in export.get("resourceSpans") or []
+            for scope_spans in resource_spans.get("scopeSpans") or []
+            for span in scope_spans.get("spans") or []
         ]
 
 

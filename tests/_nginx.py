@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from _fluentbit import stop_process
-from _server import wait_for
 
 from benchmarks import proxy
 
 NGINX = proxy.NGINX
 OPENSSL = proxy.OPENSSL
+tls_context = proxy.tls_context
 WRK = shutil.which("wrk")
 # The proxy connects from here (and listens here); gunicorn trusts only this address.
 PROXY_ADDRESS = "127.0.0.2"
@@ -55,31 +55,12 @@ def nginx_serving(directory: Path, upstream_port: int) -> Iterator[Nginx]:
     with error_log.open("wb") as err:
         process = subprocess.Popen(proxy.command(directory, config), stdout=err, stderr=err)
     url = f"https://{PROXY_ADDRESS}:{port}"
-    server = Nginx(process, access_log, error_log, url, port)
-
-    def listening() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"nginx exited: {error_log.read_text(errors='replace')}")
-        try:
-            socket.create_connection((PROXY_ADDRESS, port), timeout=2).close()
-        except OSError:
-            return False
-        return True
-
     try:
-        wait_for(listening, 30, "nginx to listen")
-        yield server
+        proxy.wait_listening(process, PROXY_ADDRESS, port, 30, error_log)
+        yield Nginx(process, access_log, error_log, url, port)
     finally:
         if process.poll() is None:
             stop_process(process, timeout=30)
-
-
-def tls_context() -> ssl.SSLContext:
-    """A client context that accepts the throw-away certificate."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def raw_request(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from benchmarks import sidecar
+from benchmarks import loadgen, sidecar
 from benchmarks.ablate import parse_variant
 from benchmarks.e2e import CASES
 from benchmarks.peers import MIX_PEERS, PEERS
@@ -307,3 +308,26 @@ def test_ablate_reports_a_server_that_will_not_boot() -> None:
     assert proc.returncode == 1
     assert "server exited with 3 while booting" in proc.stderr
     assert "| variant |" not in proc.stdout
+
+
+def test_builtin_load_generator_reopens_a_connection_the_server_closes() -> None:
+    """nginx ends a keep-alive connection after `keepalive_requests` (1000) with `Connection:
+    close`: the built-in generator opens another, as wrk does, instead of stopping there."""
+
+    async def three_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for n in range(3):
+            await reader.readuntil(b"\r\n\r\n")
+            close = b"Connection: close\r\n" if n == 2 else b""
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + close + b"\r\nok")
+            await writer.drain()
+        writer.close()
+
+    async def load() -> dict[str, Any]:
+        server = await asyncio.start_server(three_then_close, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            return await loadgen.generate(f"http://127.0.0.1:{port}/", 2, 0.3)
+
+    result = asyncio.run(load())
+    assert result["errors"] == 0, result
+    assert result["requests"] > 2 * 3, result

@@ -776,7 +776,7 @@ def test_a_failing_start_stops_the_server_as_a_failing_app_startup_does(
     assert started == []
 
 
-def _forwarded(log_path: Path, peer: str, headers: list[tuple[bytes, bytes]], **settings: Any
+def _forwarded(log_path: Path, peer: str | None, headers: list[tuple[bytes, bytes]], **settings: Any
                ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
     """One request from `peer` through the middleware: what the app saw, and its access line."""
     asynclog.configure(sink=str(log_path), format="json")
@@ -789,7 +789,7 @@ def _forwarded(log_path: Path, peer: str, headers: list[tuple[bytes, bytes]], **
 
     config = RequestLogConfig(AppSettings(**settings), Redactor(frozenset()))
     scope = {"type": "http", "method": "GET", "path": "/p", "scheme": "http",
-             "headers": headers, "client": (peer, 40000)}  # fmt: skip
+             "headers": headers, "client": (peer, 40000) if peer else None}  # fmt: skip
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b""}
@@ -808,7 +808,7 @@ def _forwarded(log_path: Path, peer: str, headers: list[tuple[bytes, bytes]], **
         # Loopback is trusted by default; an untrusted peer's forged header is ignored.
         ("127.0.0.1", ("127.0.0.1", "::1"), b"203.0.113.9", "203.0.113.9"),
         ("198.51.100.7", ("127.0.0.1", "::1"), b"203.0.113.9", "198.51.100.7"),
-        # The rightmost address no trusted proxy added: the forged entries to its left lose.
+        # The rightmost address that is not a trusted proxy: the forged entries to its left lose.
         ("10.1.2.3", ("10.0.0.0/8",), b"6.6.6.6, 203.0.113.9, 10.4.4.4", "203.0.113.9"),
         ("10.1.2.3", ("*",), b"203.0.113.9, 10.4.4.4", "203.0.113.9"),
         ("::1", ("::1",), b"2001:db8::5", "2001:db8::5"),
@@ -845,10 +845,17 @@ def test_no_forwarded_headers_keep_the_peer(log_path: Path) -> None:
         ("::1", "::1", b"[2001:db8::5]:443, 0:0:0:0:0:0:0:1", b"https"),
         ("127.0.0.1", "127.0.0.1", b"unknown, \x1b[31m:x", b"https"),
         ("127.0.0.1", "127.0.0.1", b"", b""),
+        # Ports int() reads or rejects: a Latin-1 superscript passes str.isdigit() only.
+        ("127.0.0.1", "*", b"203.0.113.9:\xb2, 10.4.4.4", b"https"),
+        ("::1", "::1", b"[2001:db8::5]:\xb3", b"https"),
+        ("127.0.0.1", "127.0.0.1", b"203.0.113.9: 80", b"https"),
+        # A peer with no address (a unix socket, nginx's usual upstream): trusted by "*" only.
+        (None, "*", b"203.0.113.9", b"https"),
+        (None, "127.0.0.1", b"203.0.113.9", b"https"),
     ],
 )
 def test_forwarded_headers_give_the_app_what_uvicorn_would(
-    log_path: Path, peer: str, allow: str, forwarded_for: bytes, proto: bytes
+    log_path: Path, peer: str | None, allow: str, forwarded_for: bytes, proto: bytes
 ) -> None:
     """gunicorn.conf.py hands the forwarded headers to asynclog instead of uvicorn: the app
     must see the same client and scheme as with uvicorn's own middleware, without asynclog."""
@@ -861,9 +868,42 @@ def test_forwarded_headers_give_the_app_what_uvicorn_would(
         without.update(client=scope["client"], scheme=scope["scheme"])
 
     scope = {"type": "http", "method": "GET", "path": "/p", "scheme": "http",
-             "headers": headers, "client": (peer, 40000)}  # fmt: skip
+             "headers": headers, "client": (peer, 40000) if peer else None}  # fmt: skip
     # uvicorn's middleware neither receives nor sends for an http scope it passes on.
     uvicorn = ProxyHeadersMiddleware(app, trusted_hosts=allow)
     asyncio.run(uvicorn(scope, None, None))
     seen, _ = _forwarded(log_path, peer, headers, forwarded_allow_ips=allow.split(","))
     assert seen == without
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded_for", "proto"),
+    [
+        ("127.0.0.1", b"203.0.113.9", b"https"),
+        ("127.0.0.1", b"203.0.113.9:4711", b"http"),
+        ("198.51.100.7", b"203.0.113.9", b"https"),
+    ],
+)
+def test_websocket_scopes_get_the_forwarded_client_too(
+    peer: str, forwarded_for: bytes, proto: bytes
+) -> None:
+    """gunicorn.conf.py turns uvicorn's proxy-headers middleware off for every scope: a
+    websocket behind the proxy must still see the client and scheme uvicorn would give it."""
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    headers = [(b"x-forwarded-for", forwarded_for), (b"x-forwarded-proto", proto)]
+
+    def websocket() -> dict[str, Any]:
+        return {"type": "websocket", "path": "/ws", "scheme": "ws", "client": (peer, 40000),
+                "headers": headers}  # fmt: skip
+
+    seen: list[tuple[Any, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope["client"], scope["scheme"]))
+
+    asyncio.run(ProxyHeadersMiddleware(app, trusted_hosts="127.0.0.1")(websocket(), None, None))
+    settings = AppSettings(forwarded_allow_ips=("127.0.0.1",))
+    config = RequestLogConfig(settings, Redactor(frozenset()))
+    asyncio.run(AccessLogMiddleware(app, config)(websocket(), None, None))  # type: ignore[arg-type]
+    assert seen[1] == seen[0]

@@ -34,6 +34,7 @@ from _fluentbit import (
     free_port,
     gunicorn_serving,
     http_get,
+    needs_fluent_bit,
     stop_process,
     wait_for,
 )
@@ -43,9 +44,7 @@ from conftest import ROOT, read_lines, run_python
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(
-        not FLUENT_BIT, reason="no Fluent Bit: set FLUENT_BIT=/path/to/fluent-bit or put it on PATH"
-    ),
+    needs_fluent_bit,
 ]
 # What the pipeline adds to each record: the parsed time (stdout output), the source file
 # (tail Path_Key) and the deployment metadata (modify filter).

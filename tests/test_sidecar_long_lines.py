@@ -13,7 +13,12 @@ from typing import Any
 
 import orjson
 import pytest
-from _fluentbit import FLUENT_BIT, assert_no_errors_or_warnings, fluent_bit, wait_for
+from _fluentbit import (
+    assert_no_errors_or_warnings,
+    fluent_bit,
+    needs_fluent_bit,
+    wait_for,
+)
 from _loki import LOKI, LOKI_SKIP_REASON, LokiEntry, loki_serving
 
 from asynclog._encoder import format_time
@@ -23,9 +28,7 @@ from conftest import ROOT, read_lines, run_python
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(
-        not FLUENT_BIT, reason="no Fluent Bit: set FLUENT_BIT=/path/to/fluent-bit or put it on PATH"
-    ),
+    needs_fluent_bit,
     pytest.mark.skipif(LOKI is None, reason=LOKI_SKIP_REASON),
 ]
 NOTES = "asynclog.substituted"

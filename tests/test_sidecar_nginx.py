@@ -332,6 +332,9 @@ def test_sigkill_of_a_worker_costs_only_its_in_flight_requests(
             replacement_ready_s=round(min(ready) - killed_at, 2),
             replacement_serving_within_s=round(serving_s, 2))  # fmt: skip
     assert join.nginx > 1000 and len(served_after) > 100
+    # The bound docs/guarantees.md states (the waits above are longer only so that a slow
+    # boot shows here, as a failure with its figure, not as a timeout).
+    assert serving_s < 5, serving_s
     # Only requests in flight on the killed worker fail: a handful at most, never a burst.
     assert len(failed) <= 16, failed  # wrk's 16 connections: one request each in flight
     for entry in failed:

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 from _fluentbit import (
-    FLUENT_BIT,
     assert_no_errors_or_warnings,
     fluent_bit,
     gunicorn_serving,
+    needs_fluent_bit,
     stop_process,
     wait_for,
 )
@@ -34,10 +34,7 @@ from conftest import ROOT, read_lines, run_python
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(
-        not FLUENT_BIT,
-        reason="no Fluent Bit: set FLUENT_BIT=/path/to/fluent-bit or put it on PATH",
-    ),
+    needs_fluent_bit,
     pytest.mark.skipif(
         not (PROMETHEUS and PROMTOOL),
         reason="no prometheus/promtool: apt-get install prometheus, or set PROMETHEUS and PROMTOOL",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,13 +20,14 @@ from typing import Any
 
 import pytest
 from _fluentbit import (
-    FLUENT_BIT,
     METADATA,
+    FluentBit,
     OtlpReceiver,
     assert_no_errors_or_warnings,
     fluent_bit,
     gunicorn_serving,
     http_get,
+    needs_fluent_bit,
     otlp_receiver,
     stop_process,
     wait_for,
@@ -36,9 +38,7 @@ from conftest import ROOT, run_python
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(
-        not FLUENT_BIT, reason="no Fluent Bit: set FLUENT_BIT=/path/to/fluent-bit or put it on PATH"
-    ),
+    needs_fluent_bit,
     pytest.mark.skipif(LOKI is None, reason=LOKI_SKIP_REASON),
 ]
 
@@ -55,15 +55,21 @@ SERVICE = METADATA["service.name"]
 
 @dataclass
 class Written:
-    """What the app wrote: its JSON lines, its raw lines, and the trace of one failed request."""
+    """What the app wrote: its JSON lines, its raw lines, the trace of one failed request, and
+    the file (the tail's `log.file.path`)."""
 
     lines: list[dict[str, Any]]
     raw: list[str]
     failed_trace_id: str
+    path: str
 
     @property
     def total(self) -> int:
         return len(self.lines) + len(self.raw)
+
+    @property
+    def access(self) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line["logger"] == "asynclog.access"]
 
 
 def _write_traffic(url: str, sink: Path, requests: int = 12) -> None:
@@ -99,7 +105,37 @@ def _read_written(sink: Path) -> Written:
         except json.JSONDecodeError:
             raw.append(text)
     failed = [line["trace_id"] for line in lines if line["message"] == "about to fail"]
-    return Written(lines, raw, failed[0])
+    return Written(lines, raw, failed[0], str(sink))
+
+
+def _through_the_sidecar(
+    tmp_path: Path,
+    outputs: dict[str, str],
+    delivered: Callable[[Written], bool],
+    spans: bool = False,
+) -> tuple[FluentBit, Written]:
+    """The app's traffic (`_write_traffic`, two gunicorn workers) through a real Fluent Bit
+    running the shipped config with `outputs`, until `delivered(written)`; Fluent Bit then
+    stops cleanly. With `spans`, the app also exports its spans to the sidecar's OTLP input."""
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    sink = log_dir / "app.log"
+    with fluent_bit(CONFIG, log_dir, outputs) as flb:
+        env = (
+            {
+                "ASYNCLOG_SPANS": "otlp",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{flb.otlp_port}",
+            }
+            if spans
+            else None
+        )
+        with gunicorn_serving(ROOT, sink, workers=2, env=env) as app:
+            _write_traffic(app.url, sink)
+            assert app.stop() == 0
+        written = _read_written(sink)
+        wait_for(lambda: delivered(written), 60, "the receiver to hold every line")
+        assert stop_process(flb.process, timeout=30) == 0
+    return flb, written
 
 
 def _traced(written: Written) -> list[str]:
@@ -175,26 +211,15 @@ def _check_loki_push(loki: Loki, written: Written) -> None:
 
 
 def test_loki_push_bounded_labels_structured_metadata_and_a_trace_query(tmp_path: Path) -> None:
-    log_dir = tmp_path / "logs"
-    log_dir.mkdir()
-    sink = log_dir / "app.log"
     with loki_serving(tmp_path / "loki") as loki:
         outputs = {
             "FLB_LOKI_MATCH": "asynclog.*",
             "FLB_LOKI_HOST": "127.0.0.1",
             "FLB_LOKI_PORT": str(loki.port),
         }
-        with fluent_bit(CONFIG, log_dir, outputs) as flb:
-            with gunicorn_serving(ROOT, sink, workers=2) as app:
-                _write_traffic(app.url, sink)
-                assert app.stop() == 0
-            written = _read_written(sink)
-            wait_for(
-                lambda: len(loki.query('{job="asynclog"}')) >= written.total,
-                60,
-                "Loki to hold every line",
-            )
-            assert stop_process(flb.process, timeout=30) == 0
+        flb, written = _through_the_sidecar(
+            tmp_path, outputs, lambda w: len(loki.query('{job="asynclog"}')) >= w.total
+        )
         _check_loki_push(loki, written)
 
         # The trace query of sidecar/README.md: no parser stage, exactly that request's lines.
@@ -269,11 +294,12 @@ def _expected_attributes(line: dict[str, Any], path: str) -> dict[str, Any]:
 
 
 def _check_log_records(
-    records: list[tuple[dict[str, Any], dict[str, Any]]], written: Written, path: str
+    records: list[tuple[dict[str, Any], dict[str, Any]]], written: Written
 ) -> dict[str, Any]:
     """Every line is one LogRecord as the issue asks; returns the access line of the failed
     request, decoded."""
-    resource = {f"{k}": v for k, v in METADATA.items()}
+    resource = dict(METADATA)
+    path = written.path
     received: Counter[str] = Counter()
     raw = []
     access: dict[str, Any] = {}
@@ -322,47 +348,35 @@ def _check_log_records(
 
 
 def test_otlp_logs_traces_and_metrics_reach_a_collector(tmp_path: Path) -> None:
-    log_dir = tmp_path / "logs"
-    log_dir.mkdir()
-    sink = log_dir / "app.log"
     with otlp_receiver(tmp_path / "receiver") as receiver:
         outputs = {
             "FLB_OTEL_MATCH": "*",
             "FLB_OTEL_HOST": "127.0.0.1",
             "FLB_OTEL_PORT": str(receiver.port),
         }
-        with fluent_bit(CONFIG, log_dir, outputs) as flb:
-            spans = {
-                "ASYNCLOG_SPANS": "otlp",
-                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{flb.otlp_port}",
-            }
-            with gunicorn_serving(ROOT, sink, workers=2, env=spans) as app:
-                _write_traffic(app.url, sink)
-                assert app.stop() == 0
-            written = _read_written(sink)
-            access = [line for line in written.lines if line["logger"] == "asynclog.access"]
+
+        def delivered(written: Written) -> bool:
+            """Every line, every request's span, and every request in the histogram."""
             counted = Counter(
                 (line["http.route"] or "", line["http.request.method"],
                  str(line["http.response.status_code"]))
-                for line in access
+                for line in written.access
             )  # fmt: skip
+            return (
+                len(receiver.log_records()) >= written.total
+                and len(receiver.spans()) >= len(written.access)
+                and _histogram_counts(receiver) == counted
+            )
 
-            def delivered() -> bool:
-                return (
-                    len(receiver.log_records()) >= written.total
-                    and len(_spans(receiver)) >= len(access)
-                    and _histogram_counts(receiver) == counted
-                )
-
-            wait_for(delivered, 60, "the receiver to decode every line, span and request")
-            assert stop_process(flb.process, timeout=30) == 0
-    decoded = _check_log_records(receiver.log_records(), written, str(sink))
+        flb, written = _through_the_sidecar(tmp_path, outputs, delivered, spans=True)
+    access = written.access
+    decoded = _check_log_records(receiver.log_records(), written)
     assert decoded["body"] == "GET /fail 500" and decoded["severityNumber"] == 17
 
     # Spans as the app exported them, with the trace ids of the lines: each request's server
     # span is the one whose id its lines carry, under the app's own Resource (the sidecar's
     # log processors never touch traces).
-    by_id = {(span["traceId"], span["spanId"]): (res, span) for res, span in _spans(receiver)}
+    by_id = {(span["traceId"], span["spanId"]): (res, span) for res, span in receiver.spans()}
     for line in access:
         resource, span = by_id[line["trace_id"], line["span_id"]]
         assert _attributes(resource["attributes"])["service.name"] == "asynclog-example"
@@ -373,17 +387,6 @@ def test_otlp_logs_traces_and_metrics_reach_a_collector(tmp_path: Path) -> None:
             assert attributes[key] == line[key], (key, span)
         assert attributes.get("http.route") == line["http.route"]
     assert_no_errors_or_warnings(flb.log)
-
-
-def _spans(receiver: OtlpReceiver) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Every span received, with the Resource it came under."""
-    return [
-        (resource_spans.get("resource") or {}, span)
-        for export in receiver.exports()
-        for resource_spans in export.get("resourceSpans") or []
-        for scope_spans in resource_spans.get("scopeSpans") or []
-        for span in scope_spans.get("spans") or []
-    ]
 
 
 def _histogram_counts(receiver: OtlpReceiver) -> Counter[tuple[str, str, str]]:
@@ -406,9 +409,6 @@ def _histogram_counts(receiver: OtlpReceiver) -> Counter[tuple[str, str, str]]:
 
 
 def test_otlp_logs_into_lokis_otlp_endpoint(tmp_path: Path) -> None:
-    log_dir = tmp_path / "logs"
-    log_dir.mkdir()
-    sink = log_dir / "app.log"
     with loki_serving(tmp_path / "loki") as loki:
         outputs = {
             "FLB_OTEL_MATCH": "asynclog.*",
@@ -416,18 +416,10 @@ def test_otlp_logs_into_lokis_otlp_endpoint(tmp_path: Path) -> None:
             "FLB_OTEL_PORT": str(loki.port),
             "FLB_OTEL_LOGS_URI": "/otlp/v1/logs",
         }
-        with fluent_bit(CONFIG, log_dir, outputs) as flb:
-            with gunicorn_serving(ROOT, sink, workers=2) as app:
-                _write_traffic(app.url, sink)
-                assert app.stop() == 0
-            written = _read_written(sink)
-            everything = f'{{service_name="{SERVICE}"}}'
-            wait_for(
-                lambda: len(loki.query(everything)) >= written.total,
-                60,
-                "Loki to hold every line",
-            )
-            assert stop_process(flb.process, timeout=30) == 0
+        everything = f'{{service_name="{SERVICE}"}}'
+        flb, written = _through_the_sidecar(
+            tmp_path, outputs, lambda w: len(loki.query(everything)) >= w.total
+        )
         entries = loki.query(everything)
         query = f'{{service_name="{SERVICE}"}} | trace_id="{written.failed_trace_id}"'
         traced = sorted(entry.line for entry in loki.query(query))
