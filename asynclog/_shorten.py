@@ -80,9 +80,7 @@ def _slots(line: dict[str, Any], whole: bool) -> list[tuple[Any, Any, str, int]]
     return found
 
 
-def _strings(
-    container: Any, key: Any, value: Any, path: str, depth: int, found: list[Any]
-) -> None:
+def _strings(container: Any, key: Any, value: Any, path: str, depth: int, found: list[Any]) -> None:
     if type(value) is str:
         # Skipped unmeasured: a str this short is under _MIN_KEEP bytes even fully escaped.
         if len(value) > _MIN_KEEP // 6:
@@ -113,7 +111,10 @@ def _cap(sizes: list[int], excess: int) -> int | None:
 
 
 def _apply(
-    line: dict[str, Any], slots: list[tuple[Any, Any, str, int]], cap: int, notes: list[str],
+    line: dict[str, Any],
+    slots: list[tuple[Any, Any, str, int]],
+    cap: int,
+    notes: list[str],
     limit: int,
 ) -> bytes:
     """The line with every slot over `cap` bytes cut to `cap`, and the notes saying so."""

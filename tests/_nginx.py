@@ -75,9 +75,12 @@ def raw_request(
     """Send `request` as given on a new connection (from `source`, if named); return the
     status, the lowercase headers and the body of the response, read to the close."""
     chunks = []
-    with socket.create_connection(
-        (host, port), timeout=timeout, source_address=(source, 0) if source else None
-    ) as plain, (tls_context().wrap_socket(plain) if tls else plain) as sock:
+    with (
+        socket.create_connection(
+            (host, port), timeout=timeout, source_address=(source, 0) if source else None
+        ) as plain,
+        tls_context().wrap_socket(plain) if tls else plain as sock,
+    ):
         sock.sendall(request)
         try:
             while chunk := sock.recv(65536):

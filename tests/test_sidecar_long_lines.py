@@ -138,10 +138,14 @@ def test_a_3_mb_record_reaches_loki_shortened_and_marked(
     huge = stored[AROUND]
     assert huge["message"] == "huge field" and huge["kept"] == "k" * 100
     assert set(huge["blob"]) == {"b"} and 30_000 < len(huge["blob"]) < Settings.max_line_bytes
-    assert huge[NOTES] == by_seq[AROUND][NOTES] == [
-        f"blob: 3000002 bytes shortened to {len(huge['blob']) + 2} "
-        f"(max_line_bytes {Settings.max_line_bytes})"
-    ]
+    assert (
+        huge[NOTES]
+        == by_seq[AROUND][NOTES]
+        == [
+            f"blob: 3000002 bytes shortened to {len(huge['blob']) + 2} "
+            f"(max_line_bytes {Settings.max_line_bytes})"
+        ]
+    )
     exception = stored[AROUND + 1]
     assert exception["message"] == "huge exception"
     assert exception["exception"]["type"] == "ValueError"
