@@ -453,21 +453,24 @@ class FluentBit:
 def fluent_bit(
     config: Path, log_dir: Path, env: Mapping[str, str] | None = None, name: str = "fluent-bit"
 ) -> Iterator[FluentBit]:
-    """Fluent Bit on `config`, tailing `log_dir`, listening on free ports of 127.0.0.1; `env`
-    adds variables (outputs, log level) to the deployment's. Its stdout and log are `name`.out
-    and `name`.log beside `log_dir` (a restart under another name keeps the first ones)."""
+    """Fluent Bit on `config`, tailing `log_dir`, listening on free ports of 127.0.0.1, with
+    METADATA as its deployment; `env` adds variables (outputs, log level) or replaces the
+    deployment's. Its stdout and log are `name`.out and `name`.log beside `log_dir` (a restart
+    under another name keeps the first ones)."""
     http_port, otlp_port, metrics_port = free_port(), free_port(), free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("FLB_")}
+    environ.update(
+        OTEL_SERVICE_NAME=METADATA["service.name"],
+        POD_NAME=METADATA["k8s.pod.name"],
+        POD_NAMESPACE=METADATA["k8s.namespace.name"],
+        NODE_NAME=METADATA["k8s.node.name"],
+    )
     environ.update(env or {})
     environ.update(
         FLB_LOG_DIR=str(log_dir),
         FLB_HTTP_PORT=str(http_port),
         FLB_OTLP_PORT=str(otlp_port),
         FLB_METRICS_PORT=str(metrics_port),
-        OTEL_SERVICE_NAME=METADATA["service.name"],
-        POD_NAME=METADATA["k8s.pod.name"],
-        POD_NAMESPACE=METADATA["k8s.namespace.name"],
-        NODE_NAME=METADATA["k8s.node.name"],
     )
     stdout, log = log_dir.parent / f"{name}.out", log_dir.parent / f"{name}.log"
     assert FLUENT_BIT is not None

@@ -134,20 +134,29 @@ def test_classic_and_yaml_describe_the_same_pipeline() -> None:
         left = [s.normalized() for s in getattr(classic, kind)]
         right = [s.normalized() for s in getattr(yaml_form, kind)]
         assert left == right, kind
-    # The one difference: the YAML form's loki output takes a bounded level label from a key
-    # its processors make, which the classic format (no processors) cannot.
+    # The one difference: the YAML form's loki output takes its labels from keys its
+    # processors make (a bounded level; service_name and namespace from the record's
+    # deployment fields, for an aggregator), which the classic format (no processors) cannot:
+    # it reads the two from the environment and has no level label.
     assert [s.name for s in classic.outputs] == [s.name for s in yaml_form.outputs]
+    from_processors = {
+        "labels": (
+            "job=asynclog, service_name=$_loki_service_name, namespace=$_loki_namespace,"
+            " level=$_loki_level",
+            "job=asynclog, service_name=${OTEL_SERVICE_NAME:-asynclog-example},"
+            " namespace=${POD_NAMESPACE:-unknown}",
+        ),
+        "remove_keys": (
+            "_loki_service_name, _loki_namespace, _loki_level, trace_id, span_id, request_id",
+            "trace_id, span_id, request_id",
+        ),
+    }
     for left_output, right_output in zip(classic.outputs, yaml_form.outputs, strict=True):
         left, right = left_output.normalized(), right_output.normalized()
         if left_output.name == "loki":
-            right = [
-                (key, value.removesuffix(", level=$_loki_level"))
-                if key == "labels"
-                else (key, value.removeprefix("_loki_level, "))
-                if key == "remove_keys"
-                else (key, value)
-                for key, value in right
-            ]
+            for key, (yaml_value, classic_value) in from_processors.items():
+                assert (key, yaml_value) in right and (key, classic_value) in left, key
+            right = [(k, from_processors[k][1] if k in from_processors else v) for k, v in right]
         assert left == right, left_output.name
 
 
@@ -269,7 +278,9 @@ def test_filter_adds_deployment_metadata(pipelines: Pipeline) -> None:
     assert metadata.get("alias") == "deployment_metadata"
     assert metadata.name == "modify"
     assert metadata.get("match") == "asynclog.*"
-    added = dict(entry.split(" ", 1) for entry in metadata.getall("add"))
+    # Set, not add: the deployment's values replace the app's fields of the same names.
+    assert metadata.getall("add") == []
+    added = dict(entry.split(" ", 1) for entry in metadata.getall("set"))
     assert added == {
         "service.name": "${OTEL_SERVICE_NAME:-asynclog-example}",
         "k8s.pod.name": "${POD_NAME:-unknown}",

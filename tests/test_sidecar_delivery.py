@@ -24,15 +24,18 @@ from typing import Any
 import pytest
 from _fluentbit import (
     FLUENT_BIT,
+    METADATA,
     FluentBit,
+    OtlpReceiver,
     fluent_bit,
     free_port,
     gunicorn_serving,
+    otlp_receiver,
     wait_for,
 )
 from _loki import LOKI, LOKI_SKIP_REASON, Loki, LokiEntry, loki_serving
 
-from conftest import ROOT
+from conftest import ROOT, run_python
 
 pytestmark = [
     pytest.mark.integration,
@@ -187,13 +190,35 @@ def sidecar(log_dir: Path, env: dict[str, str], name: str = "sidecar") -> Iterat
         yield process
 
 
+# The aggregator's own deployment, unlike the sidecars' (METADATA): no line may carry it.
+AGGREGATOR_METADATA = {
+    "OTEL_SERVICE_NAME": "aggregator-svc",
+    "POD_NAME": "aggregator-pod",
+    "POD_NAMESPACE": "aggregator-ns",
+    "NODE_NAME": "aggregator-node",
+}
+
+
 @contextmanager
 def aggregator(
-    storage: Path, port: int, loki: Loki, name: str = "aggregator"
+    storage: Path,
+    port: int,
+    loki: Loki,
+    name: str = "aggregator",
+    otlp: OtlpReceiver | None = None,
 ) -> Iterator[FluentBit]:
-    """The aggregator on sidecar/fluent-bit-aggregator.yaml: forward in on `port`, to Loki."""
+    """The aggregator on sidecar/fluent-bit-aggregator.yaml, in a deployment of its own:
+    forward in on `port`, to Loki (and to `otlp` if given)."""
     storage.mkdir(exist_ok=True)
-    env = {**loki_env(loki), "FLB_FORWARD_PORT": str(port), "FLB_STORAGE_DIR": str(storage)}
+    env = {
+        **loki_env(loki),
+        **AGGREGATOR_METADATA,
+        "FLB_FORWARD_PORT": str(port),
+        "FLB_STORAGE_DIR": str(storage),
+    }
+    if otlp is not None:
+        env.update(FLB_OTEL_MATCH="asynclog.*", FLB_OTEL_HOST="127.0.0.1")
+        env.update(FLB_OTEL_PORT=str(otlp.port))
     with fluent_bit(AGGREGATOR, storage, env, name=name) as process:
         yield process
 
@@ -218,22 +243,89 @@ def assert_at_least_once(delivery: Delivery) -> None:
     assert not delivery.missing, f"{len(delivery.missing)} lines missing: {delivery.missing[:20]}"
 
 
+# Two requests' lines, written in spans (asynclog takes their ids), and a record whose own
+# fields are named like the deployment's and like the labels: it must not set any of them.
+_TRACED = """
+    import asynclog
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    trace.set_tracer_provider(TracerProvider())
+    asynclog.configure(sink={sink!r}, format="json")
+    log, tracer = asynclog.get_logger("traced"), trace.get_tracer("traced")
+    for request, lines in (("req-a", 3), ("req-b", 2)):
+        with tracer.start_as_current_span(request):
+            for n in range(lines):
+                log.info("traced", request_id=request, n=n)
+    log.warning("lookalikes", service_name="evil-svc", namespace="evil-ns", **{{
+        "service.name": "evil-svc", "k8s.namespace.name": "evil-ns", "k8s.pod.name": "evil-pod",
+    }})
+    assert asynclog.shutdown(timeout=10)
+"""
+LOKI_LABELS = {"job", "service_name", "namespace", "level"}
+
+
+def write_traced(sink: Path) -> list[dict[str, Any]]:
+    """Write _TRACED's lines to `sink`; the lines as written."""
+    result = run_python(_TRACED.format(sink=str(sink)))
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in sink.read_text(encoding="utf-8").splitlines()]
+
+
 def test_sidecar_to_aggregator_to_loki_delivers_every_line(tmp_path: Path, figures: Any) -> None:
+    """Every line, labelled with the pod's deployment (not the aggregator's), ids as Loki's
+    structured metadata; the OTLP output beside it carries the pod's deployment too."""
     port = free_port()
     with (
         loki_serving(tmp_path / "loki") as loki,
-        aggregator(tmp_path / "aggregator", port, loki),
+        otlp_receiver(tmp_path / "receiver") as receiver,
+        aggregator(tmp_path / "aggregator", port, loki, otlp=receiver),
         sidecar(tmp_path / "logs", forward_env(port)),
     ):
+        traced = write_traced(tmp_path / "logs" / "traced.log")
         stream = start_stream(tmp_path / "logs" / "app.log", seconds=10)
         delivery = delivered(loki, stream, time.monotonic())
         # What Loki stored is the record asynclog wrote, with the sidecar's metadata.
         (entry,) = [e for e in entries(loki, stream.started) if e.json().get("seq") == 0]
+        labels = {name: loki.label_values(name) for name in loki.labels()}
+        trace_id, service = traced[0]["trace_id"], METADATA["service.name"]
+        by_trace = loki.query(f'{{service_name="{service}"}} | trace_id="{trace_id}"')
+        (lookalike,) = loki.query('{job="asynclog"} |= "lookalikes"')
+        wait_for(lambda: len(receiver.log_records()) >= delivery.sent, 30, "the OTLP receiver")
+        records = receiver.log_records()
     figures(**delivery.figures())
     assert_exactly_once(delivery)
-    # (Which fields become labels or structured metadata is the loki output's business.)
     assert entry.json()["message"] == "delivery"
-    assert entry.labels["job"] == "asynclog"
+
+    # Labels: the sidecar's pod, bounded; the aggregator's own values nowhere.
+    assert set(labels) == LOKI_LABELS, labels
+    assert labels["service_name"] == [METADATA["service.name"]]
+    assert labels["namespace"] == [METADATA["k8s.namespace.name"]]
+    assert labels["job"] == ["asynclog"]
+    assert set(labels["level"]) == {"info", "warning"}
+    # Ids as structured metadata, not in the line; a trace query without a parser stage.
+    ids = ("trace_id", "span_id", "request_id")
+    written_a = [line for line in traced if line.get("trace_id") == trace_id]
+    assert len(by_trace) == len(written_a) == 3
+    assert sorted(tuple(e.metadata.get(key) for key in ids) for e in by_trace) == sorted(
+        tuple(line[key] for key in ids) for line in written_a
+    )
+    assert all(not set(ids) & set(e.json()) for e in by_trace), "not in the line"
+    # The app's own fields named like the deployment's: the deployment's values won.
+    assert lookalike.labels["service_name"] == METADATA["service.name"]
+    assert lookalike.json()["service.name"] == METADATA["service.name"]
+    assert lookalike.json()["k8s.namespace.name"] == METADATA["k8s.namespace.name"]
+    assert lookalike.json()["service_name"] == "evil-svc"  # in the line, not a label
+
+    # OTLP through the aggregator: the pod's deployment in each LogRecord's attributes (see
+    # test_sidecar_manifests.py for why not the Resource); nothing of the aggregator's.
+    aggregator_values = set(AGGREGATOR_METADATA.values())
+    for resource, record in records:
+        in_resource = {a["value"].get("stringValue") for a in resource.get("attributes") or []}
+        assert not aggregator_values & in_resource, resource
+        attributes = {a["key"]: a["value"].get("stringValue") for a in record["attributes"]}
+        assert {key: attributes.get(key) for key in METADATA} == METADATA
+    otlp_traced = [r for _, r in records if r.get("traceId") == trace_id]
+    assert sorted(r["spanId"] for r in otlp_traced) == sorted(line["span_id"] for line in written_a)
 
 
 def test_backend_outage_loses_nothing(tmp_path: Path, figures: Any) -> None:

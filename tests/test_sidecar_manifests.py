@@ -14,7 +14,7 @@ import gunicorn.config
 import kubernetes_validate
 import pytest
 import yaml
-from _fluentbit import Pipeline, expand, load_classic, load_yaml
+from _fluentbit import METADATA, Pipeline, expand, load_classic, load_yaml
 
 from conftest import ROOT
 
@@ -445,10 +445,38 @@ def test_aggregator_kustomization_lists_every_manifest() -> None:
     assert set(kustomization["resources"]) == others
 
 
+# The sidecar's opentelemetry output sets the Resource from its environment (the pod's); at
+# the aggregator that environment is the aggregator's own, and Fluent Bit 5.1.1 can set a
+# Resource only per group of records, from literal values (a chunk there mixes pods). Its last
+# processors differ: the deployment stays in each LogRecord's attributes instead.
+_SIDECAR_RESOURCE = [
+    {"name": "modify", "remove": ["time", *METADATA]},
+    {"name": "opentelemetry_envelope"},
+    *(
+        {
+            "name": "content_modifier",
+            "context": "otel_resource_attributes",
+            "action": "upsert",
+            "key": key,
+            "value": value,
+        }
+        for key, value in (
+            ("service.name", "${OTEL_SERVICE_NAME:-asynclog-example}"),
+            ("k8s.pod.name", "${POD_NAME:-unknown}"),
+            ("k8s.namespace.name", "${POD_NAMESPACE:-unknown}"),
+            ("k8s.node.name", "${NODE_NAME:-unknown}"),
+        )
+    ),
+]
+_AGGREGATOR_ATTRIBUTES = [{"name": "modify", "remove": ["time"]}]
+
+
 def test_aggregator_ships_with_the_sidecars_outputs_and_variables() -> None:
     """Forward in, a filesystem buffer, and each network output of the sidecar, chosen by the
-    same FLB_<OUTPUT>_MATCH variable with the same settings (only the buffer's default size
-    differs: the aggregator holds every pod's backlog)."""
+    same FLB_<OUTPUT>_MATCH variable with the same settings and processors. Only the buffer's
+    default size differs (the aggregator holds every pod's backlog), and the opentelemetry
+    output's Resource (see above). Loki's labels come from each record's deployment fields,
+    so the same definition gives each pod's values at the aggregator."""
     sidecar, aggregator = load_yaml(ROOT / "fluent-bit.yaml"), load_yaml(AGGREGATOR_CONFIG)
     (forward,) = aggregator.inputs
     assert forward.name == "forward"
@@ -461,6 +489,16 @@ def test_aggregator_ships_with_the_sidecars_outputs_and_variables() -> None:
         theirs = sidecar.plugin("outputs", name)
         mine = [(k, v) for k, v in output.entries if k != "storage.total_limit_size"]
         assert mine == [(k, v) for k, v in theirs.entries if k != "storage.total_limit_size"]
+        mine_processors, their_processors = output.processors, theirs.processors
+        if name == "opentelemetry":
+            logs = their_processors["logs"]
+            assert logs[-len(_SIDECAR_RESOURCE) :] == _SIDECAR_RESOURCE
+            tail = len(_AGGREGATOR_ATTRIBUTES)
+            assert mine_processors["logs"][-tail:] == _AGGREGATOR_ATTRIBUTES
+            mine_processors = {"logs": mine_processors["logs"][:-tail]}
+            their_processors = {"logs": logs[: -len(_SIDECAR_RESOURCE)]}
+        assert mine_processors == their_processors, name
+    assert sidecar.plugin("outputs", "loki").processors, "the labels' copies"
     # What the sidecar's forward output reaches by default is this Service and port.
     out_forward = sidecar.plugin("outputs", "forward")
     assert out_forward.get("require_ack_response") == "true"

@@ -88,7 +88,9 @@ def _write_traffic(url: str, sink: Path, requests: int = 12) -> None:
         logging.addLevelName(25, "NOTICE")
         logging.getLogger("e2e.bad").log(25, "custom level", extra={{"service_name": "evil"}})
         asynclog.get_logger("e2e.bad").warning(
-            "label lookalikes", service_name="evil-svc", namespace="evil-ns", job="evil-job"
+            "label lookalikes", service_name="evil-svc", namespace="evil-ns", job="evil-job",
+            **{{"service.name": "evil-svc", "k8s.namespace.name": "evil-ns",
+                "k8s.pod.name": "evil-pod", "k8s.node.name": "evil-node"}},
         )
         assert asynclog.shutdown(timeout=10)
         """
@@ -198,7 +200,8 @@ def _check_loki_push(loki: Loki, written: Written) -> None:
         for key in LOKI_METADATA:
             assert key not in record, "in structured metadata, not in the line"
         assert _close_to(entry.timestamp_ns, record)
-        assert record["k8s.pod.name"] == METADATA["k8s.pod.name"]
+        # The deployment's values, over the app's fields of the same names (label lookalikes).
+        assert {key: record[key] for key in METADATA} == METADATA
         kept = {k: v for k, v in record.items() if k not in ADDED}
         kept.update(entry.metadata)
         kept.pop("detected_level", None)
