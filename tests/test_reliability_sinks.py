@@ -277,8 +277,13 @@ def test_stalled_stdout_pipe_keeps_health_fast_and_memory_bounded(
     assert sum(n["dropped"] for n in notices) == sum(s["dropped_overflow"] for s in stats.values())
     access = [line for line in parsed if line["logger"] == "asynclog.access"]
     item_lines = [line for line in parsed if line["logger"] == "example"]
-    # Each request logs three lines (two in the route, one access line) unless dropped.
-    assert len(access) + len(item_lines) + dropped == 3 * (requests + sum(warm_statuses.values()))
+    # Each request logs three lines (two in the route, one access line) unless dropped. The
+    # drop counter also counts any other record the full queue turned away (the watchdog's
+    # "event loop blocked" warning, on a loaded machine): at most a few, never fewer than the
+    # requests' own.
+    request_lines = 3 * (requests + sum(warm_statuses.values()))
+    other_dropped = len(access) + len(item_lines) + dropped - request_lines
+    assert 0 <= other_dropped <= 10, other_dropped
     # Each worker says what it lost once more on stderr as it stops: the same, nothing since.
     finals = [n for n in stderr_notices(stderr) if n["message"] == "records lost before shutdown"]
     assert {n["pid"]: n["dropped"] for n in finals} == {
