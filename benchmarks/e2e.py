@@ -83,6 +83,8 @@ class Target:
     env: dict[str, str]
     path: str
     source: str
+    # A gunicorn config file (`-c`), if the mode needs one.
+    config: str | None = None
 
 
 MODES = {
@@ -93,6 +95,10 @@ MODES = {
     "asynclog": "asynclog, tracing off",
     "asynclog-tracing": "asynclog, tracing on",
 }
+
+# gunicorn settings for the asynclog modes (uvicorn's proxy headers off, as in
+# sidecar/gunicorn.conf.py); this checkout's file, also when BENCH_TREE serves another.
+ASYNCLOG_CONFIG = str(REPO / "benchmarks" / "gunicorn_asynclog.py")
 
 # A file sink, the load going through nginx (sidecar/nginx.conf, TLS) to the same server.
 PROXIED = "file+nginx"
@@ -127,7 +133,8 @@ def target(mode: str, sink: str, extra_env: Mapping[str, str] | None = None) -> 
     its ``ASYNCLOG_*`` variables alone, unless ``BENCH_ASYNCLOG_APP=bench`` (in the
     environment or *extra_env*) asks for the same route on a bare app in
     ``benchmarks/apps.py``. Other modes always use that module, whose route mirrors the
-    example's.
+    example's. The asynclog modes run with ``ASYNCLOG_CONFIG``, as the sidecar ships them:
+    the forwarded headers applied once, by asynclog, where the other modes have uvicorn's.
     """
     extra = dict(extra_env or {})
     if not mode.startswith("asynclog"):
@@ -141,8 +148,8 @@ def target(mode: str, sink: str, extra_env: Mapping[str, str] | None = None) -> 
     }
     if (os.environ | extra).get("BENCH_ASYNCLOG_APP") == "bench":
         env = env | {"BENCH_MODE": mode} | extra
-        return Target("benchmarks.apps:app", env, LOAD_PATH, "benchmarks/apps.py")
-    return Target("example.app:app", env | extra, LOAD_PATH, "example/app.py")
+        return Target("benchmarks.apps:app", env, LOAD_PATH, "benchmarks/apps.py", ASYNCLOG_CONFIG)
+    return Target("example.app:app", env | extra, LOAD_PATH, "example/app.py", ASYNCLOG_CONFIG)
 
 
 @contextlib.contextmanager
@@ -303,6 +310,7 @@ class Server:
             "-k", "uvicorn_worker.UvicornWorker", "-w", "1",
             "--bind", f"127.0.0.1:{self.port}",
             f"--graceful-timeout={GRACEFUL_TIMEOUT}",
+            *(["-c", self.target.config] if self.target.config else []),
             self.target.spec,
         ], SERVER_CPU)  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}{self.target.path}"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -15,7 +17,7 @@ import pytest
 
 from benchmarks import loadgen, sidecar
 from benchmarks.ablate import parse_variant
-from benchmarks.e2e import CASES
+from benchmarks.e2e import CASES, MODES, target
 from benchmarks.peers import MIX_PEERS, PEERS
 from benchmarks.records import (
     AT,
@@ -175,6 +177,24 @@ def test_sidecar_is_measured_next_to_a_worker_or_skipped(
 
 def _line(seq: int) -> bytes:
     return orjson.dumps({"message": MESSAGE, **fields(seq)}) + b"\n"
+
+
+def test_asynclog_modes_apply_the_forwarded_headers_once_as_the_sidecar_ships_them() -> None:
+    """Behind nginx, uvicorn's proxy headers and asynclog's middleware would both apply them;
+    the asynclog modes turn uvicorn's off as sidecar/gunicorn.conf.py does, the others keep it."""
+    for mode in MODES:
+        config = target(mode, "stdout").config
+        if not mode.startswith("asynclog"):
+            assert config is None, mode
+            continue
+        assert config is not None, mode
+        for hooks in (
+            runpy.run_path(config),
+            runpy.run_path(str(REPO / "sidecar" / "gunicorn.conf.py")),
+        ):
+            worker = SimpleNamespace(config=SimpleNamespace(proxy_headers=True))
+            hooks["post_worker_init"](worker)
+            assert worker.config.proxy_headers is False, mode
 
 
 def test_line_check_flags_lost_duplicated_and_corrupt_records(tmp_path: Path) -> None:
