@@ -108,10 +108,15 @@ def gunicorn_on_pipe(
         reader.close()
 
 
-def worker_stats(port: int, tries: int = 200) -> dict[int, dict[str, Any]]:
-    """Each worker's counters after a flush (GET /stats until every worker has answered)."""
+def worker_stats(port: int, timeout: float = 60.0) -> dict[int, dict[str, Any]]:
+    """Each worker's counters after a flush (GET /stats until every worker has answered).
+
+    Bounded in time, not in tries: the server is healthy once one worker answers, and on a
+    loaded machine the other may still be booting for seconds, while the first takes every
+    connection."""
     seen: dict[int, dict[str, Any]] = {}
-    for _ in range(tries):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         status, _, body = get(port, "/stats")
         assert status == 200
         stats = json.loads(body)
@@ -119,6 +124,7 @@ def worker_stats(port: int, tries: int = 200) -> dict[int, dict[str, Any]]:
         seen[stats["pid"]] = stats
         if len(seen) == WORKERS:
             return seen
+        time.sleep(0.01)
     raise AssertionError(f"only {len(seen)} of {WORKERS} workers answered /stats")
 
 
