@@ -71,6 +71,9 @@ class RequestLogConfig:
         )
 
 
+_PARSED_HOSTS_KEPT = 1024
+
+
 class TrustedProxies:
     """The peers whose X-Forwarded-For and X-Forwarded-Proto are believed (read as uvicorn's
     proxy-headers middleware reads them, so the app sees the same client)."""
@@ -80,12 +83,24 @@ class TrustedProxies:
         networks = [ipaddress.ip_network(e, strict=False) for e in entries if e != "*"]
         self.addresses = frozenset(str(n.network_address) for n in networks if n.num_addresses == 1)
         self.networks = tuple(n for n in networks if n.num_addresses > 1)
+        # Verdicts on hosts that needed a parse: a proxy's address (a pod network's, say) comes
+        # back on every request, and ipaddress parses in Python. Cleared when full, so forged
+        # hops cannot grow it without bound.
+        self._parsed: dict[str, bool] = {}
 
     def __contains__(self, host: str | None) -> bool:
         if self.any or host in self.addresses:
             return True  # "*" trusts a peer with no address too (a unix socket), as uvicorn's
         if host is None:
             return False
+        verdict = self._parsed.get(host)
+        if verdict is None:
+            if len(self._parsed) >= _PARSED_HOSTS_KEPT:
+                self._parsed.clear()
+            verdict = self._parsed[host] = self._parse(host)
+        return verdict
+
+    def _parse(self, host: str) -> bool:
         try:
             address = ipaddress.ip_address(host)
         except ValueError:

@@ -907,3 +907,19 @@ def test_websocket_scopes_get_the_forwarded_client_too(
     config = RequestLogConfig(settings, Redactor(frozenset()))
     asyncio.run(AccessLogMiddleware(app, config)(websocket(), None, None))  # type: ignore[arg-type]
     assert seen[1] == seen[0]
+
+
+def test_trusted_proxy_verdicts_are_kept_bounded_and_stay_right() -> None:
+    from asynclog._middleware import _PARSED_HOSTS_KEPT, TrustedProxies
+
+    trusted = TrustedProxies(("10.0.0.0/8", "::1"))
+    for _ in range(2):  # the second round answers from the kept verdicts
+        assert "10.1.2.3" in trusted
+        assert "0:0:0:0:0:0:0:1" in trusted  # another spelling of ::1
+        assert "11.0.0.1" not in trusted
+        assert "not-an-address" not in trusted
+    # Forged hosts, more than are kept: the memory stays bounded, the verdicts right.
+    for n in range(3 * _PARSED_HOSTS_KEPT):
+        assert f"11.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}" not in trusted
+        assert len(trusted._parsed) <= _PARSED_HOSTS_KEPT
+    assert "10.9.9.9" in trusted
