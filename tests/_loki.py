@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from _fluentbit import free_port, http_text, ready_until_done
 
-__all__ = ["LOKI", "LOKI_SKIP_REASON", "Loki", "LokiEntry", "loki_serving"]
+__all__ = ["LOKI", "LOKI_SKIP_REASON", "Loki", "LokiEntry", "loki_serving", "needs_loki"]
 
 _ROOT = Path(__file__).resolve().parent.parent
 _SHIPPED = _ROOT.parent / "shared" / "tools" / "loki" / "loki.xz"
@@ -61,6 +62,7 @@ def _find() -> str | None:
 
 LOKI = _find()
 LOKI_SKIP_REASON = "no Loki: set LOKI to a loki binary, or provide ../shared/tools/loki/loki.xz"
+needs_loki = pytest.mark.skipif(LOKI is None, reason=LOKI_SKIP_REASON)
 
 _ENCODING_FLAGS = "X-Loki-Response-Encoding-Flags"
 

@@ -33,7 +33,7 @@ from _fluentbit import (
     otlp_receiver,
     wait_for,
 )
-from _loki import LOKI, LOKI_SKIP_REASON, Loki, LokiEntry, loki_serving
+from _loki import Loki, LokiEntry, loki_serving, needs_loki
 
 from conftest import ROOT, run_python
 
@@ -42,7 +42,7 @@ pytestmark = [
     pytest.mark.skipif(
         FLUENT_BIT is None, reason="no Fluent Bit: set FLUENT_BIT or put it on PATH"
     ),
-    pytest.mark.skipif(LOKI is None, reason=LOKI_SKIP_REASON),
+    needs_loki,
 ]
 
 SIDECAR = ROOT / "fluent-bit.yaml"

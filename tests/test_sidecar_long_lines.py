@@ -19,7 +19,7 @@ from _fluentbit import (
     needs_fluent_bit,
     wait_for,
 )
-from _loki import LOKI, LOKI_SKIP_REASON, LokiEntry, loki_serving
+from _loki import LokiEntry, loki_serving, needs_loki
 
 from asynclog._encoder import format_time
 from asynclog._settings import Settings
@@ -29,7 +29,7 @@ from conftest import ROOT, read_lines, run_python
 pytestmark = [
     pytest.mark.integration,
     needs_fluent_bit,
-    pytest.mark.skipif(LOKI is None, reason=LOKI_SKIP_REASON),
+    needs_loki,
 ]
 NOTES = "asynclog.substituted"
 AROUND = 300  # lines before and after the long records

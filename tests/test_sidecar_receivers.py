@@ -32,14 +32,14 @@ from _fluentbit import (
     stop_process,
     wait_for,
 )
-from _loki import LOKI, LOKI_SKIP_REASON, Loki, loki_serving
+from _loki import Loki, loki_serving, needs_loki
 
 from conftest import ROOT, run_python
 
 pytestmark = [
     pytest.mark.integration,
     needs_fluent_bit,
-    pytest.mark.skipif(LOKI is None, reason=LOKI_SKIP_REASON),
+    needs_loki,
 ]
 
 CONFIG = ROOT / "fluent-bit.yaml"
