@@ -95,6 +95,16 @@ def assert_batches_write_what_encode_writes(
     return expected
 
 
+def assert_accounted(stats: dict[str, Any], **exactly: int) -> dict[str, Any]:
+    """Asserts asynclog's central promise on `asynclog.stats()` (or a worker's copy): every record
+    emitted was written or dropped and counted, `emitted == written + dropped`; `exactly` pins
+    counters too (`assert_accounted(stats, written=3, dropped=0)`). Returns `stats`."""
+    assert stats["emitted"] == stats["written"] + stats["dropped"], stats
+    for name, value in exactly.items():
+        assert stats[name] == value, (name, stats)
+    return stats
+
+
 def read_lines(path: Path) -> list[dict[str, Any]]:
     """Every line of a JSON-lines file, parsed; fails on a torn or invalid line."""
     data = path.read_bytes()

@@ -15,7 +15,7 @@ import pytest
 import asynclog
 from asynclog._writer import Writer
 
-from conftest import read_lines
+from conftest import assert_accounted, read_lines
 
 pytestmark = pytest.mark.usefixtures("implementation")
 
@@ -47,10 +47,7 @@ def _writer_threads() -> list[threading.Thread]:
 
 
 def _assert_accounted() -> dict[str, Any]:
-    stats = asynclog.stats()
-    assert stats["emitted"] == stats["written"] + stats["dropped"], stats
-    assert stats["queue_depth"] == 0, stats
-    return stats
+    return assert_accounted(asynclog.stats(), queue_depth=0)
 
 
 @pytest.mark.parametrize("error", NOT_EXCEPTIONS, ids=lambda e: e.__name__)
