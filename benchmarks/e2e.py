@@ -22,6 +22,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import signal
 import socket
 import statistics
@@ -448,8 +449,19 @@ class Server:
         }
 
 
-def _rotated(count: int, shift: int) -> list[int]:
-    return [(shift + i) % count for i in range(count)] if count else []
+def _round_orders(count: int, rounds: int) -> list[list[int]]:
+    """The order of the cases in each round: shuffled, with a fixed seed so runs repeat.
+
+    A case's figures moved with its place in the round (by up to 25% in trials here) and with
+    the case loaded just before it: a rotation keeps every case behind the same neighbour, so
+    a shuffle varies both."""
+    rng = random.Random(count)
+    orders = []
+    for _ in range(rounds):
+        order = list(range(count))
+        rng.shuffle(order)
+        orders.append(order)
+    return orders
 
 
 def run_group(
@@ -477,11 +489,9 @@ def run_group(
                         server.load(gen, profile.warmup, warmup=True)
                 except (RuntimeError, OSError) as exc:
                     errors[i] = str(exc)
-            for n in range(profile.rounds):
+            for n, order in enumerate(_round_orders(len(servers), profile.rounds)):
                 on_round(f"round {n + 1}/{profile.rounds}")
-                # Each round starts one server later: where a server sits in the round moved
-                # its figures by up to 25% in trials here, so every case takes every place.
-                for i in _rotated(len(servers), n):
+                for i in order:
                     server = servers[i]
                     if i not in errors:
                         try:
