@@ -30,7 +30,7 @@ from _server import free_port, get, rss_mb, stop, wait_for, wait_until_healthy
 
 import asynclog
 
-from conftest import ROOT, read_lines
+from conftest import ROOT, assert_accounted, read_lines
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -273,8 +273,7 @@ def test_stalled_stdout_pipe_keeps_health_fast_and_memory_bounded(
     assert stall_p99 < 50, f"/health p99 {stall_p99:.1f} ms during the stall"
     assert max(growth.values()) < 50, f"RSS grew {growth} MB"
     for s in stats.values():
-        assert s["emitted"] == s["written"] + s["dropped"], s
-        assert s["dropped_write"] == 0  # a stalled pipe is waited for, not given up on
+        assert_accounted(s, dropped_write=0)  # a stalled pipe is waited for, not given up on
     assert dropped > 0, "the stall never filled a queue: nothing was tested"
     # Every line that came out of the pipe is whole, valid JSON, and there is one per write.
     parsed = [json.loads(line) for line in lines]
@@ -319,8 +318,8 @@ def test_reader_closing_the_pipe_costs_lines_not_requests(tmp_path: Path, figure
     figures(requests=requests, emitted=emitted, dropped_write=lost, reports=len(failures))
     assert emitted == 3 * requests  # two route lines and one access line each
     for pid, s in after.items():
-        assert s["emitted"] == s["written"] + s["dropped"], s
-        assert s["written"] == before[pid]["written"]  # nothing went out after the reader left
+        # Nothing went out after the reader left.
+        assert_accounted(s, written=before[pid]["written"])
     assert lost == emitted  # and every line that did not was counted
     finals = [n for n in notices if n["message"] == "records lost before shutdown"]
     # And once more, with the totals, as each worker stopped.
@@ -342,8 +341,8 @@ def test_full_disk_costs_lines_not_requests(tmp_path: Path, figures: Any) -> Non
     requests = sum(statuses.values())
     assert statuses == {"200": requests}
     for s in stats.values():
-        assert s["written"] == 0
-        assert s["emitted"] == s["dropped"] == s["dropped_write"] > 0, s
+        assert_accounted(s, written=0, dropped=s["dropped_write"])
+        assert s["dropped_write"] > 0, s
     emitted = sum(s["emitted"] for s in stats.values())
     notices = stderr_notices(stderr)
     failures = write_failures(notices, "No space left on device", set(stats))
@@ -376,8 +375,7 @@ def test_deleted_log_file_is_created_again_for_the_next_line(log_path: Path) -> 
         with file:
             got = [json.loads(line)["i"] for line in file.read().splitlines()]
         assert got == list(range(100 * n, 100 * n + 100))
-    stats = asynclog.stats()
-    assert stats["emitted"] == stats["written"] == 400
+    assert_accounted(asynclog.stats(), emitted=400, written=400)
 
 
 # A child that logs `count` numbered lines at a steady pace (about `seconds` in all) into
@@ -437,8 +435,7 @@ def test_file_deleted_under_a_busy_writer_loses_no_line_to_the_void(
     figures(lines=count, per_file=[len(p) for p in parts])
     assert [i for part in parts for i in part] == list(range(count))
     assert parts[-1], "no line reached the file created after the last deletion"
-    stats = json.loads(out)
-    assert stats["emitted"] == stats["written"] == count
+    assert_accounted(json.loads(out), emitted=count, written=count)
 
 
 # --- 5. logrotate's rename, then create ---------------------------------------------------------
@@ -465,25 +462,33 @@ def test_logrotate_create_mode_under_a_busy_writer_loses_nothing(
     figures(lines=count, per_file=[len(p) for p in parts])
     assert [i for part in parts for i in part] == list(range(count))  # old + new == emitted
     assert parts[-1], "no line reached the newly created app.log"
-    stats = json.loads(out)
-    assert stats["emitted"] == stats["written"] == count
+    assert_accounted(json.loads(out), emitted=count, written=count)
 
 
 # --- 6. many writers, one file ------------------------------------------------------------------
 
+# A child that appends `count` numbered lines to `path` once told to go, then prints its counters.
 _APPENDER = """
-import asynclog, sys
+import asynclog, json, sys
 path, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 asynclog.configure(sink=path, format="json", overflow="block", block_timeout=10)
 log = asynclog.get_logger("appender")
+print("ready", flush=True)
 sys.stdin.readline()  # start together
 for i in range(count):
     # Every 997th line is 20 KB: a write far bigger than a page.
     log.info("append", p=name, i=i, pad="x" * (20_000 if i % 997 == 0 else i % 300))
 assert asynclog.shutdown(timeout=30)
-s = asynclog.stats()
-assert s["emitted"] == s["written"] == count, s
+print(json.dumps(asynclog.stats()))
 """
+
+
+def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The next line of a child's stdout, waiting at most `timeout` seconds for it."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"no line from the child in {timeout} s"
+    return proc.stdout.readline()
 
 
 def test_four_processes_append_to_one_file_without_tearing_a_line(
@@ -495,16 +500,24 @@ def test_four_processes_append_to_one_file_without_tearing_a_line(
             [sys.executable, "-c", _APPENDER, str(log_path), name, str(count)],
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             text=True,
         )
         for name in names
     ]
-    time.sleep(0.5)  # let them import asynclog
+    # Each says "ready" once configured (a crash closes its stdout: "" fails the assertion).
+    assert [_read_line(proc, 60) for proc in procs] == ["ready\n"] * len(names)
     for proc in procs:
         assert proc.stdin is not None
         proc.stdin.write("go\n")
         proc.stdin.close()
-    assert [proc.wait(60) for proc in procs] == [0] * len(names)
+    outs = [_read_line(proc, 90) for proc in procs]
+    for proc in procs:
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert [proc.wait(10) for proc in procs] == [0] * len(names)
+    for out in outs:
+        assert_accounted(json.loads(out), emitted=count, written=count)
 
     lines = read_lines(log_path)  # fails on any torn or glued line
     switches = sum(a["p"] != b["p"] for a, b in itertools.pairwise(lines))
