@@ -479,7 +479,7 @@ def fluent_bit(
             [FLUENT_BIT, "-c", str(config)], stdout=out, stderr=err, env=environ
         )
     health = f"http://127.0.0.1:{http_port}/api/v1/health"
-    with ready_until_done(process, log, health, "fluent-bit", 30):
+    with ready_until_done(process, log, health, "fluent-bit", 60):
         yield FluentBit(process, stdout, log, otlp_port, metrics_port)
 
 
@@ -564,5 +564,5 @@ def otlp_receiver(workdir: Path) -> Iterator[OtlpReceiver]:
             [FLUENT_BIT, "-c", str(config)], stdout=out, stderr=err, env=environ
         )
     health = f"http://127.0.0.1:{http_port}/"
-    with ready_until_done(process, log, health, "the OTLP receiver", 30):
+    with ready_until_done(process, log, health, "the OTLP receiver", 60):
         yield OtlpReceiver(process, port, stdout, log)

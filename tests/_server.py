@@ -134,7 +134,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def wait_for_startup(log: Path, workers: int = 2, timeout: float = 30.0) -> None:
+def wait_for_startup(log: Path, workers: int = 2, timeout: float = 60.0) -> None:
     """Wait until `workers` workers have written "Application startup complete." to the JSON
     log `log`: gunicorn() returns as soon as one worker answers."""
     started = b'"message":"Application startup complete."'

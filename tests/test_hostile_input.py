@@ -24,7 +24,7 @@ import asynclog
 from asynclog._encoder import Encoder
 from asynclog._redact import Redactor
 
-from conftest import assert_accounted, read_lines, run_python
+from conftest import FLUSH_S, assert_accounted, read_lines, run_python
 
 # Each test runs on the C extension and on the pure-Python code (see conftest).
 pytestmark = pytest.mark.usefixtures("implementation")
@@ -45,7 +45,7 @@ class Lines:
 
     def one(self, what: str) -> dict[str, Any]:
         """Flush, then return the one line written since the last call."""
-        assert asynclog.flush(5), what
+        assert asynclog.flush(FLUSH_S), what
         with self.path.open("rb") as file:
             file.seek(self.offset)
             data = file.read()

@@ -119,7 +119,7 @@ def workers(master: int) -> set[int]:
     return {child.pid for child in psutil.Process(master).children()}
 
 
-async def until(condition: Callable[[], bool], timeout: float = 30) -> None:
+async def until(condition: Callable[[], bool], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"

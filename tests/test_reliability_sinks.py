@@ -30,7 +30,7 @@ from _server import free_port, get, rss_mb, stop, wait_for, wait_until_healthy
 
 import asynclog
 
-from conftest import ROOT, assert_accounted, read_lines
+from conftest import FLUSH_S, ROOT, assert_accounted, read_lines
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -117,7 +117,7 @@ def worker_stats(port: int, timeout: float = 60.0) -> dict[int, dict[str, Any]]:
     seen: dict[int, dict[str, Any]] = {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status, _, body = get(port, "/stats")
+        status, _, body = get(port, "/stats", timeout=30)  # the route flushes for up to 20 s
         assert status == 200
         stats = json.loads(body)
         assert stats["flushed"]
@@ -131,7 +131,7 @@ def worker_stats(port: int, timeout: float = 60.0) -> dict[int, dict[str, Any]]:
 def health_ms(port: int) -> float:
     """One GET /health on its own connection, timed from connect to the end of the response."""
     start = time.perf_counter()
-    status, _, body = get(port, "/health", timeout=5)
+    status, _, body = get(port, "/health", timeout=30)
     assert (status, body) == (200, b'{"status":"ok"}')
     return (time.perf_counter() - start) * 1000
 
@@ -156,7 +156,7 @@ async def client(deadline):
     while time.monotonic() < deadline and started < limit:
         started += 1
         try:
-            status = (await http_get(int(port), f"/items/{started % 100 + 1}", timeout=10))[0]
+            status = (await http_get(int(port), f"/items/{started % 100 + 1}", timeout=30))[0]
         except Exception as exc:
             status = type(exc).__name__
         statuses[status] += 1
@@ -183,7 +183,7 @@ def start_load(
 
 
 def load_result(load: subprocess.Popen[str]) -> dict[str, int]:
-    out, _ = load.communicate(timeout=60)
+    out, _ = load.communicate(timeout=90)
     assert load.returncode == 0
     return dict(json.loads(out))
 
@@ -249,7 +249,7 @@ def test_stalled_stdout_pipe_keeps_health_fast_and_memory_bounded(
         statuses = load_result(load)
         stats = worker_stats(port)
         written = sum(s["written"] for s in stats.values())
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while len(reader.lines()) < written and time.monotonic() < deadline:
             time.sleep(0.05)
         lines = reader.lines()
@@ -363,12 +363,12 @@ def test_deleted_log_file_is_created_again_for_the_next_line(log_path: Path) -> 
     for n in range(3):
         for i in range(100 * n, 100 * n + 100):
             log.info("line", i=i)
-        assert asynclog.flush(5)
+        assert asynclog.flush(FLUSH_S)
         held.append(log_path.open("rb"))
         log_path.unlink()
     for i in range(300, 400):
         log.info("line", i=i)
-    assert asynclog.flush(5)
+    assert asynclog.flush(FLUSH_S)
 
     assert [line["i"] for line in read_lines(log_path)] == list(range(300, 400))
     for n, file in enumerate(held):
@@ -409,8 +409,18 @@ def _numbers(data: bytes) -> list[int]:
     return [json.loads(line)["i"] for line in data.splitlines()]
 
 
-def _wait_for(path: Path, timeout: float = 10) -> None:
-    wait_for(lambda: path.exists() and path.stat().st_size > 0, timeout, f"a line in {path}")
+# Lines a file must hold before the test deletes or rotates it: the writer is well into it, and
+# most of its stream is still to come (the paced writers log 30,000).
+INTO_FILE = 2_000
+
+
+def _wait_for_lines(path: Path, lines: int = INTO_FILE) -> None:
+    """Wait until `path` holds `lines` lines; 60 s also covers the writer's start."""
+
+    def holds() -> bool:
+        return path.exists() and path.read_bytes().count(b"\n") >= lines
+
+    wait_for(holds, 60, f"{lines} lines in {path}")
 
 
 def test_file_deleted_under_a_busy_writer_loses_no_line_to_the_void(
@@ -420,8 +430,7 @@ def test_file_deleted_under_a_busy_writer_loses_no_line_to_the_void(
     writer = _paced_writer(log_path, count, seconds=2)
     held = []  # each deleted file, opened just before its deletion: whatever reached it
     for _ in range(3):
-        _wait_for(log_path)
-        time.sleep(0.3)
+        _wait_for_lines(log_path)
         held.append(log_path.open("rb"))
         log_path.unlink()
     out, _ = writer.communicate(timeout=60)
@@ -448,8 +457,7 @@ def test_logrotate_create_mode_under_a_busy_writer_loses_nothing(
     writer = _paced_writer(log_path, count, seconds=3)
     rotated = [log_path.with_name(f"app.log.{n}") for n in (1, 2)]
     for _ in range(2):  # what logrotate does with `create`: shift, rename, create empty
-        _wait_for(log_path)
-        time.sleep(0.5)
+        _wait_for_lines(log_path)
         if rotated[0].exists():
             rotated[0].rename(rotated[1])
         log_path.rename(rotated[0])
@@ -515,7 +523,7 @@ def test_four_processes_append_to_one_file_without_tearing_a_line(
     for proc in procs:
         assert proc.stdout is not None
         proc.stdout.close()
-    assert [proc.wait(10) for proc in procs] == [0] * len(names)
+    assert [proc.wait(30) for proc in procs] == [0] * len(names)
     for out in outs:
         assert_accounted(json.loads(out), emitted=count, written=count)
 
@@ -568,7 +576,7 @@ def test_two_processes_on_one_slow_stdout_pipe_never_tear_a_line(figures: Any) -
         data += chunk
         time.sleep(0.002)
     os.close(read_fd)
-    assert [proc.wait(10) for proc in procs] == [0, 0]
+    assert [proc.wait(30) for proc in procs] == [0, 0]
 
     lines = [json.loads(line) for line in bytes(data).splitlines()]  # fails on a torn line
     figures(lines=len(lines), bytes=len(data))

@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 import asynclog
 
-from conftest import QUIET, read_lines
+from conftest import FLUSH_S, QUIET, read_lines
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -41,7 +41,7 @@ def secret(name: str) -> str:
 
 def raw_lines(path: Path) -> list[bytes]:
     """The file's lines, split at b"\\n" only, each checked to be one JSON object."""
-    asynclog.flush(5)
+    assert asynclog.flush(FLUSH_S)
     data = path.read_bytes()
     assert data.endswith(b"\n")
     lines = data.split(b"\n")[:-1]
@@ -51,7 +51,7 @@ def raw_lines(path: Path) -> list[bytes]:
 
 
 def assert_nowhere(path: Path, secrets: list[str]) -> None:
-    asynclog.flush(5)
+    assert asynclog.flush(FLUSH_S)
     data = path.read_bytes()
     leaked = [value for value in secrets if value.encode() in data]
     assert not leaked, f"in the log file: {leaked}"
