@@ -27,7 +27,7 @@ def free_port() -> int:
 
 
 async def http_get(
-    port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 10.0
+    port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 30.0
 ) -> tuple[int, dict[str, str], bytes]:
     """One HTTP/1.1 GET on its own connection: (status, lowercase headers, body)."""
 
@@ -57,7 +57,7 @@ async def http_get(
     return await asyncio.wait_for(go(), timeout)
 
 
-def get(port: int, path: str, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+def get(port: int, path: str, timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
     return asyncio.run(http_get(port, path, timeout=timeout))
 
 
