@@ -19,7 +19,7 @@ from example.app import app, log
 def stats() -> dict[str, Any]:
     """Flush this worker's pipeline, then return its counters and pid. A sync route: the flush
     waits in the threadpool, never on the event loop."""
-    flushed = asynclog.flush(10)
+    flushed = asynclog.flush(20)
     return {"pid": os.getpid(), "flushed": flushed, **asynclog.stats()}
 
 

@@ -299,7 +299,7 @@ def _yaml_section(kind: str, mapping: object, path: str | os.PathLike[str]) -> S
 # Real processes for the sidecar tests: gunicorn serving the example app, and Fluent Bit.
 
 
-def http_get(url: str, headers: Mapping[str, str] | None = None, timeout: float = 10) -> int:
+def http_get(url: str, headers: Mapping[str, str] | None = None, timeout: float = 30) -> int:
     """GET `url` on a new connection and return the status code (4xx and 5xx included)."""
     request = urllib.request.Request(url, headers=dict(headers or {}))
     try:
@@ -311,7 +311,7 @@ def http_get(url: str, headers: Mapping[str, str] | None = None, timeout: float 
         return int(error.code)
 
 
-def http_text(url: str, timeout: float = 10) -> str:
+def http_text(url: str, timeout: float = 30) -> str:
     """The body of a GET that must answer 200, as text."""
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return str(response.read().decode("utf-8"))
@@ -479,7 +479,7 @@ def fluent_bit(
             [FLUENT_BIT, "-c", str(config)], stdout=out, stderr=err, env=environ
         )
     health = f"http://127.0.0.1:{http_port}/api/v1/health"
-    with ready_until_done(process, log, health, "fluent-bit", 30):
+    with ready_until_done(process, log, health, "fluent-bit", 60):
         yield FluentBit(process, stdout, log, otlp_port, metrics_port)
 
 
@@ -564,5 +564,5 @@ def otlp_receiver(workdir: Path) -> Iterator[OtlpReceiver]:
             [FLUENT_BIT, "-c", str(config)], stdout=out, stderr=err, env=environ
         )
     health = f"http://127.0.0.1:{http_port}/"
-    with ready_until_done(process, log, health, "the OTLP receiver", 30):
+    with ready_until_done(process, log, health, "the OTLP receiver", 60):
         yield OtlpReceiver(process, port, stdout, log)

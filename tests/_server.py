@@ -27,7 +27,7 @@ def free_port() -> int:
 
 
 async def http_get(
-    port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 10.0
+    port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 30.0
 ) -> tuple[int, dict[str, str], bytes]:
     """One HTTP/1.1 GET on its own connection: (status, lowercase headers, body)."""
 
@@ -57,7 +57,7 @@ async def http_get(
     return await asyncio.wait_for(go(), timeout)
 
 
-def get(port: int, path: str, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+def get(port: int, path: str, timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
     return asyncio.run(http_get(port, path, timeout=timeout))
 
 
@@ -134,7 +134,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def wait_for_startup(log: Path, workers: int = 2, timeout: float = 30.0) -> None:
+def wait_for_startup(log: Path, workers: int = 2, timeout: float = 60.0) -> None:
     """Wait until `workers` workers have written "Application startup complete." to the JSON
     log `log`: gunicorn() returns as soon as one worker answers."""
     started = b'"message":"Application startup complete."'

@@ -29,6 +29,9 @@ _KEPT_LOGGERS = (None, "uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.e
                  "lib.noisy")  # fmt: skip
 # `logging`'s documented switches for what a LogRecord collects (asynclog's lean records).
 RECORD_OPTIONS = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
+# How long a test waits for asynclog.flush(): a bound for a loaded 2-core machine, never a
+# figure; flush() returns as soon as the lines are written.
+FLUSH_S = 20.0
 # install() settings that keep a test's file to the lines it is about.
 QUIET = {"watchdog": False, "startup_checks": False, "format": "json"}
 

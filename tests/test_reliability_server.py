@@ -119,10 +119,11 @@ def workers(master: int) -> set[int]:
     return {child.pid for child in psutil.Process(master).children()}
 
 
-async def until(condition: Callable[[], bool], timeout: float = 30) -> None:
+async def until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """`_server.wait_for` for a step of the load's script: the load runs on while it waits."""
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
         await asyncio.sleep(0.05)
 
 
@@ -165,7 +166,7 @@ def test_sigterm_during_load_logs_every_answered_request(tmp_path: Path, figures
         async def stop_mid_load(load: Load) -> None:
             await load.reached(400)
             proc.send_signal(signal.SIGTERM)  # requests keep arriving while the workers drain
-            await until(lambda: proc.poll() is not None)
+            await until(lambda: proc.poll() is not None, "gunicorn to stop")
 
         load = run_load(port, "/items/{n}", stop_mid_load, concurrency=32)
         assert proc.returncode == 0
@@ -195,7 +196,7 @@ def test_max_requests_recycling_under_load_loses_no_line(tmp_path: Path, figures
 
         async def until_recycled(load: Load) -> None:
             # uvicorn checks the limit every 0.1 s: a worker lives ~100 requests here.
-            await until(lambda: recycles() >= RECYCLES, timeout=60)
+            await until(lambda: recycles() >= RECYCLES, f"{RECYCLES} recycles")
 
         load = run_load(port, "/items/{n}", until_recycled, limit=5_000)
         proc.send_signal(signal.SIGTERM)
@@ -227,7 +228,9 @@ def test_sighup_reload_during_load_loses_no_line(tmp_path: Path, figures: Any) -
             await load.reached(300)
             old = workers(proc.pid)
             proc.send_signal(signal.SIGHUP)
-            await until(lambda: len(new := workers(proc.pid)) == 2 and not new & old)
+            await until(
+                lambda: len(new := workers(proc.pid)) == 2 and not new & old, "two new workers"
+            )
             reloaded_at.append(len(load.answered))
             await load.reached(reloaded_at[0] + 300)
 
@@ -276,9 +279,11 @@ def test_sigkill_loses_at_most_the_killed_workers_last_records(
             victim = json.loads(body)["pid"]
             os.kill(victim, signal.SIGKILL)
             killed.update(pid=victim, at=time.monotonic())
-            await until(lambda: len(workers(proc.pid) - old) == 1)
+            await until(lambda: len(workers(proc.pid) - old) == 1, "a replacement worker")
             [killed["replacement"]] = workers(proc.pid) - old
-            await until(lambda: served_by(load, killed["replacement"]) >= 100)
+            await until(
+                lambda: served_by(load, killed["replacement"]) >= 100, "100 answers from it"
+            )
 
         load = run_load(port, "/pid/{n}", kill_mid_load)
         proc.send_signal(signal.SIGTERM)

@@ -30,7 +30,7 @@ from _server import free_port, get, rss_mb, stop, wait_for, wait_until_healthy
 
 import asynclog
 
-from conftest import ROOT, read_lines
+from conftest import FLUSH_S, ROOT, assert_accounted, read_lines
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -117,7 +117,7 @@ def worker_stats(port: int, timeout: float = 60.0) -> dict[int, dict[str, Any]]:
     seen: dict[int, dict[str, Any]] = {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status, _, body = get(port, "/stats")
+        status, _, body = get(port, "/stats", timeout=30)  # the route flushes for up to 20 s
         assert status == 200
         stats = json.loads(body)
         assert stats["flushed"]
@@ -131,7 +131,7 @@ def worker_stats(port: int, timeout: float = 60.0) -> dict[int, dict[str, Any]]:
 def health_ms(port: int) -> float:
     """One GET /health on its own connection, timed from connect to the end of the response."""
     start = time.perf_counter()
-    status, _, body = get(port, "/health", timeout=5)
+    status, _, body = get(port, "/health", timeout=30)
     assert (status, body) == (200, b'{"status":"ok"}')
     return (time.perf_counter() - start) * 1000
 
@@ -156,7 +156,7 @@ async def client(deadline):
     while time.monotonic() < deadline and started < limit:
         started += 1
         try:
-            status = (await http_get(int(port), f"/items/{started % 100 + 1}", timeout=10))[0]
+            status = (await http_get(int(port), f"/items/{started % 100 + 1}", timeout=30))[0]
         except Exception as exc:
             status = type(exc).__name__
         statuses[status] += 1
@@ -183,7 +183,7 @@ def start_load(
 
 
 def load_result(load: subprocess.Popen[str]) -> dict[str, int]:
-    out, _ = load.communicate(timeout=60)
+    out, _ = load.communicate(timeout=90)
     assert load.returncode == 0
     return dict(json.loads(out))
 
@@ -249,7 +249,7 @@ def test_stalled_stdout_pipe_keeps_health_fast_and_memory_bounded(
         statuses = load_result(load)
         stats = worker_stats(port)
         written = sum(s["written"] for s in stats.values())
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while len(reader.lines()) < written and time.monotonic() < deadline:
             time.sleep(0.05)
         lines = reader.lines()
@@ -273,8 +273,7 @@ def test_stalled_stdout_pipe_keeps_health_fast_and_memory_bounded(
     assert stall_p99 < 50, f"/health p99 {stall_p99:.1f} ms during the stall"
     assert max(growth.values()) < 50, f"RSS grew {growth} MB"
     for s in stats.values():
-        assert s["emitted"] == s["written"] + s["dropped"], s
-        assert s["dropped_write"] == 0  # a stalled pipe is waited for, not given up on
+        assert_accounted(s, dropped_write=0)  # a stalled pipe is waited for, not given up on
     assert dropped > 0, "the stall never filled a queue: nothing was tested"
     # Every line that came out of the pipe is whole, valid JSON, and there is one per write.
     parsed = [json.loads(line) for line in lines]
@@ -319,8 +318,8 @@ def test_reader_closing_the_pipe_costs_lines_not_requests(tmp_path: Path, figure
     figures(requests=requests, emitted=emitted, dropped_write=lost, reports=len(failures))
     assert emitted == 3 * requests  # two route lines and one access line each
     for pid, s in after.items():
-        assert s["emitted"] == s["written"] + s["dropped"], s
-        assert s["written"] == before[pid]["written"]  # nothing went out after the reader left
+        # Nothing went out after the reader left.
+        assert_accounted(s, written=before[pid]["written"])
     assert lost == emitted  # and every line that did not was counted
     finals = [n for n in notices if n["message"] == "records lost before shutdown"]
     # And once more, with the totals, as each worker stopped.
@@ -342,8 +341,8 @@ def test_full_disk_costs_lines_not_requests(tmp_path: Path, figures: Any) -> Non
     requests = sum(statuses.values())
     assert statuses == {"200": requests}
     for s in stats.values():
-        assert s["written"] == 0
-        assert s["emitted"] == s["dropped"] == s["dropped_write"] > 0, s
+        assert_accounted(s, written=0, dropped=s["dropped_write"])
+        assert s["dropped_write"] > 0, s
     emitted = sum(s["emitted"] for s in stats.values())
     notices = stderr_notices(stderr)
     failures = write_failures(notices, "No space left on device", set(stats))
@@ -351,7 +350,8 @@ def test_full_disk_costs_lines_not_requests(tmp_path: Path, figures: Any) -> Non
     assert emitted >= 3 * requests  # plus the server's own start-up lines
     finals = [n for n in notices if n["message"] == "records lost before shutdown"]
     assert sorted(n["pid"] for n in finals) == sorted(stats)  # with the totals, as each stopped
-    assert all(n["written"] == 0 and n["dropped_write"] == n["emitted"] for n in finals), finals
+    for n in finals:
+        assert_accounted(n, written=0, dropped_write=n["emitted"])
 
 
 # --- 4. the log file is deleted ---------------------------------------------------------------
@@ -364,20 +364,19 @@ def test_deleted_log_file_is_created_again_for_the_next_line(log_path: Path) -> 
     for n in range(3):
         for i in range(100 * n, 100 * n + 100):
             log.info("line", i=i)
-        assert asynclog.flush(5)
+        assert asynclog.flush(FLUSH_S)
         held.append(log_path.open("rb"))
         log_path.unlink()
     for i in range(300, 400):
         log.info("line", i=i)
-    assert asynclog.flush(5)
+    assert asynclog.flush(FLUSH_S)
 
     assert [line["i"] for line in read_lines(log_path)] == list(range(300, 400))
     for n, file in enumerate(held):
         with file:
             got = [json.loads(line)["i"] for line in file.read().splitlines()]
         assert got == list(range(100 * n, 100 * n + 100))
-    stats = asynclog.stats()
-    assert stats["emitted"] == stats["written"] == 400
+    assert_accounted(asynclog.stats(), emitted=400, written=400)
 
 
 # A child that logs `count` numbered lines at a steady pace (about `seconds` in all) into
@@ -411,8 +410,18 @@ def _numbers(data: bytes) -> list[int]:
     return [json.loads(line)["i"] for line in data.splitlines()]
 
 
-def _wait_for(path: Path, timeout: float = 10) -> None:
-    wait_for(lambda: path.exists() and path.stat().st_size > 0, timeout, f"a line in {path}")
+# Lines a file must hold before the test deletes or rotates it: the writer is well into it, and
+# most of its stream is still to come (the paced writers log 30,000).
+INTO_FILE = 2_000
+
+
+def _wait_for_lines(path: Path, lines: int = INTO_FILE) -> None:
+    """Wait until `path` holds `lines` lines; 60 s also covers the writer's start."""
+
+    def holds() -> bool:
+        return path.exists() and path.read_bytes().count(b"\n") >= lines
+
+    wait_for(holds, 60, f"{lines} lines in {path}")
 
 
 def test_file_deleted_under_a_busy_writer_loses_no_line_to_the_void(
@@ -422,8 +431,7 @@ def test_file_deleted_under_a_busy_writer_loses_no_line_to_the_void(
     writer = _paced_writer(log_path, count, seconds=2)
     held = []  # each deleted file, opened just before its deletion: whatever reached it
     for _ in range(3):
-        _wait_for(log_path)
-        time.sleep(0.3)
+        _wait_for_lines(log_path)
         held.append(log_path.open("rb"))
         log_path.unlink()
     out, _ = writer.communicate(timeout=60)
@@ -437,8 +445,7 @@ def test_file_deleted_under_a_busy_writer_loses_no_line_to_the_void(
     figures(lines=count, per_file=[len(p) for p in parts])
     assert [i for part in parts for i in part] == list(range(count))
     assert parts[-1], "no line reached the file created after the last deletion"
-    stats = json.loads(out)
-    assert stats["emitted"] == stats["written"] == count
+    assert_accounted(json.loads(out), emitted=count, written=count)
 
 
 # --- 5. logrotate's rename, then create ---------------------------------------------------------
@@ -451,8 +458,7 @@ def test_logrotate_create_mode_under_a_busy_writer_loses_nothing(
     writer = _paced_writer(log_path, count, seconds=3)
     rotated = [log_path.with_name(f"app.log.{n}") for n in (1, 2)]
     for _ in range(2):  # what logrotate does with `create`: shift, rename, create empty
-        _wait_for(log_path)
-        time.sleep(0.5)
+        _wait_for_lines(log_path)
         if rotated[0].exists():
             rotated[0].rename(rotated[1])
         log_path.rename(rotated[0])
@@ -465,25 +471,33 @@ def test_logrotate_create_mode_under_a_busy_writer_loses_nothing(
     figures(lines=count, per_file=[len(p) for p in parts])
     assert [i for part in parts for i in part] == list(range(count))  # old + new == emitted
     assert parts[-1], "no line reached the newly created app.log"
-    stats = json.loads(out)
-    assert stats["emitted"] == stats["written"] == count
+    assert_accounted(json.loads(out), emitted=count, written=count)
 
 
 # --- 6. many writers, one file ------------------------------------------------------------------
 
+# A child that appends `count` numbered lines to `path` once told to go, then prints its counters.
 _APPENDER = """
-import asynclog, sys
+import asynclog, json, sys
 path, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 asynclog.configure(sink=path, format="json", overflow="block", block_timeout=10)
 log = asynclog.get_logger("appender")
+print("ready", flush=True)
 sys.stdin.readline()  # start together
 for i in range(count):
     # Every 997th line is 20 KB: a write far bigger than a page.
     log.info("append", p=name, i=i, pad="x" * (20_000 if i % 997 == 0 else i % 300))
 assert asynclog.shutdown(timeout=30)
-s = asynclog.stats()
-assert s["emitted"] == s["written"] == count, s
+print(json.dumps(asynclog.stats()))
 """
+
+
+def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The next line of a child's stdout, waiting at most `timeout` seconds for it."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"no line from the child in {timeout} s"
+    return proc.stdout.readline()
 
 
 def test_four_processes_append_to_one_file_without_tearing_a_line(
@@ -495,16 +509,24 @@ def test_four_processes_append_to_one_file_without_tearing_a_line(
             [sys.executable, "-c", _APPENDER, str(log_path), name, str(count)],
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             text=True,
         )
         for name in names
     ]
-    time.sleep(0.5)  # let them import asynclog
+    # Each says "ready" once configured (a crash closes its stdout: "" fails the assertion).
+    assert [_read_line(proc, 60) for proc in procs] == ["ready\n"] * len(names)
     for proc in procs:
         assert proc.stdin is not None
         proc.stdin.write("go\n")
         proc.stdin.close()
-    assert [proc.wait(60) for proc in procs] == [0] * len(names)
+    outs = [_read_line(proc, 90) for proc in procs]
+    for proc in procs:
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert [proc.wait(30) for proc in procs] == [0] * len(names)
+    for out in outs:
+        assert_accounted(json.loads(out), emitted=count, written=count)
 
     lines = read_lines(log_path)  # fails on any torn or glued line
     switches = sum(a["p"] != b["p"] for a, b in itertools.pairwise(lines))
@@ -555,7 +577,7 @@ def test_two_processes_on_one_slow_stdout_pipe_never_tear_a_line(figures: Any) -
         data += chunk
         time.sleep(0.002)
     os.close(read_fd)
-    assert [proc.wait(10) for proc in procs] == [0, 0]
+    assert [proc.wait(30) for proc in procs] == [0, 0]
 
     lines = [json.loads(line) for line in bytes(data).splitlines()]  # fails on a torn line
     figures(lines=len(lines), bytes=len(data))

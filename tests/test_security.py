@@ -3,7 +3,8 @@
 Secret values are looked for in the raw bytes of the log file, not only in the fields meant to
 mask them: wherever a value could surface (a repr, a nested field, a span attribute), it must
 not. Each secret is a unique alphanumeric marker, so no encoding (JSON, percent) could hide it.
-Extends tests/test_fastapi.py (query masking, request-id reuse) and tests/test_hostile_input.py.
+Extends tests/test_fastapi.py (query masking, request-id reuse) and tests/test_hostile_input.py;
+the unit tests of the redaction these lines rely on are in tests/test_redact.py.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pydantic import BaseModel
 
 import asynclog
 
-from conftest import QUIET, read_lines
+from conftest import FLUSH_S, QUIET, read_lines
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -40,7 +41,7 @@ def secret(name: str) -> str:
 
 def raw_lines(path: Path) -> list[bytes]:
     """The file's lines, split at b"\\n" only, each checked to be one JSON object."""
-    asynclog.flush(5)
+    assert asynclog.flush(FLUSH_S)
     data = path.read_bytes()
     assert data.endswith(b"\n")
     lines = data.split(b"\n")[:-1]
@@ -50,7 +51,7 @@ def raw_lines(path: Path) -> list[bytes]:
 
 
 def assert_nowhere(path: Path, secrets: list[str]) -> None:
-    asynclog.flush(5)
+    assert asynclog.flush(FLUSH_S)
     data = path.read_bytes()
     leaked = [value for value in secrets if value.encode() in data]
     assert not leaked, f"in the log file: {leaked}"

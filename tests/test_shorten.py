@@ -17,7 +17,7 @@ import asynclog
 from asynclog._settings import Settings, resolve_settings
 from asynclog._shorten import shorten_line
 
-from conftest import read_lines
+from conftest import assert_accounted, read_lines
 
 NOTES = "asynclog.substituted"
 
@@ -109,8 +109,7 @@ def test_a_record_with_a_3_mb_field_is_written_shortened_between_its_neighbours(
         logging.getLogger("long.stdlib").warning("stdlib huge", extra={"blob": "s" * 3_000_000})
         log.info("after", n=n)
     assert asynclog.flush(timeout=30)
-    stats = asynclog.stats()
-    assert stats["written"] == stats["emitted"] == 12 and stats["dropped"] == 0
+    assert_accounted(asynclog.stats(), emitted=12, written=12, dropped=0)
     data = log_path.read_bytes()
     assert max(len(line) + 1 for line in data.split(b"\n")[:-1]) <= Settings.max_line_bytes
     lines = read_lines(log_path)

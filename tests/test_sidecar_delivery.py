@@ -35,7 +35,7 @@ from _fluentbit import (
 )
 from _loki import Loki, LokiEntry, loki_serving, needs_loki
 
-from conftest import ROOT, run_python
+from conftest import ROOT, assert_accounted, run_python
 
 pytestmark = [
     pytest.mark.integration,
@@ -76,9 +76,7 @@ class Stream:
         """Wait for the stream to end; the lines it sent (asynclog wrote and dropped none)."""
         out, _ = self.process.communicate(timeout=120)
         assert self.process.returncode == 0, out
-        stats = json.loads(out)
-        assert stats["dropped"] == 0, stats
-        assert stats["written"] == self.count, stats
+        assert_accounted(json.loads(out), written=self.count, dropped=0)
         return self.count
 
 

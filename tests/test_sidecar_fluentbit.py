@@ -86,7 +86,7 @@ def _send_span(port: int, name: str) -> None:
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
         provider = TracerProvider()
-        exporter = OTLPSpanExporter(endpoint="http://127.0.0.1:{port}/v1/traces", timeout=10)
+        exporter = OTLPSpanExporter(endpoint="http://127.0.0.1:{port}/v1/traces", timeout=30)
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         with provider.get_tracer("sidecar-e2e").start_as_current_span({name!r}):
             pass
@@ -138,7 +138,7 @@ def test_fluent_bit_ships_every_record_across_rotation(tmp_path: Path, config: s
             # Fluent Bit keeps reading the renamed file for Rotate_Wait.
             os.rename(sink, rotated)
             _requests(app.url, "rotating", 10)
-            wait_for(sink.exists, 10, "asynclog to reopen app.log")
+            wait_for(sink.exists, 30, "asynclog to reopen app.log")
             _requests(app.url, "after", 20)
             assert app.stop() == 0
             _write_long_lines(sink)

@@ -106,7 +106,7 @@ def test_master_rotates_a_full_file_without_losing_lines(log_path: Path) -> None
         with ThreadPoolExecutor(4) as pool:
             codes = pool.map(lambda rid: _get(f"{server.url}/items/1", rid), ids)
             assert set(codes) == {200}
-        wait_for(rotated.exists, 10, "the master to rotate app.log")
+        wait_for(rotated.exists, 30, "the master to rotate app.log")
         assert server.stop() == 0
     lines = read_lines(rotated) + read_lines(log_path)
     access = [line for line in lines if line["logger"] == "asynclog.access"]

@@ -81,7 +81,7 @@ EXCLUDED = {"/health"}
 def _send(port: int, call: Call, n: int, request_id: str) -> int | None:
     """The status the client got, or None when the connection broke before an answer (a
     worker stopping as it accepted it): then only the server knows whether it was served."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     headers = {"x-request-id": request_id, "connection": "close"}
     body = None
     if call.body is not None:
