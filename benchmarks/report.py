@@ -12,7 +12,8 @@ import os
 import platform
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ PACKAGES = (
 )  # fmt: skip
 # Worker RSS growth allowed under a slow or stalled pipe, and for the micro memory run.
 RSS_ALLOWANCE = 50 * MB
+ASYNCLOG = "asynclog"
+STRUCTLOG = "structlog-fast"
 
 
 # -- machine and versions ----------------------------------------------------------------------
@@ -86,13 +89,17 @@ def _case(e2e: list[dict[str, Any]], mode: str, sink: str) -> dict[str, Any] | N
     return None
 
 
+def _add_timing_ratios(m: dict[str, Any], base: dict[str, Any]) -> None:
+    m["caller_x"] = m["caller_ns"] / base["caller_ns"]
+    m["throughput_x"] = m["records_per_s"] / base["records_per_s"]
+
+
 def add_ratios(micro: list[dict[str, Any]], e2e: list[dict[str, Any]], baseline: str) -> None:
     """Annotate each result in place with its ratios against the same run's baseline."""
     base = _by_name(micro).get(baseline)
     for m in micro:
         if base and "error" not in m:
-            m["caller_x"] = m["caller_ns"] / base["caller_ns"]
-            m["throughput_x"] = m["records_per_s"] / base["records_per_s"]
+            _add_timing_ratios(m, base)
         if "rss_peak" in m and "rss_baseline" in m:
             m["rss_growth"] = max(0, m["rss_peak"] - m["rss_baseline"])
     for c in e2e:
@@ -112,6 +119,8 @@ def add_ratios(micro: list[dict[str, Any]], e2e: list[dict[str, Any]], baseline:
 
 @dataclass
 class Target:
+    """A target evaluated on one run's figures (value and met are None: not measured)."""
+
     what: str
     goal: str
     value: float | None
@@ -122,14 +131,139 @@ class Target:
         return asdict(self)
 
 
-def _at_most(what: str, value: float | None, limit: float, unit: str = "x") -> Target:
-    met = None if value is None else value <= limit
-    return Target(what, f"<= {limit:.3g}{unit}", value, met, unit)
+@dataclass(frozen=True)
+class Figures:
+    """What a target reads: one shape's micro rows by library, and the end-to-end cases."""
+
+    peers: dict[str, dict[str, Any]]
+    e2e: list[dict[str, Any]] = field(default_factory=list)
+
+    def row(self, name: str) -> dict[str, Any]:
+        return self.peers.get(name, {})
+
+    def case(self, mode: str, sink: str) -> dict[str, Any] | None:
+        return _case(self.e2e, mode, sink)
 
 
-def _at_least(what: str, value: float | None, limit: float, unit: str = "x") -> Target:
-    met = None if value is None else value >= limit
-    return Target(what, f">= {limit:.3g}{unit}", value, met, unit)
+Metric = Callable[[Figures], float | None]
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One target as data: its wording, the figure it reads, and the limit that figure must
+    stay under (or, with at_least, reach)."""
+
+    what: str  # may name {rss_records}, asynclog's row's memory-run size
+    metric: Metric
+    limit: float
+    at_least: bool = False
+    unit: str = "x"
+    # Its heading in the record mix's per-shape table; empty: the mix does not apply it.
+    column: str = ""
+
+    @property
+    def goal(self) -> str:
+        return f"{'>=' if self.at_least else '<='} {self.limit:.3g}{self.unit}"
+
+    def check(self, figures: Figures, prefix: str = "") -> Target:
+        value = self.metric(figures)
+        if value is None:
+            met = None
+        else:
+            met = value >= self.limit if self.at_least else value <= self.limit
+        rss_records = figures.row(ASYNCLOG).get("rss_records", 0)
+        return Target(prefix + self.what.format(rss_records=rss_records), self.goal, value, met,
+                      self.unit)  # fmt: skip
+
+
+def _field(name: str, key: str) -> Metric:
+    return lambda f: f.row(name).get(key)
+
+
+def _records_over(other: str) -> Metric:
+    """asynclog's records/s over another library's, on the same shape."""
+
+    def metric(f: Figures) -> float | None:
+        native, peer = f.row(ASYNCLOG), f.row(other)
+        return native["records_per_s"] / peer["records_per_s"] if native and peer else None
+
+    return metric
+
+
+def _caller_over_cheapest_peer(f: Figures) -> float | None:
+    others = [p["caller_ns"] for n, p in f.peers.items() if not n.startswith(ASYNCLOG)]
+    native = f.row(ASYNCLOG)
+    return native["caller_ns"] / min(others) if native and others else None
+
+
+def _rss_growth_mb(f: Figures) -> float | None:
+    growth = f.row(ASYNCLOG).get("rss_growth")
+    return None if growth is None else growth / MB
+
+
+def _e2e(mode: str, sink: str, key: str) -> Metric:
+    return lambda f: _of(f.case(mode, sink), key)
+
+
+def _tracing_over_otel(f: Figures) -> float | None:
+    on, otel = f.case("asynclog-tracing", "file"), f.case("stdlib-otel", "file")
+    return on["requests_per_s"] / otel["requests_per_s"] if on and otel else None
+
+
+def _proxied_distance(f: Figures) -> float | None:
+    """Behind nginx, asynclog's share of the cost must be what it is without the proxy."""
+    through = _of(f.case(ASYNCLOG, PROXIED), "rps_x_none")
+    direct = _of(f.case(ASYNCLOG, "file"), "rps_x_none")
+    return None if through is None or direct is None else abs(through - direct)
+
+
+def _worker_rss_growth_mb(sink: str) -> Metric:
+    def metric(f: Figures) -> float | None:
+        c = f.case(ASYNCLOG, sink)
+        return None if c is None else c["rss_growth"] / MB
+
+    return metric
+
+
+# The micro targets, read on one shape's rows; those with a column apply to every mix shape too.
+RECORD_GOALS = (
+    Goal("asynclog native caller cost vs stdlib sync", _field(ASYNCLOG, "caller_x"), 0.1,
+         column="caller x stdlib sync"),
+    Goal("stdlib logging through asynclog, caller cost vs stdlib sync",
+         _field("asynclog-stdlib", "caller_x"), 0.5),
+    Goal("asynclog native caller cost vs the cheapest peer", _caller_over_cheapest_peer, 1.0),
+    Goal("asynclog records/s vs stdlib sync", _field(ASYNCLOG, "throughput_x"), 6,
+         at_least=True, column="records/s x stdlib sync"),
+    Goal("asynclog records/s vs structlog fast", _records_over(STRUCTLOG), 2.5, at_least=True,
+         column="records/s x structlog fast"),
+    Goal("asynclog peak RSS growth over {rss_records:,} records (MB)", _rss_growth_mb,
+         RSS_ALLOWANCE / MB, unit=" MB"),
+)  # fmt: skip
+MIX_GOALS = tuple(g for g in RECORD_GOALS if g.column)
+E2E_GOALS = (
+    Goal("e2e file: asynclog req/s vs no logging", _e2e(ASYNCLOG, "file", "rps_x_none"), 0.85,
+         at_least=True),
+    Goal("e2e file: asynclog + tracing req/s vs no logging",
+         _e2e("asynclog-tracing", "file", "rps_x_none"), 0.6, at_least=True),
+    Goal("e2e file: asynclog + tracing req/s vs stdlib sync + stock OTel", _tracing_over_otel,
+         2.4, at_least=True),
+    Goal("e2e file: asynclog + tracing p99 vs no logging",
+         _e2e("asynclog-tracing", "file", "p99_x_none"), 2.0),
+    Goal("e2e file+nginx: asynclog req/s vs no logging, its distance from the direct ratio",
+         _proxied_distance, 0.05, unit=""),
+    *(
+        goal
+        for sink in ("slow-pipe", "stalled-pipe")
+        for goal in (
+            Goal(f"e2e {sink}: asynclog req/s vs its file sink",
+                 _e2e(ASYNCLOG, sink, "rps_x_file"), 1 / 1.5, at_least=True),
+            Goal(f"e2e {sink}: asynclog p99 vs its file sink",
+                 _e2e(ASYNCLOG, sink, "p99_x_file"), 1.5),
+            Goal(f"e2e {sink}: asynclog worker RSS over idle (MB)", _worker_rss_growth_mb(sink),
+                 RSS_ALLOWANCE / MB, unit=" MB"),
+        )
+    ),
+)  # fmt: skip
 
 
 def _all_of(what: str, checks: list[bool]) -> Target:
@@ -141,90 +275,17 @@ def _all_of(what: str, checks: list[bool]) -> Target:
 
 def targets(micro: list[dict[str, Any]], e2e: list[dict[str, Any]]) -> list[Target]:
     """The issue's targets, each evaluated on this run's figures (None: not measured)."""
-    peers = _by_name(micro)
-    native, via_stdlib = peers.get("asynclog", {}), peers.get("asynclog-stdlib", {})
-    structlog = peers.get("structlog-fast", {})
-    out = [
-        _at_most("micro: asynclog native caller cost vs stdlib sync", native.get("caller_x"), 0.1),
-        _at_most(
-            "micro: stdlib logging through asynclog, caller cost vs stdlib sync",
-            via_stdlib.get("caller_x"),
-            0.5,
-        ),
-    ]
-    others = [p["caller_ns"] for n, p in peers.items() if not n.startswith("asynclog")]
-    if native and others:
-        out.append(
-            _at_most(
-                "micro: asynclog native caller cost vs the cheapest peer",
-                native["caller_ns"] / min(others),
-                1.0,
-            )
-        )
-    out.append(_at_least("micro: asynclog records/s vs stdlib sync", native.get("throughput_x"), 6))
-    if native and structlog:
-        out.append(
-            _at_least(
-                "micro: asynclog records/s vs structlog fast",
-                native["records_per_s"] / structlog["records_per_s"],
-                2.5,
-            )
-        )
-    growth = native.get("rss_growth")
-    out.append(
-        _at_most(
-            f"micro: asynclog peak RSS growth over {native.get('rss_records', 0):,} records (MB)",
-            None if growth is None else growth / MB,
-            RSS_ALLOWANCE / MB,
-            " MB",
-        )
-    )
-    off, on = _case(e2e, "asynclog", "file"), _case(e2e, "asynclog-tracing", "file")
-    otel = _case(e2e, "stdlib-otel", "file")
-    out += [
-        _at_least("e2e file: asynclog req/s vs no logging", _of(off, "rps_x_none"), 0.85),
-        _at_least("e2e file: asynclog + tracing req/s vs no logging", _of(on, "rps_x_none"), 0.6),
-        _at_least(
-            "e2e file: asynclog + tracing req/s vs stdlib sync + stock OTel",
-            on["requests_per_s"] / otel["requests_per_s"] if on and otel else None,
-            2.4,
-        ),
-        _at_most("e2e file: asynclog + tracing p99 vs no logging", _of(on, "p99_x_none"), 2.0),
-    ]
-    # Behind nginx, asynclog's share of the cost must be what it is without the proxy.
-    through, direct = _of(_case(e2e, "asynclog", PROXIED), "rps_x_none"), _of(off, "rps_x_none")
-    out.append(
-        _at_most(
-            "e2e file+nginx: asynclog req/s vs no logging, its distance from the direct ratio",
-            None if through is None or direct is None else abs(through - direct),
-            0.05,
-            "",
-        )
-    )
-    for sink in ("slow-pipe", "stalled-pipe"):
-        c = _case(e2e, "asynclog", sink)
-        out += [
-            _at_least(
-                f"e2e {sink}: asynclog req/s vs its file sink",
-                _of(c, "rps_x_file"),
-                1 / 1.5,
-            ),
-            _at_most(f"e2e {sink}: asynclog p99 vs its file sink", _of(c, "p99_x_file"), 1.5),
-            _at_most(
-                f"e2e {sink}: asynclog worker RSS over idle (MB)",
-                None if c is None else c["rss_growth"] / MB,
-                RSS_ALLOWANCE / MB,
-                " MB",
-            ),
-        ]
+    figures = Figures(_by_name(micro), e2e)
+    out = [g.check(figures, "micro: ") for g in RECORD_GOALS]
+    out += [g.check(figures) for g in E2E_GOALS]
     intact = [
         m.get("check", {}).get("intact", False)
-        for n, m in peers.items()
-        if n.startswith("asynclog")
+        for n, m in figures.peers.items()
+        if n.startswith(ASYNCLOG)
     ] + [
         c["lines_corrupt"] == 0 and c["lines_lost"] == 0
         for c in e2e
-        if c["mode"].startswith("asynclog") and "error" not in c
+        if c["mode"].startswith(ASYNCLOG) and "error" not in c
     ]
     out.append(_all_of("asynclog: every non-dropped line intact, dropped lines counted", intact))
     return out
@@ -257,9 +318,9 @@ def _micro_check(m: dict[str, Any]) -> str:
         c = m.get(key)
         if not c:
             continue
-        for field in ("corrupt", "duplicates", "missing"):
-            if c[field]:
-                problems.append(f"{c[field]:,} {field}")
+        for kind in ("corrupt", "duplicates", "missing"):
+            if c[kind]:
+                problems.append(f"{c[kind]:,} {kind}")
     checked = m.get("check", {}).get("lines", 0) + m.get("rss_check", {}).get("lines", 0)
     if problems:
         return "FLAGGED: " + ", ".join(problems)
@@ -275,19 +336,47 @@ def _rss_cell(m: dict[str, Any]) -> str:
     return cell
 
 
-def micro_table(micro: list[dict[str, Any]]) -> str:
-    rows = [
-        "| library | caller ns/call | x stdlib sync | records/s | x stdlib sync "
-        "| peak RSS (+growth) @ records | lines | other CPU |",
-        "|---|--:|--:|--:|--:|---|---|--:|",
+# A table is a list of columns: heading, alignment, and the cell of one row.
+Column = tuple[str, str, Callable[[dict[str, Any]], str]]
+
+
+def table(columns: tuple[Column, ...], rows: list[dict[str, Any]]) -> str:
+    """A markdown table: one line per row, one cell per column."""
+    lines = [
+        "| " + " | ".join(heading for heading, _, _ in columns) + " |",
+        "|" + "".join(f"{align}|" for _, align, _ in columns),
     ]
-    for m in micro:
-        rows.append(
-            f"| {m['label']} | {_n(m.get('caller_ns'))} | {_x(m.get('caller_x'))} "
-            f"| {_n(m.get('records_per_s'))} | {_x(m.get('throughput_x'))} "
-            f"| {_rss_cell(m)} | {_micro_check(m)} | {_pct(m.get('other_cpu'))} |"
-        )
-    return "\n".join(rows)
+    lines += ["| " + " | ".join(cell(r) for _, _, cell in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+_TIMING_COLUMNS: tuple[Column, ...] = (
+    ("caller ns/call", "--:", lambda m: _n(m.get("caller_ns"))),
+    ("x stdlib sync", "--:", lambda m: _x(m.get("caller_x"))),
+    ("records/s", "--:", lambda m: _n(m.get("records_per_s"))),
+    ("x stdlib sync", "--:", lambda m: _x(m.get("throughput_x"))),
+)
+_LIBRARY: Column = ("library", "---", lambda m: str(m["label"]))
+_OTHER_CPU: Column = ("other CPU", "--:", lambda m: _pct(m.get("other_cpu")))
+MICRO_COLUMNS = (
+    _LIBRARY,
+    *_TIMING_COLUMNS,
+    ("peak RSS (+growth) @ records", "---", _rss_cell),
+    ("lines", "---", _micro_check),
+    _OTHER_CPU,
+)
+MIX_COLUMNS = (
+    ("shape", "---", lambda m: str(m["shape"])),
+    _LIBRARY,
+    *_TIMING_COLUMNS,
+    ("x structlog fast", "--:", lambda m: _x(m.get("throughput_x_structlog"))),
+    ("lines", "---", _micro_check),
+    _OTHER_CPU,
+)
+
+
+def micro_table(micro: list[dict[str, Any]]) -> str:
+    return table(MICRO_COLUMNS, micro)
 
 
 def _lines_cell(c: dict[str, Any]) -> str:
@@ -325,13 +414,23 @@ def e2e_table(e2e: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def _value_cell(t: Target) -> str:
+    digits = 0 if t.unit.startswith("/") else 2
+    return "-" if t.value is None else f"{t.value:.{digits}f}{t.unit}"
+
+
+def _met_cell(t: Target) -> str:
+    """The mix's cell: the value and whether it is met."""
+    if t.value is None:
+        return "not measured"
+    return f"{_value_cell(t)} {'met' if t.met else '**MISSED**'}"
+
+
 def targets_table(found: list[Target]) -> str:
     rows = ["| target | goal | this run | met |", "|---|---|--:|---|"]
     for t in found:
-        digits = 0 if t.unit.startswith("/") else 2
-        value = "-" if t.value is None else f"{t.value:.{digits}f}{t.unit}"
         met = "not measured" if t.met is None else ("yes" if t.met else "**MISSED**")
-        rows.append(f"| {t.what} | {t.goal} | {value} | {met} |")
+        rows.append(f"| {t.what} | {t.goal} | {_value_cell(t)} | {met} |")
     return "\n".join(rows)
 
 
@@ -533,7 +632,6 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
 #
 # Each shape has its own baseline: stdlib sync JSON logging the same fields in the same run.
 
-MIX_STRUCTLOG = "structlog-fast"
 _MIX_COLORS = {
     "asynclog": "#2a7", "asynclog-stdlib": "#9d9", "stdlib-sync": "#444",
     "structlog-fast": "#777", "picologging": "#aaa", "loguru": "#ccc",
@@ -555,75 +653,44 @@ def add_mix_ratios(mix: list[dict[str, Any]], baseline: str) -> None:
     by_shape = _mix_by_shape(mix)
     for m in mix:
         peers = by_shape[m["shape"]]
-        base, structlog = peers.get(baseline), peers.get(MIX_STRUCTLOG)
+        base, structlog = peers.get(baseline), peers.get(STRUCTLOG)
         if "error" in m:
             continue
         if base:
-            m["caller_x"] = m["caller_ns"] / base["caller_ns"]
-            m["throughput_x"] = m["records_per_s"] / base["records_per_s"]
+            _add_timing_ratios(m, base)
         if structlog:
             m["throughput_x_structlog"] = m["records_per_s"] / structlog["records_per_s"]
 
 
-def _mix_goals(native: dict[str, Any]) -> list[tuple[str, float | None, float, bool]]:
-    """(what, value, limit, at_least) of the mix's three targets for asynclog's row."""
-    return [
-        ("asynclog native caller cost vs stdlib sync", native.get("caller_x"), 0.1, False),
-        ("asynclog records/s vs stdlib sync", native.get("throughput_x"), 6, True),
-        ("asynclog records/s vs structlog fast", native.get("throughput_x_structlog"), 2.5, True),
-    ]
-
-
 def mix_targets(mix: list[dict[str, Any]], shapes: set[str]) -> list[Target]:
     """The mix's targets on each shape in *shapes* (today's shape has its own in the list)."""
-    by_shape = _mix_by_shape(mix)
-    out = []
-    for shape, peers in by_shape.items():
-        if shape not in shapes:
-            continue
-        for what, value, limit, at_least in _mix_goals(peers.get("asynclog", {})):
-            check = _at_least if at_least else _at_most
-            out.append(check(f"mix {shape}: {what}", value, limit))
+    out = [
+        g.check(Figures(peers), f"mix {shape}: ")
+        for shape, peers in _mix_by_shape(mix).items()
+        if shape in shapes
+        for g in MIX_GOALS
+    ]
     intact = [
         m.get("check", {}).get("intact", False)
         for m in mix
-        if m["shape"] in shapes and m["name"].startswith("asynclog")
+        if m["shape"] in shapes and m["name"].startswith(ASYNCLOG)
     ]
     out.append(_all_of("mix: asynclog's lines intact on every shape", intact))
     return out
 
 
-def mix_table(mix: list[dict[str, Any]], labels: dict[str, str]) -> str:
-    rows = [
-        "| shape | library | caller ns/call | x stdlib sync | records/s | x stdlib sync "
-        "| x structlog fast | lines | other CPU |",
-        "|---|---|--:|--:|--:|--:|--:|---|--:|",
-    ]
-    for m in mix:
-        rows.append(
-            f"| {m['shape']} | {m['label']} | {_n(m.get('caller_ns'))} | {_x(m.get('caller_x'))} "
-            f"| {_n(m.get('records_per_s'))} | {_x(m.get('throughput_x'))} "
-            f"| {_x(m.get('throughput_x_structlog'))} | {_micro_check(m)} "
-            f"| {_pct(m.get('other_cpu'))} |"
-        )
-    return "\n".join(rows)
+def mix_table(mix: list[dict[str, Any]]) -> str:
+    return table(MIX_COLUMNS, mix)
 
 
 def mix_targets_table(mix: list[dict[str, Any]], labels: dict[str, str]) -> str:
-    """One row per shape: asynclog's three ratios and whether each target is met."""
+    """One row per shape: asynclog's ratios on it, each against its target."""
     rows = [
-        "| shape | caller x stdlib sync (<= 0.1x) | records/s x stdlib sync (>= 6x) "
-        "| records/s x structlog fast (>= 2.5x) |",
-        "|---|--:|--:|--:|",
+        "| shape | " + " | ".join(f"{g.column} ({g.goal})" for g in MIX_GOALS) + " |",
+        "|---|" + "--:|" * len(MIX_GOALS),
     ]
     for shape, peers in _mix_by_shape(mix).items():
-        cells = []
-        for _what, value, limit, at_least in _mix_goals(peers.get("asynclog", {})):
-            if value is None:
-                cells.append("not measured")
-                continue
-            met = value >= limit if at_least else value <= limit
-            cells.append(f"{value:.2f}x {'met' if met else '**MISSED**'}")
+        cells = [_met_cell(g.check(Figures(peers))) for g in MIX_GOALS]
         rows.append(f"| {shape}: {labels.get(shape, shape)} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -653,7 +720,7 @@ def mix_section(results: dict[str, Any]) -> list[str]:
         "(orjson: ISO 8601 with `T`; `json.dumps(default=str)`: with a space); each line is "
         f"read back and every field compared with what was logged.{skipped}{today}",
         "",
-        mix_table(mix, labels),
+        mix_table(mix),
         "",
         "asynclog's targets on each shape:",
         "",
