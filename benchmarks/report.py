@@ -444,8 +444,9 @@ def mix_section(results: dict[str, Any]) -> list[str]:
         "(no memory run): each library and pass is one process timing every shape in "
         "turn, the order rotating from pass to pass. Every `x` divides by stdlib sync JSON "
         "logging the same fields in this run (structlog's column: by structlog's fastest "
-        "set-up on that shape). Datetimes and UUIDs are written as each library writes them "
-        "(orjson: ISO 8601 with `T`; `json.dumps(default=str)`: with a space); each line is "
+        "set-up on that shape). Datetimes, UUIDs and enum members are written as each library "
+        "writes them (orjson: ISO 8601 with `T`, an enum member's value; "
+        "`json.dumps(default=str)`: with a space, the member's name); each line is "
         f"read back and every field compared with what was logged.{skipped}{today}",
         "",
         mix_table(mix),
