@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from benchmarks import loadgen, sidecar
+from benchmarks import loadgen, report, sidecar, targets
 from benchmarks.ablate import parse_variant
 from benchmarks.e2e import CASES, MODES, target
 from benchmarks.peers import MIX_PEERS, PEERS
@@ -173,6 +173,51 @@ def test_sidecar_is_measured_next_to_a_worker_or_skipped(
         assert workers == pytest.approx(
             variant["lines_per_cpu_s"] / sidecar.worker_lines_per_s(results["e2e"]), abs=0.06
         )
+
+
+def _timing_rows(shape: str, asynclog_records_per_s: float) -> list[dict[str, Any]]:
+    """One shape's rows: stdlib sync, structlog and asynclog, with its lines read back intact."""
+    return [
+        {"shape": shape, "name": name, "label": name, "caller_ns": caller, "records_per_s": rps,
+         "check": {"intact": True, "lines": 10, "corrupt": 0, "duplicates": 0, "missing": 0}}
+        for name, caller, rps in (
+            ("stdlib-sync", 1000.0, 1000.0),
+            ("structlog-fast", 500.0, 2000.0),
+            ("asynclog", 50.0, asynclog_records_per_s),
+        )
+    ]  # fmt: skip
+
+
+def test_the_mix_applies_the_micro_record_targets_to_every_shape() -> None:
+    """Each mix shape gets the micro table's record targets with its own figures, and the
+    per-shape table renders the same evaluation: met, missed, or not measured."""
+    mix = _timing_rows("fast", 7000.0) + _timing_rows("slow", 5000.0)
+    mix.append({"shape": "lost", "name": "asynclog", "label": "asynclog", "error": "boom"})
+    targets.add_mix_ratios(mix, "stdlib-sync")
+    found = {t.what: t for t in targets.evaluate_mix(mix, {"fast", "slow", "lost"})}
+    goals = targets.MIX_GOALS
+    assert [g.column for g in goals] == [
+        "caller x stdlib sync", "records/s x stdlib sync", "records/s x structlog fast",
+    ]  # fmt: skip
+    assert set(found) == {
+        f"mix {shape}: {g.what}" for shape in ("fast", "slow", "lost") for g in goals
+    } | {"mix: asynclog's lines intact on every shape"}
+    assert found["mix fast: asynclog records/s vs stdlib sync"].met is True
+    slow = found["mix slow: asynclog records/s vs stdlib sync"]
+    assert (slow.value, slow.goal, slow.met) == (5.0, ">= 6x", False)
+    assert found["mix slow: asynclog records/s vs structlog fast"].value == 2.5
+    assert found["mix lost: asynclog native caller cost vs stdlib sync"].met is None
+    rows = _timing_rows("five", 5000.0)
+    targets.add_ratios(rows, [], "stdlib-sync")
+    micro = {t.what: t for t in targets.evaluate(rows, [])}
+    assert micro["micro: asynclog records/s vs stdlib sync"].value == slow.value
+    table = report.mix_targets_table(mix, {"slow": "the slow one"}).splitlines()
+    assert table[0] == (
+        "| shape | caller x stdlib sync (<= 0.1x) | records/s x stdlib sync (>= 6x) "
+        "| records/s x structlog fast (>= 2.5x) |"
+    )
+    assert "| slow: the slow one | 0.05x met | 5.00x **MISSED** | 2.50x met |" in table
+    assert "| lost: lost | not measured | not measured | not measured |" in table
 
 
 def _line(seq: int) -> bytes:
