@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -123,8 +124,9 @@ def _child(what: str, n: int) -> None:
 # -- the parent --------------------------------------------------------------------------------
 
 
-def instructions(what: str, n: int, tree: Path, python: str) -> int:
-    """Instructions callgrind counts for one run of `n` items, start-up included."""
+def instructions(what: str, n: int, tree: Path, python: str, functions: list[str]) -> list[int]:
+    """Instructions callgrind counts for one run of `n` items, start-up included: in all, then
+    inside each of `functions` (inclusive of what they call)."""
     with tempfile.TemporaryDirectory(prefix="asynclog-cg-") as tmp:
         out = Path(tmp) / "callgrind.out"
         env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
@@ -137,10 +139,29 @@ def instructions(what: str, n: int, tree: Path, python: str) -> int:
         )
         if proc.returncode != 0:
             raise RuntimeError(f"{what}: exited with {proc.returncode}: {proc.stderr[-2000:]}")
-        for line in out.read_text().splitlines():
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
-    raise RuntimeError(f"{what}: no total in callgrind's output")
+        total = next(
+            (int(line.split()[1]) for line in out.read_text().splitlines()
+             if line.startswith(("summary:", "totals:"))),
+            None,
+        )  # fmt: skip
+        if total is None:
+            raise RuntimeError(f"{what}: no total in callgrind's output")
+        return [total, *_inclusive(out, functions)] if functions else [total]
+
+
+def _inclusive(out: Path, functions: list[str]) -> list[int]:
+    """Each function's inclusive count, from `callgrind_annotate` (its own entry only: the
+    one that names its binary, not the lines inlined from headers)."""
+    text = subprocess.run(
+        ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(out)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    found = dict.fromkeys(functions, 0)
+    for line in text.splitlines():
+        match = re.match(r"\s*([\d,]+) \([\s\d.]+%\)\s+(?:\S*:)?([^\s:]+) \[", line)
+        if match and match.group(2) in found:
+            found[match.group(2)] += int(match.group(1).replace(",", ""))
+    return list(found.values())
 
 
 def main(argv: list[str]) -> int:
@@ -150,19 +171,29 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--python", default=sys.executable, help="its interpreter")
     parser.add_argument("--records", type=int, default=10_000, help="N for a record shape")
     parser.add_argument("--requests", type=int, default=1_000, help="N for a request")
+    parser.add_argument(
+        "--functions",
+        default="",
+        metavar="NAME,...",
+        help="also each C function's share (e.g. level_method_call,encode_into,put_dumped)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("WHAT", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(args.child[0], int(args.child[1]))
         return 0
     items = args.items or [*_shapes(), REQUEST]
-    print(f"| {args.tree.resolve()} | instructions per item |\n|---|--:|")
+    functions = [f for f in args.functions.split(",") if f]
+    heading = [f"{args.tree.resolve()}, instructions per item", "in all", *functions]
+    print("| " + " | ".join(heading) + " |")
+    print("|---|--:|" + "--:|" * len(functions))
     for what in items:
         n = args.requests if what == REQUEST else args.records
-        once = instructions(what, n, args.tree, args.python)
-        twice = instructions(what, 2 * n, args.tree, args.python)
+        once = instructions(what, n, args.tree, args.python, functions)
+        twice = instructions(what, 2 * n, args.tree, args.python, functions)
         label = "a request (example.app)" if what == REQUEST else f"a record: {what}"
-        print(f"| {label} | {(twice - once) / n:,.0f} |", flush=True)
+        cells = " | ".join(f"{(b - a) / n:,.0f}" for a, b in zip(once, twice, strict=True))
+        print(f"| {label} | {cells} |", flush=True)
     return 0
 
 
