@@ -24,7 +24,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,7 @@ def _empty_body() -> Callable[[], Awaitable[dict[str, Any]]]:
     return receive
 
 
-async def _respond(message: dict[str, Any]) -> None:
+async def _respond(message: MutableMapping[str, Any]) -> None:
     pass
 
 
@@ -86,7 +86,7 @@ async def _requests(n: int) -> None:
     async def receive() -> dict[str, Any]:
         return await inbox.get()
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "lifespan.startup.complete":
             started.set()
         elif message["type"] == "lifespan.shutdown.complete":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from benchmarks.e2e import E2EProfile
 from benchmarks.micro import MicroProfile
@@ -23,7 +24,7 @@ class Profile:
     quiet_wait: float  # longest wait before a step for other processes to go quiet
 
 
-def _timing_only(micro: MicroProfile, **shorter: float) -> MicroProfile:
+def _timing_only(micro: MicroProfile, **shorter: Any) -> MicroProfile:
     """The mix's profile: `micro` with the given fields changed and no memory run."""
     return replace(micro, rss_records=0, rss_seconds=0, rss_drain_seconds=0, **shorter)
 
