@@ -111,13 +111,19 @@ def _rss_cell(m: dict[str, Any]) -> str:
 Column = tuple[str, str, Callable[[dict[str, Any]], str]]
 
 
-def table(columns: tuple[Column, ...], rows: list[dict[str, Any]]) -> str:
-    """A markdown table: one line per row, one cell per column."""
+def table(
+    columns: tuple[Column, ...],
+    rows: list[dict[str, Any]],
+    failed: Callable[[dict[str, Any]], str | None] = lambda _: None,
+) -> str:
+    """A markdown table: one line per row, one cell per column (`failed` may give a row that
+    did not run a line of its own)."""
     lines = [
         "| " + " | ".join(heading for heading, _, _ in columns) + " |",
         "|" + "".join(f"{align}|" for _, align, _ in columns),
     ]
-    lines += ["| " + " | ".join(cell(r) for _, _, cell in columns) + " |" for r in rows]
+    for r in rows:
+        lines.append(failed(r) or "| " + " | ".join(cell(r) for _, _, cell in columns) + " |")
     return "\n".join(lines)
 
 
@@ -163,26 +169,37 @@ def _lines_cell(c: dict[str, Any]) -> str:
     return cell
 
 
+def _e2e_label(c: dict[str, Any]) -> str:
+    return MODES.get(c["mode"], c["mode"])
+
+
+def _e2e_failed(c: dict[str, Any]) -> str | None:
+    """A case that did not run: its mode, its sink and why, the other cells empty."""
+    if "error" not in c:
+        return None
+    return f"| {_e2e_label(c)} | {c['sink']} | ERROR: {c['error']} |" + " |" * 10
+
+
+E2E_COLUMNS: tuple[Column, ...] = (
+    ("mode", "---", _e2e_label),
+    ("sink", "---", lambda c: str(c["sink"])),
+    ("req/s", "--:", lambda c: _n(c["requests_per_s"])),
+    ("x no logging", "--:", lambda c: _x(c.get("rps_x_none"))),
+    ("x own file sink", "--:", lambda c: _x(c.get("rps_x_file"))),
+    ("p50 ms", "--:", lambda c: _n(c["p50_ms"], 1)),
+    ("p90 ms", "--:", lambda c: _n(c["p90_ms"], 1)),
+    ("p99 ms", "--:", lambda c: _n(c["p99_ms"], 1)),
+    ("max ms", "--:", lambda c: _n(c["max_ms_worst"], 1)),
+    ("worker RSS idle -> peak", "---",
+     lambda c: f"{_mb(c['worker_idle_rss'])} -> {_mb(c['worker_peak_rss'])}"),
+    ("lines / requests", "---", _lines_cell),
+    ("dropped", "--:", lambda c: _n(c["dropped"]) if c["mode"].startswith("asynclog") else "-"),
+    _OTHER_CPU,
+)  # fmt: skip
+
+
 def e2e_table(e2e: list[dict[str, Any]]) -> str:
-    rows = [
-        "| mode | sink | req/s | x no logging | x own file sink | p50 ms | p90 ms | p99 ms "
-        "| max ms | worker RSS idle -> peak | lines / requests | dropped | other CPU |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|--:|--:|",
-    ]
-    for c in e2e:
-        label = MODES.get(c["mode"], c["mode"])
-        if "error" in c:
-            rows.append(f"| {label} | {c['sink']} | ERROR: {c['error']} |" + " |" * 10)
-            continue
-        dropped = _n(c["dropped"]) if c["mode"].startswith("asynclog") else "-"
-        rows.append(
-            f"| {label} | {c['sink']} | {_n(c['requests_per_s'])} | {_x(c.get('rps_x_none'))} "
-            f"| {_x(c.get('rps_x_file'))} | {_n(c['p50_ms'], 1)} | {_n(c['p90_ms'], 1)} "
-            f"| {_n(c['p99_ms'], 1)} | {_n(c['max_ms_worst'], 1)} "
-            f"| {_mb(c['worker_idle_rss'])} -> {_mb(c['worker_peak_rss'])} "
-            f"| {_lines_cell(c)} | {dropped} | {_pct(c.get('other_cpu'))} |"
-        )
-    return "\n".join(rows)
+    return table(E2E_COLUMNS, e2e, _e2e_failed)
 
 
 def _value_cell(t: Target) -> str:
