@@ -3,9 +3,8 @@
 Every library logs the same INFO call, the message ``request handled`` with the fields of a
 *shape*: today's five fields (str, int, float, bool, datetime), and the record mix beside
 them (a datetime and a UUID; a nested dict and a list; twenty scalar fields; a nested dict,
-a list, a UUID and an enum member). The int field
-``seq`` is the record's sequence number, so the checker can tell a lost line from a
-duplicated one.
+a list, a UUID and an enum member). The int field ``seq`` is the record's sequence number,
+so the checker can tell a lost line from a duplicated one.
 """
 
 from __future__ import annotations
@@ -246,8 +245,7 @@ def _same_text(value: Any, want: Any) -> bool:
 class _Expected:
     """The fields a line of `shape` must hold (all but ``seq``), compiled for a fast check: the
     JSON-native values compared (with their types) in one pass, datetimes, UUIDs and enum
-    members one by one.
-    Millions of lines are read back per run."""
+    members one by one. Millions of lines are read back per run."""
 
     def __init__(self, shape: Shape) -> None:
         wanted = {k: v for k, v in shape.fields(0).items() if k != "seq"}
