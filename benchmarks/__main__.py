@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks import e2e, loadgen, micro, quiet, report, sidecar
+from benchmarks import e2e, loadgen, micro, quiet, report, sidecar, targets
 from benchmarks.peers import BASELINE, MIX_PEERS, PEERS, Peer, missing
 from benchmarks.profiles import PROFILES, Profile
 from benchmarks.records import FIVE, SHAPES, Shape
@@ -272,14 +272,14 @@ def run(profile: Profile, parts: set[str], loadgen_pref: str) -> dict[str, Any]:
         if "sidecar" in parts:
             results["sidecar"] = session.sidecar()
         results["quiet_waited_s"] = round(session.waited, 1)
-    report.add_ratios(results["micro"], results["e2e"], BASELINE)
-    results["targets"] = [t.to_dict() for t in report.targets(results["micro"], results["e2e"])]
+    targets.add_ratios(results["micro"], results["e2e"], BASELINE)
+    results["targets"] = [t.to_dict() for t in targets.evaluate(results["micro"], results["e2e"])]
     if shapes:
         results["mix_shapes"] = {s.name: s.label for s in SHAPES.values()}
         results["mix"] = _mix_rows(results["micro"], mix_found, mix_peers)
-        report.add_mix_ratios(results["mix"], BASELINE)
+        targets.add_mix_ratios(results["mix"], BASELINE)
         measured = {s.name for s in shapes}
-        results["targets"] += [t.to_dict() for t in report.mix_targets(results["mix"], measured)]
+        results["targets"] += [t.to_dict() for t in targets.evaluate_mix(results["mix"], measured)]
     results["commands"] = [
         "python -m benchmarks " + shlex.join(sys.argv[1:]),
         *(c["command"] for c in results["e2e"] if "command" in c),

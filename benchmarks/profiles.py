@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from benchmarks.e2e import E2EProfile
 from benchmarks.micro import MicroProfile
@@ -12,8 +13,8 @@ from benchmarks.micro import MicroProfile
 class Profile:
     name: str
     micro: MicroProfile
-    # The record mix's timing (its memory fields are unused): shorter runs than the main table's,
-    # as it measures three shapes per library.
+    # The record mix's timing: the main table's, with shorter runs (it measures every shape per
+    # library) and no memory run.
     mix: MicroProfile
     e2e: E2EProfile
     micro_passes: int  # timing processes per library, run round-robin over the libraries
@@ -23,35 +24,56 @@ class Profile:
     quiet_wait: float  # longest wait before a step for other processes to go quiet
 
 
+def _timing_only(micro: MicroProfile, **shorter: Any) -> MicroProfile:
+    """The mix's profile: `micro` with the given fields changed and no memory run."""
+    return replace(micro, rss_records=0, rss_seconds=0, rss_drain_seconds=0, **shorter)
+
+
+_QUICK = MicroProfile(
+    warmup=200,
+    caller_repeats=3,
+    burst_seconds=0.05,
+    max_burst=5_000,
+    throughput_repeats=3,
+    throughput_seconds=0.1,
+    max_records=20_000,
+    rss_records=20_000,
+    rss_seconds=0.5,
+    rss_drain_seconds=5.0,
+    timeout=90,
+)
+_DEFAULT = MicroProfile(
+    warmup=1_000,
+    caller_repeats=2,
+    burst_seconds=0.3,
+    max_burst=10_000,
+    throughput_repeats=1,
+    throughput_seconds=1.0,
+    max_records=300_000,
+    rss_records=1_000_000,
+    rss_seconds=4.0,
+    rss_drain_seconds=15.0,
+    timeout=180,
+)
+_FULL = MicroProfile(
+    warmup=2_000,
+    caller_repeats=3,
+    burst_seconds=0.5,
+    max_burst=10_000,
+    throughput_repeats=2,
+    throughput_seconds=3.0,
+    max_records=1_000_000,
+    rss_records=1_000_000,
+    rss_seconds=120.0,
+    rss_drain_seconds=120.0,
+    timeout=900,
+)
+
 PROFILES = {
     "quick": Profile(
         "quick",
-        MicroProfile(
-            warmup=200,
-            caller_repeats=3,
-            burst_seconds=0.05,
-            max_burst=5_000,
-            throughput_repeats=3,
-            throughput_seconds=0.1,
-            max_records=20_000,
-            rss_records=20_000,
-            rss_seconds=0.5,
-            rss_drain_seconds=5.0,
-            timeout=90,
-        ),
-        MicroProfile(
-            warmup=200,
-            caller_repeats=1,
-            burst_seconds=0.05,
-            max_burst=5_000,
-            throughput_repeats=1,
-            throughput_seconds=0.1,
-            max_records=20_000,
-            rss_records=0,
-            rss_seconds=0,
-            rss_drain_seconds=0,
-            timeout=90,
-        ),
+        _QUICK,
+        _timing_only(_QUICK, caller_repeats=1, throughput_repeats=1),
         E2EProfile(connections=32, warmup=0, duration=1, rounds=1, stall=0.5, boot_timeout=60),
         micro_passes=1,
         micro_seconds=2.5,
@@ -61,32 +83,8 @@ PROFILES = {
     ),
     "default": Profile(
         "default",
-        MicroProfile(
-            warmup=1_000,
-            caller_repeats=2,
-            burst_seconds=0.3,
-            max_burst=10_000,
-            throughput_repeats=1,
-            throughput_seconds=1.0,
-            max_records=300_000,
-            rss_records=1_000_000,
-            rss_seconds=4.0,
-            rss_drain_seconds=15.0,
-            timeout=180,
-        ),
-        MicroProfile(
-            warmup=1_000,
-            caller_repeats=2,
-            burst_seconds=0.2,
-            max_burst=10_000,
-            throughput_repeats=1,
-            throughput_seconds=0.5,
-            max_records=150_000,
-            rss_records=0,
-            rss_seconds=0,
-            rss_drain_seconds=0,
-            timeout=180,
-        ),
+        _DEFAULT,
+        _timing_only(_DEFAULT, burst_seconds=0.2, throughput_seconds=0.5, max_records=150_000),
         E2EProfile(connections=32, warmup=1, duration=3, rounds=5, stall=2.0, boot_timeout=60),
         micro_passes=3,
         micro_seconds=16,
@@ -96,32 +94,8 @@ PROFILES = {
     ),
     "full": Profile(
         "full",
-        MicroProfile(
-            warmup=2_000,
-            caller_repeats=3,
-            burst_seconds=0.5,
-            max_burst=10_000,
-            throughput_repeats=2,
-            throughput_seconds=3.0,
-            max_records=1_000_000,
-            rss_records=1_000_000,
-            rss_seconds=120.0,
-            rss_drain_seconds=120.0,
-            timeout=900,
-        ),
-        MicroProfile(
-            warmup=2_000,
-            caller_repeats=3,
-            burst_seconds=0.5,
-            max_burst=10_000,
-            throughput_repeats=2,
-            throughput_seconds=2.0,
-            max_records=600_000,
-            rss_records=0,
-            rss_seconds=0,
-            rss_drain_seconds=0,
-            timeout=900,
-        ),
+        _FULL,
+        _timing_only(_FULL, throughput_seconds=2.0, max_records=600_000),
         E2EProfile(connections=32, warmup=2, duration=15, rounds=5, stall=5.0, boot_timeout=60),
         micro_passes=3,
         micro_seconds=90,

@@ -2,14 +2,15 @@
 
 Every library logs the same INFO call, the message ``request handled`` with the fields of a
 *shape*: today's five fields (str, int, float, bool, datetime), and the record mix beside
-them (a datetime and a UUID; a nested dict and a list; twenty scalar fields). The int field
-``seq`` is the record's sequence number, so the checker can tell a lost line from a
-duplicated one.
+them (a datetime and a UUID; a nested dict and a list; twenty scalar fields; a nested dict,
+a list, a UUID and an enum member). The int field ``seq`` is the record's sequence number,
+so the checker can tell a lost line from a duplicated one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,13 @@ CACHED = True
 AT = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.timezone.utc)
 REQUEST_ID = uuid.UUID("8f14e45f-ceea-467a-9575-2f7b9e8d0c1a")
 _SAMPLES = 3
+
+
+class Plan(enum.Enum):
+    """A plain enum, as apps log a status or a plan: orjson writes its value, and
+    `json.dumps(default=str)` its name (``Plan.PRO``)."""
+
+    PRO = "pro"
 
 
 # -- the record shapes -------------------------------------------------------------------------
@@ -97,6 +105,32 @@ def _nested_keywords(logger: Any) -> Callable[[int], None]:
     return log
 
 
+def _nested_uuid_enum(seq: int) -> dict[str, Any]:
+    return {
+        "user": USER,
+        "seq": seq,
+        "account": {"id": 7, "plan": "pro", "active": True},
+        "item_ids": [3, 5, 8, 13],
+        "request_id": REQUEST_ID,
+        "plan": Plan.PRO,
+    }
+
+
+def _nested_uuid_enum_keywords(logger: Any) -> Callable[[int], None]:
+    def log(seq: int) -> None:
+        logger.info(
+            MESSAGE,
+            user=USER,
+            seq=seq,
+            account={"id": 7, "plan": "pro", "active": True},
+            item_ids=[3, 5, 8, 13],
+            request_id=REQUEST_ID,
+            plan=Plan.PRO,
+        )
+
+    return log
+
+
 def _wide(seq: int) -> dict[str, Any]:
     return {
         "user": USER, "seq": seq, "duration_ms": DURATION_MS, "cached": CACHED,
@@ -137,6 +171,12 @@ SHAPES: dict[str, Shape] = {
             _nested_keywords,
         ),
         Shape("wide", "20 fields: str, int, float, bool", _wide, _wide_keywords),
+        Shape(
+            "nested-uuid-enum",
+            "6 fields: str, int, a dict of 3 scalars, a list of 4 ints, UUID, enum member",
+            _nested_uuid_enum,
+            _nested_uuid_enum_keywords,
+        ),
     )
 }
 # Today's shape: the main micro table's, the one every peer runs.
@@ -187,8 +227,11 @@ def _walk(obj: Any) -> Iterator[dict[str, Any]]:
 
 
 def _same_text(value: Any, want: Any) -> bool:
-    """Whether a value read back from a line is the datetime or UUID logged as `want`: text in
-    any ISO 8601 spelling (`T` or a space: orjson or `default=str`), or the canonical UUID."""
+    """Whether a value read back from a line is the datetime, UUID or enum member logged as
+    `want`: text in any ISO 8601 spelling (`T` or a space: orjson or `default=str`), the
+    canonical UUID, or the member's value (orjson) or name (`default=str`)."""
+    if isinstance(want, enum.Enum):
+        return (value == want.value and type(value) is type(want.value)) or value == str(want)
     if type(value) is not str:
         return False
     if type(want) is uuid.UUID:
@@ -201,12 +244,16 @@ def _same_text(value: Any, want: Any) -> bool:
 
 class _Expected:
     """The fields a line of `shape` must hold (all but ``seq``), compiled for a fast check: the
-    JSON-native values compared (with their types) in one pass, datetimes and UUIDs one by one.
-    Millions of lines are read back per run."""
+    JSON-native values compared (with their types) in one pass, datetimes, UUIDs and enum
+    members one by one. Millions of lines are read back per run."""
 
     def __init__(self, shape: Shape) -> None:
         wanted = {k: v for k, v in shape.fields(0).items() if k != "seq"}
-        self.texts = [(k, v) for k, v in wanted.items() if type(v) in (dt.datetime, uuid.UUID)]
+        self.texts = [
+            (k, v)
+            for k, v in wanted.items()
+            if type(v) in (dt.datetime, uuid.UUID) or isinstance(v, enum.Enum)
+        ]
         native = {k: v for k, v in wanted.items() if k not in dict(self.texts)}
         self.keys = tuple(native)
         self.values = tuple(native.values())

@@ -1,9 +1,5 @@
-"""Ratios, targets and the report files: ``latest.md``, ``latest.json`` and the PNG plots.
-
-Every ratio divides by a baseline measured in the same run: stdlib sync JSON for the
-micro benchmark, the no-logging server (file sink) end to end, and a mode's own file-sink
-figures for its pipe sinks.
-"""
+"""The report files: ``latest.md``, ``latest.json`` and the PNG plots, from a run's results
+(its ratios and targets come from ``benchmarks.targets``)."""
 
 from __future__ import annotations
 
@@ -12,22 +8,20 @@ import os
 import platform
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from benchmarks import sidecar
-from benchmarks.e2e import LINES_PER_REQUEST, MODES, PROXIED
+from benchmarks.e2e import LINES_PER_REQUEST, MODES
+from benchmarks.targets import MB, MIX_GOALS, Figures, Target, mix_by_shape
 
-MB = 1 << 20
 PACKAGES = (
     "asynclog", "orjson", "structlog", "loguru", "aiologger", "aiofiles", "fastapi",
     "starlette", "gunicorn", "uvicorn", "uvicorn-worker", "opentelemetry-sdk",
     "opentelemetry-instrumentation-fastapi", "matplotlib",
 )  # fmt: skip
-# Worker RSS growth allowed under a slow or stalled pipe, and for the micro memory run.
-RSS_ALLOWANCE = 50 * MB
 
 
 # -- machine and versions ----------------------------------------------------------------------
@@ -68,168 +62,6 @@ def versions(loadgen_name: str) -> dict[str, str]:
     return found
 
 
-# -- ratios and targets -------------------------------------------------------------------
-
-
-def _by_name(micro: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {m["name"]: m for m in micro if "error" not in m}
-
-
-def _of(case: dict[str, Any] | None, key: str) -> float | None:
-    return None if case is None else case.get(key)
-
-
-def _case(e2e: list[dict[str, Any]], mode: str, sink: str) -> dict[str, Any] | None:
-    for c in e2e:
-        if c["mode"] == mode and c["sink"] == sink and "error" not in c:
-            return c
-    return None
-
-
-def add_ratios(micro: list[dict[str, Any]], e2e: list[dict[str, Any]], baseline: str) -> None:
-    """Annotate each result in place with its ratios against the same run's baseline."""
-    base = _by_name(micro).get(baseline)
-    for m in micro:
-        if base and "error" not in m:
-            m["caller_x"] = m["caller_ns"] / base["caller_ns"]
-            m["throughput_x"] = m["records_per_s"] / base["records_per_s"]
-        if "rss_peak" in m and "rss_baseline" in m:
-            m["rss_growth"] = max(0, m["rss_peak"] - m["rss_baseline"])
-    for c in e2e:
-        if "error" in c:
-            continue
-        c["rss_growth"] = max(0, c["worker_peak_rss"] - c["worker_idle_rss"])
-        # Through the proxy, the baseline is no logging through the same proxy.
-        none = _case(e2e, "none", PROXIED if c["sink"] == PROXIED else "file")
-        if none:
-            c["rps_x_none"] = c["requests_per_s"] / none["requests_per_s"]
-            c["p99_x_none"] = c["p99_ms"] / none["p99_ms"]
-        own = _case(e2e, c["mode"], "file")
-        if own and c["sink"] != "file":
-            c["rps_x_file"] = c["requests_per_s"] / own["requests_per_s"]
-            c["p99_x_file"] = c["p99_ms"] / own["p99_ms"]
-
-
-@dataclass
-class Target:
-    what: str
-    goal: str
-    value: float | None
-    met: bool | None
-    unit: str = "x"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _at_most(what: str, value: float | None, limit: float, unit: str = "x") -> Target:
-    met = None if value is None else value <= limit
-    return Target(what, f"<= {limit:.3g}{unit}", value, met, unit)
-
-
-def _at_least(what: str, value: float | None, limit: float, unit: str = "x") -> Target:
-    met = None if value is None else value >= limit
-    return Target(what, f">= {limit:.3g}{unit}", value, met, unit)
-
-
-def _all_of(what: str, checks: list[bool]) -> Target:
-    """Met when every check holds (None: nothing was checked); the value is how many held."""
-    return Target(
-        what, "all", float(sum(checks)), all(checks) if checks else None, f"/{len(checks)}"
-    )
-
-
-def targets(micro: list[dict[str, Any]], e2e: list[dict[str, Any]]) -> list[Target]:
-    """The issue's targets, each evaluated on this run's figures (None: not measured)."""
-    peers = _by_name(micro)
-    native, via_stdlib = peers.get("asynclog", {}), peers.get("asynclog-stdlib", {})
-    structlog = peers.get("structlog-fast", {})
-    out = [
-        _at_most("micro: asynclog native caller cost vs stdlib sync", native.get("caller_x"), 0.1),
-        _at_most(
-            "micro: stdlib logging through asynclog, caller cost vs stdlib sync",
-            via_stdlib.get("caller_x"),
-            0.5,
-        ),
-    ]
-    others = [p["caller_ns"] for n, p in peers.items() if not n.startswith("asynclog")]
-    if native and others:
-        out.append(
-            _at_most(
-                "micro: asynclog native caller cost vs the cheapest peer",
-                native["caller_ns"] / min(others),
-                1.0,
-            )
-        )
-    out.append(_at_least("micro: asynclog records/s vs stdlib sync", native.get("throughput_x"), 6))
-    if native and structlog:
-        out.append(
-            _at_least(
-                "micro: asynclog records/s vs structlog fast",
-                native["records_per_s"] / structlog["records_per_s"],
-                2.5,
-            )
-        )
-    growth = native.get("rss_growth")
-    out.append(
-        _at_most(
-            f"micro: asynclog peak RSS growth over {native.get('rss_records', 0):,} records (MB)",
-            None if growth is None else growth / MB,
-            RSS_ALLOWANCE / MB,
-            " MB",
-        )
-    )
-    off, on = _case(e2e, "asynclog", "file"), _case(e2e, "asynclog-tracing", "file")
-    otel = _case(e2e, "stdlib-otel", "file")
-    out += [
-        _at_least("e2e file: asynclog req/s vs no logging", _of(off, "rps_x_none"), 0.85),
-        _at_least("e2e file: asynclog + tracing req/s vs no logging", _of(on, "rps_x_none"), 0.6),
-        _at_least(
-            "e2e file: asynclog + tracing req/s vs stdlib sync + stock OTel",
-            on["requests_per_s"] / otel["requests_per_s"] if on and otel else None,
-            2.4,
-        ),
-        _at_most("e2e file: asynclog + tracing p99 vs no logging", _of(on, "p99_x_none"), 2.0),
-    ]
-    # Behind nginx, asynclog's share of the cost must be what it is without the proxy.
-    through, direct = _of(_case(e2e, "asynclog", PROXIED), "rps_x_none"), _of(off, "rps_x_none")
-    out.append(
-        _at_most(
-            "e2e file+nginx: asynclog req/s vs no logging, its distance from the direct ratio",
-            None if through is None or direct is None else abs(through - direct),
-            0.05,
-            "",
-        )
-    )
-    for sink in ("slow-pipe", "stalled-pipe"):
-        c = _case(e2e, "asynclog", sink)
-        out += [
-            _at_least(
-                f"e2e {sink}: asynclog req/s vs its file sink",
-                _of(c, "rps_x_file"),
-                1 / 1.5,
-            ),
-            _at_most(f"e2e {sink}: asynclog p99 vs its file sink", _of(c, "p99_x_file"), 1.5),
-            _at_most(
-                f"e2e {sink}: asynclog worker RSS over idle (MB)",
-                None if c is None else c["rss_growth"] / MB,
-                RSS_ALLOWANCE / MB,
-                " MB",
-            ),
-        ]
-    intact = [
-        m.get("check", {}).get("intact", False)
-        for n, m in peers.items()
-        if n.startswith("asynclog")
-    ] + [
-        c["lines_corrupt"] == 0 and c["lines_lost"] == 0
-        for c in e2e
-        if c["mode"].startswith("asynclog") and "error" not in c
-    ]
-    out.append(_all_of("asynclog: every non-dropped line intact, dropped lines counted", intact))
-    return out
-
-
 # -- formatting ------------------------------------------------------------------------------
 
 
@@ -257,9 +89,9 @@ def _micro_check(m: dict[str, Any]) -> str:
         c = m.get(key)
         if not c:
             continue
-        for field in ("corrupt", "duplicates", "missing"):
-            if c[field]:
-                problems.append(f"{c[field]:,} {field}")
+        for kind in ("corrupt", "duplicates", "missing"):
+            if c[kind]:
+                problems.append(f"{c[kind]:,} {kind}")
     checked = m.get("check", {}).get("lines", 0) + m.get("rss_check", {}).get("lines", 0)
     if problems:
         return "FLAGGED: " + ", ".join(problems)
@@ -275,19 +107,53 @@ def _rss_cell(m: dict[str, Any]) -> str:
     return cell
 
 
-def micro_table(micro: list[dict[str, Any]]) -> str:
-    rows = [
-        "| library | caller ns/call | x stdlib sync | records/s | x stdlib sync "
-        "| peak RSS (+growth) @ records | lines | other CPU |",
-        "|---|--:|--:|--:|--:|---|---|--:|",
+# A table is a list of columns: heading, alignment, and the cell of one row.
+Column = tuple[str, str, Callable[[dict[str, Any]], str]]
+
+
+def table(
+    columns: tuple[Column, ...],
+    rows: list[dict[str, Any]],
+    failed: Callable[[dict[str, Any]], str | None] = lambda _: None,
+) -> str:
+    """A markdown table: one line per row, one cell per column (`failed` may give a row that
+    did not run a line of its own)."""
+    lines = [
+        "| " + " | ".join(heading for heading, _, _ in columns) + " |",
+        "|" + "".join(f"{align}|" for _, align, _ in columns),
     ]
-    for m in micro:
-        rows.append(
-            f"| {m['label']} | {_n(m.get('caller_ns'))} | {_x(m.get('caller_x'))} "
-            f"| {_n(m.get('records_per_s'))} | {_x(m.get('throughput_x'))} "
-            f"| {_rss_cell(m)} | {_micro_check(m)} | {_pct(m.get('other_cpu'))} |"
-        )
-    return "\n".join(rows)
+    for r in rows:
+        lines.append(failed(r) or "| " + " | ".join(cell(r) for _, _, cell in columns) + " |")
+    return "\n".join(lines)
+
+
+_TIMING_COLUMNS: tuple[Column, ...] = (
+    ("caller ns/call", "--:", lambda m: _n(m.get("caller_ns"))),
+    ("x stdlib sync", "--:", lambda m: _x(m.get("caller_x"))),
+    ("records/s", "--:", lambda m: _n(m.get("records_per_s"))),
+    ("x stdlib sync", "--:", lambda m: _x(m.get("throughput_x"))),
+)
+_LIBRARY: Column = ("library", "---", lambda m: str(m["label"]))
+_OTHER_CPU: Column = ("other CPU", "--:", lambda m: _pct(m.get("other_cpu")))
+MICRO_COLUMNS = (
+    _LIBRARY,
+    *_TIMING_COLUMNS,
+    ("peak RSS (+growth) @ records", "---", _rss_cell),
+    ("lines", "---", _micro_check),
+    _OTHER_CPU,
+)
+MIX_COLUMNS = (
+    ("shape", "---", lambda m: str(m["shape"])),
+    _LIBRARY,
+    *_TIMING_COLUMNS,
+    ("x structlog fast", "--:", lambda m: _x(m.get("throughput_x_structlog"))),
+    ("lines", "---", _micro_check),
+    _OTHER_CPU,
+)
+
+
+def micro_table(micro: list[dict[str, Any]]) -> str:
+    return table(MICRO_COLUMNS, micro)
 
 
 def _lines_cell(c: dict[str, Any]) -> str:
@@ -303,35 +169,56 @@ def _lines_cell(c: dict[str, Any]) -> str:
     return cell
 
 
+def _e2e_label(c: dict[str, Any]) -> str:
+    return MODES.get(c["mode"], c["mode"])
+
+
+def _e2e_failed(c: dict[str, Any]) -> str | None:
+    """A case that did not run: its mode, its sink and why, the other cells empty."""
+    if "error" not in c:
+        return None
+    return f"| {_e2e_label(c)} | {c['sink']} | ERROR: {c['error']} |" + " |" * 10
+
+
+E2E_COLUMNS: tuple[Column, ...] = (
+    ("mode", "---", _e2e_label),
+    ("sink", "---", lambda c: str(c["sink"])),
+    ("req/s", "--:", lambda c: _n(c["requests_per_s"])),
+    ("x no logging", "--:", lambda c: _x(c.get("rps_x_none"))),
+    ("x own file sink", "--:", lambda c: _x(c.get("rps_x_file"))),
+    ("p50 ms", "--:", lambda c: _n(c["p50_ms"], 1)),
+    ("p90 ms", "--:", lambda c: _n(c["p90_ms"], 1)),
+    ("p99 ms", "--:", lambda c: _n(c["p99_ms"], 1)),
+    ("max ms", "--:", lambda c: _n(c["max_ms_worst"], 1)),
+    ("worker RSS idle -> peak", "---",
+     lambda c: f"{_mb(c['worker_idle_rss'])} -> {_mb(c['worker_peak_rss'])}"),
+    ("lines / requests", "---", _lines_cell),
+    ("dropped", "--:", lambda c: _n(c["dropped"]) if c["mode"].startswith("asynclog") else "-"),
+    _OTHER_CPU,
+)  # fmt: skip
+
+
 def e2e_table(e2e: list[dict[str, Any]]) -> str:
-    rows = [
-        "| mode | sink | req/s | x no logging | x own file sink | p50 ms | p90 ms | p99 ms "
-        "| max ms | worker RSS idle -> peak | lines / requests | dropped | other CPU |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|--:|--:|",
-    ]
-    for c in e2e:
-        label = MODES.get(c["mode"], c["mode"])
-        if "error" in c:
-            rows.append(f"| {label} | {c['sink']} | ERROR: {c['error']} |" + " |" * 10)
-            continue
-        dropped = _n(c["dropped"]) if c["mode"].startswith("asynclog") else "-"
-        rows.append(
-            f"| {label} | {c['sink']} | {_n(c['requests_per_s'])} | {_x(c.get('rps_x_none'))} "
-            f"| {_x(c.get('rps_x_file'))} | {_n(c['p50_ms'], 1)} | {_n(c['p90_ms'], 1)} "
-            f"| {_n(c['p99_ms'], 1)} | {_n(c['max_ms_worst'], 1)} "
-            f"| {_mb(c['worker_idle_rss'])} -> {_mb(c['worker_peak_rss'])} "
-            f"| {_lines_cell(c)} | {dropped} | {_pct(c.get('other_cpu'))} |"
-        )
-    return "\n".join(rows)
+    return table(E2E_COLUMNS, e2e, _e2e_failed)
+
+
+def _value_cell(t: Target) -> str:
+    digits = 0 if t.unit.startswith("/") else 2
+    return "-" if t.value is None else f"{t.value:.{digits}f}{t.unit}"
+
+
+def _met_cell(t: Target) -> str:
+    """The mix's cell: the value and whether it is met."""
+    if t.value is None:
+        return "not measured"
+    return f"{_value_cell(t)} {'met' if t.met else '**MISSED**'}"
 
 
 def targets_table(found: list[Target]) -> str:
     rows = ["| target | goal | this run | met |", "|---|---|--:|---|"]
     for t in found:
-        digits = 0 if t.unit.startswith("/") else 2
-        value = "-" if t.value is None else f"{t.value:.{digits}f}{t.unit}"
         met = "not measured" if t.met is None else ("yes" if t.met else "**MISSED**")
-        rows.append(f"| {t.what} | {t.goal} | {value} | {met} |")
+        rows.append(f"| {t.what} | {t.goal} | {_value_cell(t)} | {met} |")
     return "\n".join(rows)
 
 
@@ -530,100 +417,25 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
 
 
 # -- the record mix ------------------------------------------------------------------------------
-#
-# Each shape has its own baseline: stdlib sync JSON logging the same fields in the same run.
 
-MIX_STRUCTLOG = "structlog-fast"
 _MIX_COLORS = {
     "asynclog": "#2a7", "asynclog-stdlib": "#9d9", "stdlib-sync": "#444",
     "structlog-fast": "#777", "picologging": "#aaa", "loguru": "#ccc",
 }  # fmt: skip
 
 
-def _mix_by_shape(mix: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    found: dict[str, dict[str, dict[str, Any]]] = {}
-    for m in mix:
-        found.setdefault(m["shape"], {})
-        if "error" not in m:
-            found[m["shape"]][m["name"]] = m
-    return found
-
-
-def add_mix_ratios(mix: list[dict[str, Any]], baseline: str) -> None:
-    """Annotate each mix row in place with its ratios against its shape's baseline (and
-    structlog's records/s on that shape)."""
-    by_shape = _mix_by_shape(mix)
-    for m in mix:
-        peers = by_shape[m["shape"]]
-        base, structlog = peers.get(baseline), peers.get(MIX_STRUCTLOG)
-        if "error" in m:
-            continue
-        if base:
-            m["caller_x"] = m["caller_ns"] / base["caller_ns"]
-            m["throughput_x"] = m["records_per_s"] / base["records_per_s"]
-        if structlog:
-            m["throughput_x_structlog"] = m["records_per_s"] / structlog["records_per_s"]
-
-
-def _mix_goals(native: dict[str, Any]) -> list[tuple[str, float | None, float, bool]]:
-    """(what, value, limit, at_least) of the mix's three targets for asynclog's row."""
-    return [
-        ("asynclog native caller cost vs stdlib sync", native.get("caller_x"), 0.1, False),
-        ("asynclog records/s vs stdlib sync", native.get("throughput_x"), 6, True),
-        ("asynclog records/s vs structlog fast", native.get("throughput_x_structlog"), 2.5, True),
-    ]
-
-
-def mix_targets(mix: list[dict[str, Any]], shapes: set[str]) -> list[Target]:
-    """The mix's targets on each shape in *shapes* (today's shape has its own in the list)."""
-    by_shape = _mix_by_shape(mix)
-    out = []
-    for shape, peers in by_shape.items():
-        if shape not in shapes:
-            continue
-        for what, value, limit, at_least in _mix_goals(peers.get("asynclog", {})):
-            check = _at_least if at_least else _at_most
-            out.append(check(f"mix {shape}: {what}", value, limit))
-    intact = [
-        m.get("check", {}).get("intact", False)
-        for m in mix
-        if m["shape"] in shapes and m["name"].startswith("asynclog")
-    ]
-    out.append(_all_of("mix: asynclog's lines intact on every shape", intact))
-    return out
-
-
-def mix_table(mix: list[dict[str, Any]], labels: dict[str, str]) -> str:
-    rows = [
-        "| shape | library | caller ns/call | x stdlib sync | records/s | x stdlib sync "
-        "| x structlog fast | lines | other CPU |",
-        "|---|---|--:|--:|--:|--:|--:|---|--:|",
-    ]
-    for m in mix:
-        rows.append(
-            f"| {m['shape']} | {m['label']} | {_n(m.get('caller_ns'))} | {_x(m.get('caller_x'))} "
-            f"| {_n(m.get('records_per_s'))} | {_x(m.get('throughput_x'))} "
-            f"| {_x(m.get('throughput_x_structlog'))} | {_micro_check(m)} "
-            f"| {_pct(m.get('other_cpu'))} |"
-        )
-    return "\n".join(rows)
+def mix_table(mix: list[dict[str, Any]]) -> str:
+    return table(MIX_COLUMNS, mix)
 
 
 def mix_targets_table(mix: list[dict[str, Any]], labels: dict[str, str]) -> str:
-    """One row per shape: asynclog's three ratios and whether each target is met."""
+    """One row per shape: asynclog's ratios on it, each against its target."""
     rows = [
-        "| shape | caller x stdlib sync (<= 0.1x) | records/s x stdlib sync (>= 6x) "
-        "| records/s x structlog fast (>= 2.5x) |",
-        "|---|--:|--:|--:|",
+        "| shape | " + " | ".join(f"{g.column} ({g.goal})" for g in MIX_GOALS) + " |",
+        "|---|" + "--:|" * len(MIX_GOALS),
     ]
-    for shape, peers in _mix_by_shape(mix).items():
-        cells = []
-        for _what, value, limit, at_least in _mix_goals(peers.get("asynclog", {})):
-            if value is None:
-                cells.append("not measured")
-                continue
-            met = value >= limit if at_least else value <= limit
-            cells.append(f"{value:.2f}x {'met' if met else '**MISSED**'}")
+    for shape, peers in mix_by_shape(mix).items():
+        cells = [_met_cell(g.check(Figures(peers))) for g in MIX_GOALS]
         rows.append(f"| {shape}: {labels.get(shape, shape)} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -649,11 +461,12 @@ def mix_section(results: dict[str, Any]) -> list[str]:
         "(no memory run): each library and pass is one process timing every shape in "
         "turn, the order rotating from pass to pass. Every `x` divides by stdlib sync JSON "
         "logging the same fields in this run (structlog's column: by structlog's fastest "
-        "set-up on that shape). Datetimes and UUIDs are written as each library writes them "
-        "(orjson: ISO 8601 with `T`; `json.dumps(default=str)`: with a space); each line is "
+        "set-up on that shape). Datetimes, UUIDs and enum members are written as each library "
+        "writes them (orjson: ISO 8601 with `T`, an enum member's value; "
+        "`json.dumps(default=str)`: with a space, the member's name); each line is "
         f"read back and every field compared with what was logged.{skipped}{today}",
         "",
-        mix_table(mix, labels),
+        mix_table(mix),
         "",
         "asynclog's targets on each shape:",
         "",
