@@ -15,7 +15,7 @@ from ._queue import QUEUE, read_count
 from ._record import Record
 from ._redact import Redactor
 from ._settings import Settings, resolve_settings
-from ._sinks import SinkError, open_sink, report
+from ._sinks import open_sink, report
 from ._stdlib import AsyncLogHandler, StdlibRouting
 from ._writer import Counters, Writer
 
@@ -154,15 +154,12 @@ class Pipeline:
                 self._revive_writer()
                 revived = True
                 continue
-            with writer.progress:
-                if writer.processed() >= target and writer.reported_drops >= drops:
-                    return True
-                writer.urgent = True
-                QUEUE.wake.set()
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                writer.progress.wait(0.05 if remaining is None else min(0.05, remaining))
+            remaining = None if deadline is None else deadline - time.monotonic()
+            step = _FLUSH_STEP if remaining is None else max(0.0, min(_FLUSH_STEP, remaining))
+            if writer.wait_processed(target, drops, step):
+                return True
+            if remaining is not None and remaining <= step:
+                return False
         # Stopping or stopped: records are written through; a stop in progress is waited for,
         # and records a mode change left in the queue are written now.
         remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
@@ -186,7 +183,6 @@ class Pipeline:
         """
         wait = self.settings.shutdown_timeout if timeout is None else timeout
         lost_before = self.counters.dropped_write
-        deadline = time.monotonic() + wait
         with self._through_lock:  # a stop already in progress is waited for
             if self.state is not State.RUNNING:
                 if restore:  # stopped by the lifespan drain, now by shutdown(): give it back
@@ -194,18 +190,10 @@ class Pipeline:
                 return True
             self._enter(State.STOPPING)
             QUEUE.write_through_mode(self._write_through)
-            self.sink.deadline = deadline
-            writer = self.writer
-            writer.stopping = True
-            QUEUE.wake.set()
-            writer.join(wait + 0.5)
-            if writer.is_alive():
-                writer.abandoned = True  # stuck in a write: it takes nothing more
-                # Its sink is stuck too: what it left is lost, not written through.
-                self.counters.dropped_write += len(QUEUE.take(len(QUEUE.items)))
+            self.writer.stop(time.monotonic() + wait)
             self._write_left_behind()
             self._enter(State.STOPPED)
-        drained = not writer.is_alive() and self.counters.dropped_write == lost_before
+        drained = not self.writer.is_alive() and self.counters.dropped_write == lost_before
         self._report_losses()
         if restore:
             self.routing.restore()
@@ -239,31 +227,14 @@ class Pipeline:
             return
         try:
             self._write_left_behind()
-            self._write_one(record)
+            self.writer.write_now([record])
         finally:
             self._through_lock.release()
 
     def _write_left_behind(self) -> None:
         """Records a caller appended while the mode changed under it (held by the caller)."""
         while QUEUE.items:
-            self._write_one(QUEUE.items.popleft())
-
-    def _write_one(self, record: Record) -> None:
-        counters = self.counters
-        try:
-            data = self.encoder.encode(record)
-        except BaseException:  # KeyboardInterrupt on the main thread: the caller's, not ours
-            counters.dropped_write += 1
-            counters.errors += 1
-            raise
-        try:
-            self.sink.write(data, deadline=time.monotonic() + _WRITE_THROUGH_WAIT)
-        except SinkError:
-            counters.dropped_write += 1
-            counters.errors += 1
-            return
-        counters.written += 1
-        counters.bytes_written += len(data)
+            self.writer.write_now(QUEUE.take(len(QUEUE.items)))
 
     def _count_fault(self) -> None:
         self.counters.errors += 1
@@ -313,7 +284,7 @@ class Pipeline:
 # The latest pipeline of this process, running or stopped (a stopped one writes late records
 # through until the next configure()).
 _current: Pipeline | None = None
-_WRITE_THROUGH_WAIT = 0.5
+_FLUSH_STEP = 0.05  # seconds between a flush's checks that the pipeline still runs
 # Counters outlive a pipeline: reconfiguring carries them over, and stats() still reads them after
 # shutdown.
 _last_counters = Counters()
@@ -414,8 +385,7 @@ def reopen() -> None:
     """Reopen a file sink (after external log rotation) at the writer's next round."""
     pipeline = current()
     if pipeline is not None:
-        pipeline.writer.reopen_requested = True
-        QUEUE.wake.set()
+        pipeline.writer.request_reopen()
 
 
 def stats() -> dict[str, Any]:
