@@ -26,6 +26,7 @@ __all__ = [
     "current",
     "flush",
     "get_logger",
+    "latest",
     "reopen",
     "shutdown",
     "stats",
@@ -256,10 +257,21 @@ class Pipeline:
             self.writer.start()
 
     def close(self) -> None:
-        """Release the sink of a stopped pipeline (a newer one has taken over the queue)."""
-        with self._through_lock:
-            self._enter(State.CLOSED)
-            self.sink.close()
+        """Release the sink of a stopped pipeline. `configure()` closes the pipeline it
+        replaces; closing the latest one (after `shutdown()`) takes the process back to where
+        it started: no pipeline, the queue at its defaults (records wait there for the next
+        one), and the next `get_logger()` starts afresh from the environment."""
+        global _current
+        with _lock:
+            with self._through_lock:
+                self._enter(State.CLOSED)
+                self.sink.close()
+            if _current is self:
+                defaults = Settings()
+                QUEUE.queued_mode(
+                    defaults.queue_size, False, defaults.block_timeout, defaults.level
+                )
+                _current = None
 
     def stats(self) -> dict[str, Any]:
         return _collect(self.counters)
@@ -297,6 +309,11 @@ def current() -> Pipeline | None:
     return pipeline if pipeline is not None and pipeline.running else None
 
 
+def latest() -> Pipeline | None:
+    """The latest pipeline, running or stopped (writing late records through), if any."""
+    return _current
+
+
 def configure(**settings: Any) -> Pipeline:
     """Route logging (native and stdlib) through a non-blocking pipeline; see the README.
 
@@ -332,9 +349,9 @@ def start_pipeline(core: Settings) -> Pipeline:
             # back: stopping the old handle later must not undo the running one's routing.
             pipeline.routing, previous.routing = previous.routing, StdlibRouting()
         pipeline.start()  # the queue is queued again: records wait for the new writer
+        _current = pipeline
         if previous is not None:
             previous.close()
-        _current = pipeline
         return pipeline
 
 
@@ -366,19 +383,6 @@ def shutdown(timeout: float | None = None) -> bool:
     with _lock:
         pipeline = _current
         return True if pipeline is None else pipeline.stop(timeout)
-
-
-def reset() -> None:
-    """Shut down and forget every pipeline: back to the never-configured state (for tests)."""
-    global _current
-    with _lock:
-        pipeline = _current
-        if pipeline is not None:
-            pipeline.stop()
-            pipeline.close()
-            defaults = Settings()
-            QUEUE.queued_mode(defaults.queue_size, False, defaults.block_timeout, defaults.level)
-            _current = None
 
 
 def reopen() -> None:

@@ -16,7 +16,7 @@ import pytest
 
 import asynclog
 
-from conftest import ROOT, read_lines, run_python
+from conftest import ROOT, assert_accounted, read_lines, run_python
 
 # Each test runs on the C extension and on the pure-Python code (see conftest).
 pytestmark = pytest.mark.usefixtures("implementation")
@@ -504,7 +504,10 @@ def test_records_logged_by_other_threads_throughout_a_stop_are_all_written(
         for n in range(4):  # each thread's lines in the order it logged them
             mine = [line["i"] for line in lines if line.get("t") == n]
             assert mine == sorted(mine)
-        asynclog._pipeline.reset()
+        asynclog.shutdown()
+        pipeline = asynclog._pipeline.latest()
+        assert pipeline is not None
+        pipeline.close()  # the next attempt starts from nothing
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -555,3 +558,29 @@ def test_a_pipeline_goes_through_its_states_in_order(log_path: Path) -> None:
         second.start()
     third = asynclog.configure(sink=str(log_path), format="json")
     assert (second.state, third.state) == (State.CLOSED, State.RUNNING)
+
+
+def test_closing_the_latest_pipeline_takes_the_process_back_to_never_configured(
+    log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asynclog._pipeline import State, latest
+    from asynclog._queue import QUEUE, Mode
+    from asynclog._settings import Settings
+
+    first = asynclog.configure(sink=str(log_path), format="json", queue_size=7, level="ERROR")
+    assert asynclog.shutdown(5)
+    assert latest() is first and QUEUE.mode is Mode.WRITE_THROUGH  # late lines written through
+    first.close()
+    assert first.state is State.CLOSED and latest() is None
+    defaults = Settings()
+    assert QUEUE.mode is Mode.QUEUED
+    assert (QUEUE.limit, QUEUE.level, QUEUE.block) == (defaults.queue_size, defaults.level, False)
+    other = log_path.with_name("from-env.log")
+    monkeypatch.setenv("ASYNCLOG_SINK", str(other))
+    monkeypatch.setenv("ASYNCLOG_FORMAT", "json")
+    asynclog.get_logger("again").info("afresh")  # starts from the environment, as at first
+    second = latest()
+    assert second is not None and second is not first and second.running
+    assert asynclog.flush(5)
+    assert [line["message"] for line in read_lines(other)] == ["afresh"]
+    assert_accounted(asynclog.stats(), emitted=1, written=1)
