@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -16,7 +17,11 @@ from typing import Any
 import pytest
 
 import asynclog
-from asynclog._writer import Writer
+from asynclog._encoder import Encoder
+from asynclog._queue import RecordQueue
+from asynclog._redact import Redactor
+from asynclog._sinks import FdSink
+from asynclog._writer import Counters, Writer
 
 from conftest import assert_accounted, read_lines, run_python
 
@@ -285,3 +290,133 @@ def test_under_steady_logging_callers_do_not_wake_the_writer(
     # rather than idling after every batch until the next caller wakes it (~25 times here).
     # A pause longer than the interval (a busy machine) may idle it once or twice more.
     assert woken_by_callers <= 5
+
+
+# --- the writer on its own: what the pipeline asks of it --------------------------------------
+
+
+def _records(n: int) -> list[Any]:
+    """`n` records captured as a caller captures them, taken back off the process's queue (no
+    pipeline runs: the autouse fixture left none)."""
+    from asynclog._logger import Logger
+    from asynclog._queue import QUEUE
+
+    QUEUE.items.clear()
+    log = Logger("unit")
+    for i in range(n):
+        log.info("record", i=i)
+    records = QUEUE.take(n)
+    assert len(records) == n
+    return records
+
+
+def _writer(sink: FdSink, queue: RecordQueue | None = None) -> Writer:
+    return Writer(
+        queue if queue is not None else RecordQueue(),
+        sink,
+        Encoder(Redactor(frozenset())),
+        Counters(),
+        batch_size=100,
+        flush_interval=0.01,
+    )
+
+
+def test_write_now_writes_and_counts_on_the_calling_thread(log_path: Path) -> None:
+    writer = _writer(FdSink(str(log_path)))
+    writer.write_now(_records(3))
+    assert [line["i"] for line in read_lines(log_path)] == [0, 1, 2]
+    c = writer.counters
+    assert (c.written, c.dropped_write, c.errors) == (3, 0, 0)
+    assert c.bytes_written == log_path.stat().st_size
+
+
+def test_write_now_counts_a_failed_write_as_lost_and_says_so(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    writer = _writer(FdSink("/dev/full"))
+    writer.write_now(_records(2))
+    c = writer.counters
+    assert (c.written, c.dropped_write, c.errors) == (0, 2, 1)
+    [report_line] = [json.loads(x) for x in capfd.readouterr().err.splitlines()]
+    assert report_line["message"] == "write to sink failed"
+
+
+def test_stop_writes_what_is_queued_then_the_thread_ends(log_path: Path) -> None:
+    queue = RecordQueue()
+    writer = _writer(FdSink(str(log_path)), queue)
+    queue.items.extend(_records(250))
+    writer.start()
+    writer.stop(time.monotonic() + 5)
+    assert not writer.is_alive()
+    assert [line["i"] for line in read_lines(log_path)] == list(range(250))
+    assert (writer.counters.written, writer.processed()) == (250, 250)
+
+
+def test_wait_processed_says_when_the_records_are_written(log_path: Path) -> None:
+    queue = RecordQueue()
+    writer = _writer(FdSink(str(log_path)), queue)
+    writer.flush_interval = 10.0  # only a flush request makes it write before a batch fills
+    writer.start()
+    try:
+        assert writer.wait_processed(0, 0, 0.0)
+        for record in _records(5):
+            queue.put(record)
+        deadline = time.monotonic() + 5
+        while not writer.wait_processed(5, 0, 0.05):
+            assert time.monotonic() < deadline
+        assert len(read_lines(log_path)) == 5
+    finally:
+        writer.stop(time.monotonic() + 5)
+
+
+def test_a_stop_abandons_a_writer_stuck_in_a_write_and_counts_what_it_left(
+    log_path: Path,
+) -> None:
+    queue = RecordQueue()
+    sink = FdSink(str(log_path))
+    writer = _writer(sink, queue)
+    records = _records(10)
+    with sink._lock:  # another write holds the sink: the writer's own write waits for it
+        writer.start()
+        queue.put(records[0])
+        deadline = time.monotonic() + 10
+        while not _inside_sink_write(writer):  # the writer took it and waits for the sink
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for record in records[1:]:
+            queue.put(record)
+        started = time.monotonic()
+        writer.stop(time.monotonic() + 0.1)
+        assert 0.5 <= time.monotonic() - started < 5  # its deadline, then the grace
+        assert writer.is_alive() and not queue.items
+        assert writer.counters.dropped_write == 9  # what was queued is lost, and counted
+    writer.join(5)  # the stuck write goes out; the abandoned writer takes nothing more
+    assert not writer.is_alive()
+    assert [line["i"] for line in read_lines(log_path)] == [0]
+    assert (writer.counters.written, writer.processed()) == (1, 10)
+
+
+def _inside_sink_write(thread: threading.Thread) -> bool:
+    frame = sys._current_frames().get(thread.ident or 0)
+    return frame is not None and frame.f_code is FdSink.write.__code__
+
+
+def test_request_reopen_reopens_the_sink_at_the_next_round(log_path: Path) -> None:
+    queue = RecordQueue()
+    writer = _writer(FdSink(str(log_path)), queue)
+    writer.start()
+    try:
+        rotated = log_path.with_suffix(".log.1")
+        log_path.rename(rotated)
+        writer.request_reopen()
+        deadline = time.monotonic() + 5
+        while not log_path.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        queue.put(_records(1)[0])
+        while not writer.wait_processed(1, 0, 0.05):
+            assert time.monotonic() < deadline
+        assert [line["message"] for line in read_lines(log_path)] == ["record"]
+        assert rotated.read_bytes() == b""
+    finally:
+        writer.stop(time.monotonic() + 5)
