@@ -15,7 +15,7 @@ from ._queue import QUEUE, read_count
 from ._record import Record
 from ._redact import Redactor
 from ._settings import Settings, resolve_settings
-from ._sinks import SinkError, open_sink, report
+from ._sinks import open_sink, report
 from ._stdlib import AsyncLogHandler, StdlibRouting
 from ._writer import Counters, Writer
 
@@ -26,6 +26,7 @@ __all__ = [
     "current",
     "flush",
     "get_logger",
+    "latest",
     "reopen",
     "shutdown",
     "stats",
@@ -154,15 +155,12 @@ class Pipeline:
                 self._revive_writer()
                 revived = True
                 continue
-            with writer.progress:
-                if writer.processed() >= target and writer.reported_drops >= drops:
-                    return True
-                writer.urgent = True
-                QUEUE.wake.set()
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                writer.progress.wait(0.05 if remaining is None else min(0.05, remaining))
+            remaining = None if deadline is None else deadline - time.monotonic()
+            step = _FLUSH_STEP if remaining is None else max(0.0, min(_FLUSH_STEP, remaining))
+            if writer.wait_processed(target, drops, step):
+                return True
+            if remaining is not None and remaining <= step:
+                return False
         # Stopping or stopped: records are written through; a stop in progress is waited for,
         # and records a mode change left in the queue are written now.
         remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
@@ -186,7 +184,6 @@ class Pipeline:
         """
         wait = self.settings.shutdown_timeout if timeout is None else timeout
         lost_before = self.counters.dropped_write
-        deadline = time.monotonic() + wait
         with self._through_lock:  # a stop already in progress is waited for
             if self.state is not State.RUNNING:
                 if restore:  # stopped by the lifespan drain, now by shutdown(): give it back
@@ -194,18 +191,10 @@ class Pipeline:
                 return True
             self._enter(State.STOPPING)
             QUEUE.write_through_mode(self._write_through)
-            self.sink.deadline = deadline
-            writer = self.writer
-            writer.stopping = True
-            QUEUE.wake.set()
-            writer.join(wait + 0.5)
-            if writer.is_alive():
-                writer.abandoned = True  # stuck in a write: it takes nothing more
-                # Its sink is stuck too: what it left is lost, not written through.
-                self.counters.dropped_write += len(QUEUE.take(len(QUEUE.items)))
+            self.writer.stop(time.monotonic() + wait)
             self._write_left_behind()
             self._enter(State.STOPPED)
-        drained = not writer.is_alive() and self.counters.dropped_write == lost_before
+        drained = not self.writer.is_alive() and self.counters.dropped_write == lost_before
         self._report_losses()
         if restore:
             self.routing.restore()
@@ -239,31 +228,14 @@ class Pipeline:
             return
         try:
             self._write_left_behind()
-            self._write_one(record)
+            self.writer.write_now([record])
         finally:
             self._through_lock.release()
 
     def _write_left_behind(self) -> None:
         """Records a caller appended while the mode changed under it (held by the caller)."""
         while QUEUE.items:
-            self._write_one(QUEUE.items.popleft())
-
-    def _write_one(self, record: Record) -> None:
-        counters = self.counters
-        try:
-            data = self.encoder.encode(record)
-        except BaseException:  # KeyboardInterrupt on the main thread: the caller's, not ours
-            counters.dropped_write += 1
-            counters.errors += 1
-            raise
-        try:
-            self.sink.write(data, deadline=time.monotonic() + _WRITE_THROUGH_WAIT)
-        except SinkError:
-            counters.dropped_write += 1
-            counters.errors += 1
-            return
-        counters.written += 1
-        counters.bytes_written += len(data)
+            self.writer.write_now(QUEUE.take(len(QUEUE.items)))
 
     def _count_fault(self) -> None:
         self.counters.errors += 1
@@ -285,10 +257,21 @@ class Pipeline:
             self.writer.start()
 
     def close(self) -> None:
-        """Release the sink of a stopped pipeline (a newer one has taken over the queue)."""
-        with self._through_lock:
-            self._enter(State.CLOSED)
-            self.sink.close()
+        """Release the sink of a stopped pipeline. `configure()` closes the pipeline it
+        replaces; closing the latest one (after `shutdown()`) takes the process back to where
+        it started: no pipeline, the queue at its defaults (records wait there for the next
+        one), and the next `get_logger()` starts afresh from the environment."""
+        global _current
+        with _lock:
+            with self._through_lock:
+                self._enter(State.CLOSED)
+                self.sink.close()
+            if _current is self:
+                defaults = Settings()
+                QUEUE.queued_mode(
+                    defaults.queue_size, False, defaults.block_timeout, defaults.level
+                )
+                _current = None
 
     def stats(self) -> dict[str, Any]:
         return _collect(self.counters)
@@ -313,7 +296,7 @@ class Pipeline:
 # The latest pipeline of this process, running or stopped (a stopped one writes late records
 # through until the next configure()).
 _current: Pipeline | None = None
-_WRITE_THROUGH_WAIT = 0.5
+_FLUSH_STEP = 0.05  # seconds between a flush's checks that the pipeline still runs
 # Counters outlive a pipeline: reconfiguring carries them over, and stats() still reads them after
 # shutdown.
 _last_counters = Counters()
@@ -324,6 +307,11 @@ def current() -> Pipeline | None:
     """The running pipeline, if any."""
     pipeline = _current
     return pipeline if pipeline is not None and pipeline.running else None
+
+
+def latest() -> Pipeline | None:
+    """The latest pipeline, running or stopped (writing late records through), if any."""
+    return _current
 
 
 def configure(**settings: Any) -> Pipeline:
@@ -361,9 +349,9 @@ def start_pipeline(core: Settings) -> Pipeline:
             # back: stopping the old handle later must not undo the running one's routing.
             pipeline.routing, previous.routing = previous.routing, StdlibRouting()
         pipeline.start()  # the queue is queued again: records wait for the new writer
+        _current = pipeline
         if previous is not None:
             previous.close()
-        _current = pipeline
         return pipeline
 
 
@@ -397,25 +385,11 @@ def shutdown(timeout: float | None = None) -> bool:
         return True if pipeline is None else pipeline.stop(timeout)
 
 
-def reset() -> None:
-    """Shut down and forget every pipeline: back to the never-configured state (for tests)."""
-    global _current
-    with _lock:
-        pipeline = _current
-        if pipeline is not None:
-            pipeline.stop()
-            pipeline.close()
-            defaults = Settings()
-            QUEUE.queued_mode(defaults.queue_size, False, defaults.block_timeout, defaults.level)
-            _current = None
-
-
 def reopen() -> None:
     """Reopen a file sink (after external log rotation) at the writer's next round."""
     pipeline = current()
     if pipeline is not None:
-        pipeline.writer.reopen_requested = True
-        QUEUE.wake.set()
+        pipeline.writer.request_reopen()
 
 
 def stats() -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import itertools
 import threading
 import time
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # annotations only: the record module's guard (_compat) imports this one
     from ._record import Record
 
-__all__ = ["QUEUE", "RecordQueue", "read_count"]
+__all__ = ["QUEUE", "Mode", "RecordQueue", "read_count"]
 
 
 def read_count(counter: itertools.count[int]) -> int:
@@ -22,17 +23,32 @@ def read_count(counter: itertools.count[int]) -> int:
     return int(repr(counter)[6:-1])
 
 
+class Mode(enum.Enum):
+    """Where a put that finds no room (`len(items) >= maxsize`) sends its record."""
+
+    QUEUED = "queued"  # the queue is full: drop the record, or wait for space in block mode
+    TAPPED = "tapped"  # `maxsize` is 0: every record reaches the taps, then the queue
+    WRITE_THROUGH = "write-through"  # `maxsize` is 0: every record is written on its caller
+
+
 class RecordQueue:
-    """A bounded FIFO of captured records.
+    """A bounded FIFO of captured records; only the writer thread takes them out.
 
-    `put` never blocks in drop mode: a full queue drops the new record and counts it. In block mode
-    it waits up to `block_timeout` for space, then drops. Only the writer thread takes records out.
+    The fast path of a put, inlined by the level methods (in C and in Python), is: count it in
+    `emitted`; if `len(items) < maxsize`, append it, and if the writer is `idle`, call
+    `wake_writer()`; otherwise call `overflow(record)`. C reads these attributes by name, so
+    they keep their names and meanings. Everything else happens in `overflow`, by `mode`:
 
-    Two modes, switched only by the pipeline's state changes (see `_pipeline.State`): queued, and
-    write-through, where `maxsize` is 0 so that every record, however it was put (the level
-    methods inline `put`), reaches `overflow()` and from there `write_through`. `limit` is the
-    configured bound; `maxsize`, what a put compares with, is also 0 while taps are set
-    (`asynclog.testing.capture_logs`): `overflow()` hands each record to them, then on its way.
+    - `Mode.QUEUED`: `maxsize` is `limit`, the configured bound, so `overflow` means full: the
+      record is dropped and counted in `dropped`, or in block mode (`block`) waits up to
+      `block_timeout` for space first.
+    - `Mode.TAPPED` (`asynclog.testing.capture_logs`): `maxsize` is 0, so every record reaches
+      `overflow`, which hands it to each tap, then queues it as `Mode.QUEUED` would have.
+    - `Mode.WRITE_THROUGH` (a pipeline stopping or stopped): `maxsize` is 0 and every record goes
+      to the taps, if any, then to the pipeline's `write_through` on the caller's thread.
+
+    The pipeline changes the mode with `queued_mode`/`write_through_mode`; taps come and go
+    with `add_tap`/`remove_tap`, whatever the mode.
     """
 
     def __init__(self, maxsize: int = 20_000, block: bool = False, block_timeout: float = 0.25):
@@ -48,8 +64,11 @@ class RecordQueue:
         self.idle = False
         self.wake = threading.Event()
         self.space = threading.Condition(threading.Lock())
+        self.mode = Mode.QUEUED
+        # The mode's case of `overflow`: `_when_full`, `_when_tapped` or `_write_through`.
+        self._route_overflow: Callable[[Record], None] = self._when_full
         # In write-through mode: writes a record on the caller's thread.
-        self.write_through: Callable[[Record], None] | None = None
+        self._write_through: Callable[[Record], None] | None = None
         # Callables that see every record on the caller's thread before it goes on its way.
         self.taps: tuple[Callable[[Record], None], ...] = ()
         # Left by a writer thread that died: the next wake starts a new one instead.
@@ -78,20 +97,27 @@ class RecordQueue:
             self.wake.set()
 
     def overflow(self, record: Record) -> None:
-        """The queue was full: drop (counted), or in block mode wait for space first. In
-        write-through mode, and while tapped, every record comes here."""
+        """A put found no room under `maxsize`: the taps see the record, then the mode's case
+        (see the class docstring) takes it."""
         for tap in self.taps:
             tap(record)
-        if self.write_through is not None:
-            self.write_through(record)
-        elif self.taps and len(self.items) < self.limit:
-            self.items.append(record)
-            if self.idle:
-                self.wake_writer()
-        elif self.block:
+        self._route_overflow(record)
+
+    def _when_full(self, record: Record) -> None:
+        """Queued mode, no room: drop (counted), or in block mode wait for space first."""
+        if self.block:
             self._put_blocking(record)
         else:
             next(self.dropped)
+
+    def _when_tapped(self, record: Record) -> None:
+        """Tapped mode: the record takes the way a put in queued mode would have."""
+        if len(self.items) < self.limit:
+            self.items.append(record)
+            if self.idle:
+                self.wake_writer()
+        else:
+            self._when_full(record)
 
     def _put_blocking(self, record: Record) -> None:
         deadline = time.monotonic() + self.block_timeout
@@ -116,17 +142,17 @@ class RecordQueue:
         return batch
 
     def queued_mode(self, maxsize: int, block: bool, block_timeout: float, level: int) -> None:
-        """Records wait here for the writer thread."""
+        """Records wait here for the writer thread, at most `maxsize` of them."""
         self.block = block
         self.block_timeout = block_timeout
         self.level = level
-        self.write_through = None
+        self._write_through = None
         self.limit = maxsize
         self._route()
 
     def write_through_mode(self, write: Callable[[Record], None]) -> None:
         """Every record from now on (already counted as emitted) goes to `write`."""
-        self.write_through = write
+        self._write_through = write
         self._route()
 
     def add_tap(self, tap: Callable[[Record], None]) -> None:
@@ -140,7 +166,14 @@ class RecordQueue:
         self._route()
 
     def _route(self) -> None:
-        self.maxsize = 0 if self.write_through is not None or self.taps else self.limit
+        """Set `mode`, its case of `overflow`, and the `maxsize` that sends puts there."""
+        if self._write_through is not None:
+            self.mode, self._route_overflow = Mode.WRITE_THROUGH, self._write_through
+        elif self.taps:
+            self.mode, self._route_overflow = Mode.TAPPED, self._when_tapped
+        else:
+            self.mode, self._route_overflow = Mode.QUEUED, self._when_full
+        self.maxsize = self.limit if self.mode is Mode.QUEUED else 0
 
     def reset_counters(self) -> None:
         """Count from zero; records still queued count as emitted."""

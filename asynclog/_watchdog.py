@@ -4,7 +4,7 @@ CPU or blocking work inside an `async def` route stops every other request on th
 watchdog pings the loop every `interval`; when a ping is not answered within `threshold`, it reads
 the loop thread's stack at that moment and, once the loop answers, writes one warning::
 
-    {"level": "warning", "logger": "asynclog.watchdog", "msg": "event loop blocked",
+    {"level": "warning", "logger": "asynclog.watchdog", "message": "event loop blocked",
      "blocked_ms": 301.2, "threshold_ms": 100.0, "frame": "app/routes.py:12 in slow_route",
      "route": "/slow", "method": "GET", "stack": ["...", "app/routes.py:12 in slow_route"]}
 

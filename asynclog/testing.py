@@ -80,7 +80,7 @@ class _LineBuilder:
     def _encoder_now(self) -> Encoder:
         # The redaction of the pipeline that writes the line, running or stopped (writing
         # through); configure() may change it within the block.
-        pipeline = _pipeline._current
+        pipeline = _pipeline.latest()
         settings = pipeline.settings if pipeline is not None else Settings()
         redaction = (settings.redact_keys, settings.redact_depth)
         if self._encoder is None or redaction != self._redaction:

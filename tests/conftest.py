@@ -47,7 +47,9 @@ def _reset_asynclog() -> Iterator[None]:
     kept = [(list(x.handlers), list(x.filters), x.propagate, x.level) for x in loggers]
     options = record_options()
     yield
-    _pipeline.reset()
+    asynclog.shutdown()
+    if (pipeline := _pipeline.latest()) is not None:
+        pipeline.close()  # back to never configured: no state carries over to the next test
     _compat._said.clear()
     asynclog.clear_contextvars()
     for logger, (handlers, filters, propagate, level) in zip(loggers, kept, strict=True):

@@ -1,4 +1,4 @@
-"""Accounting, flush/shutdown, overflow, write errors, rotation and fork safety."""
+"""Accounting, flush/shutdown, overflow, the pipeline's states, and fork safety."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 import asynclog
 
-from conftest import ROOT, read_lines, run_python
+from conftest import ROOT, assert_accounted, read_lines
 
 # Each test runs on the C extension and on the pure-Python code (see conftest).
 pytestmark = pytest.mark.usefixtures("implementation")
@@ -40,8 +40,7 @@ def test_exact_accounting_under_concurrent_threads(log_path: Path) -> None:
     for t in threads:
         t.join()
     assert asynclog.flush(30)
-    stats = asynclog.stats()
-    assert stats["emitted"] == stats["written"] + stats["dropped"]
+    stats = assert_accounted(asynclog.stats())
     lines = read_lines(log_path)
     assert len(lines) == stats["written"]
     notices = [line for line in lines if line["logger"] == "asynclog"]
@@ -57,23 +56,7 @@ def test_flush_and_shutdown_lose_nothing(log_path: Path) -> None:
     assert asynclog.shutdown(timeout=30)
     lines = read_lines(log_path)
     assert [line["i"] for line in lines] == list(range(20_000))
-    stats = asynclog.stats()
-    assert stats["dropped"] == 0
-    assert stats["written"] == stats["emitted"] == 20_000
-
-
-def test_drop_notice_counts_what_was_lost(log_path: Path) -> None:
-    handle = asynclog.configure(sink=str(log_path), format="json", queue_size=10)
-    handle.writer.flush_interval = 0.5  # keep the writer asleep while the queue overflows
-    log = asynclog.get_logger("d")
-    for i in range(100):
-        log.info("x", i=i)
-    assert asynclog.flush(10)
-    lines = read_lines(log_path)
-    [notice] = [line for line in lines if line["logger"] == "asynclog"]
-    assert notice["dropped"] == asynclog.stats()["dropped_overflow"] >= 80
-    assert notice["level"] == "warning"
-    assert notice["pid"] == os.getpid()
+    assert_accounted(asynclog.stats(), dropped=0, written=20_000, emitted=20_000)
 
 
 def test_no_line_written_that_nobody_logged(log_path: Path) -> None:
@@ -81,29 +64,6 @@ def test_no_line_written_that_nobody_logged(log_path: Path) -> None:
     asynclog.flush(5)
     asynclog.shutdown()
     assert log_path.read_bytes() == b""
-
-
-def test_write_errors_are_counted_and_reported(tmp_path: Path) -> None:
-    result = run_python(
-        """
-        import asynclog, sys
-        asynclog.configure(sink="/dev/full", format="json")
-        log = asynclog.get_logger("full")
-        for i in range(50):
-            log.info("x", i=i)
-        asynclog.flush(10)
-        s = asynclog.stats()
-        print(s["errors"], s["dropped_write"], s["written"], s["emitted"], s["dropped"])
-        """
-    )
-    assert result.returncode == 0, result.stderr
-    errors, dropped_write, written, emitted, dropped = map(int, result.stdout.split())
-    assert errors >= 1 and dropped_write == 50 and written == 0
-    assert emitted == written + dropped
-    reports = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
-    assert reports and reports[0]["logger"] == "asynclog"
-    assert "ENOSPC" in reports[0]["error"] or "No space" in reports[0]["error"]
-    assert len(reports) <= 2  # at most once a second
 
 
 def test_blocked_pipe_never_makes_a_call_wait_and_memory_stays_bounded() -> None:
@@ -132,7 +92,9 @@ def test_blocked_pipe_never_makes_a_call_wait_and_memory_stays_bounded() -> None
     assert float(worst) < 0.05, f"a log call waited {float(worst) * 1000:.1f} ms"
     assert int(rss_kb) < 60_000, f"RSS grew {int(rss_kb) // 1024} MB"
     assert int(dropped) > 100_000
-    assert int(emitted) == int(written) + int(dropped_after)
+    assert_accounted(
+        {"emitted": int(emitted), "written": int(written), "dropped": int(dropped_after)}
+    )
     assert ok == "False"  # the pipe never drained: shutdown gave up at its deadline
     reports = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
     assert {r["logger"] for r in reports} == {"asynclog"}
@@ -178,40 +140,6 @@ def _is_json(line: bytes) -> bool:
     except ValueError:
         return False
     return True
-
-
-def test_rename_rotation_loses_nothing(log_path: Path) -> None:
-    asynclog.configure(sink=str(log_path), format="json")
-    log = asynclog.get_logger("rot")
-    for i in range(100):
-        log.info("before", i=i)
-    asynclog.flush(5)
-    rotated = log_path.with_suffix(".log.1")
-    log_path.rename(rotated)
-    for i in range(100, 150):
-        log.info("between", i=i)  # may land in the renamed file until the writer notices
-    asynclog.reopen()
-    asynclog.flush(5)
-    for i in range(150, 300):
-        log.info("after", i=i)
-    asynclog.flush(5)
-    seen = [line["i"] for path in (rotated, log_path) for line in read_lines(path)]
-    assert sorted(seen) == list(range(300))
-    assert [line["i"] for line in read_lines(log_path)][-1] == 299
-
-
-def test_rotation_is_noticed_without_reopen(log_path: Path) -> None:
-    asynclog.configure(sink=str(log_path), format="json")
-    log = asynclog.get_logger("rot")
-    log.info("first")
-    asynclog.flush(5)
-    log_path.rename(log_path.with_suffix(".old"))
-    log_path.touch()
-
-    time.sleep(1.3)  # the writer checks the path's inode once a second
-    log.info("second")
-    asynclog.flush(5)
-    assert [line["message"] for line in read_lines(log_path)] == ["second"]
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -265,8 +193,7 @@ def test_native_lines_after_shutdown_are_written_through_and_counted(log_path: P
     log.error("after shutdown", n=2)
 
     assert [line["n"] for line in read_lines(log_path)] == [1, 2]
-    stats = asynclog.stats()
-    assert (stats["emitted"], stats["written"], stats["queue_depth"]) == (2, 2, 0)
+    assert_accounted(asynclog.stats(), emitted=2, written=2, queue_depth=0)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -362,34 +289,6 @@ def test_block_mode_waits_at_most_block_timeout_then_drops() -> None:
     assert int(emitted) == 250
 
 
-def test_writer_recovers_when_the_sink_does(tmp_path: Path) -> None:
-    # A file size limit makes writes fail (EFBIG) like a full disk; truncating the file frees
-    # the space: later records are written again, and every lost one was counted.
-    path = tmp_path / "limited.log"
-    code = f"""
-        import asynclog, resource, signal, os
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
-        asynclog.configure(sink={str(path)!r}, format="json")
-        log = asynclog.get_logger("disk")
-        for i in range(400):
-            log.info("filling", i=i, pad="p" * 100)
-        asynclog.flush(10)
-        failed = asynclog.stats()
-        os.truncate({str(path)!r}, 0)
-        log.info("after space came back")
-        asynclog.flush(10)
-        s = asynclog.stats()
-        print(failed["errors"], failed["dropped_write"], s["written"], s["emitted"], s["dropped"])
-        """
-    result = run_python(code)
-    assert result.returncode == 0, result.stderr
-    errors, dropped_write, written, emitted, dropped = map(int, result.stdout.split())
-    assert errors >= 1 and dropped_write > 0
-    assert emitted == written + dropped
-    assert [line["message"] for line in read_lines(path)] == ["after space came back"]
-
-
 def _start_with_stdout_pipe(code: str) -> tuple[subprocess.Popen[bytes], int]:
     """Run a snippet whose stdout is a pipe; returns the process and the pipe's read end."""
     read_fd, write_fd = os.pipe()
@@ -434,30 +333,6 @@ def test_redaction_holds_whatever_route_a_value_takes(log_path: Path) -> None:
     assert third["ctx"] == {"token": "[REDACTED]", "n": [1]}
 
 
-def test_under_steady_logging_callers_do_not_wake_the_writer(
-    log_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from asynclog._queue import QUEUE
-
-    asynclog.configure(sink=str(log_path), format="json", flush_interval=0.02)
-    log = asynclog.get_logger("steady")
-    wakes = []
-    set_event = QUEUE.wake.set
-    monkeypatch.setattr(QUEUE.wake, "set", lambda: (wakes.append(1), set_event()))
-
-    for i in range(100):  # one line every ~5 ms: several per flush interval, for 0.5 s
-        log.info("tick", i=i)
-        time.sleep(0.005)
-    woken_by_callers = len(wakes)
-
-    assert asynclog.flush(5)
-    assert [line["i"] for line in read_lines(log_path)] == list(range(100))
-    # The first line wakes the idle writer; from then on it wakes itself once per interval,
-    # rather than idling after every batch until the next caller wakes it (~25 times here).
-    # A pause longer than the interval (a busy machine) may idle it once or twice more.
-    assert woken_by_callers <= 5
-
-
 def _log_from_threads_throughout_a_stop(path: Path) -> list[int]:
     """Four threads log as fast as they can while the pipeline stops; returns what each sent."""
     asynclog.configure(sink=str(path), format="json")
@@ -495,16 +370,17 @@ def test_records_logged_by_other_threads_throughout_a_stop_are_all_written(
         path = log_path.with_name(f"stop-{attempt}.log")
         sent = _log_from_threads_throughout_a_stop(path)
         assert asynclog.flush(5)
-        stats = asynclog.stats()
-        assert stats["queue_depth"] == 0, (attempt, stats)
+        stats = assert_accounted(asynclog.stats(), queue_depth=0)
         assert stats["emitted"] == sum(sent) + stats["notices"], stats
-        assert stats["emitted"] == stats["written"] + stats["dropped"], stats
         lines = read_lines(path)
         assert len(lines) == stats["written"]
         for n in range(4):  # each thread's lines in the order it logged them
             mine = [line["i"] for line in lines if line.get("t") == n]
             assert mine == sorted(mine)
-        asynclog._pipeline.reset()
+        asynclog.shutdown()
+        pipeline = asynclog._pipeline.latest()
+        assert pipeline is not None
+        pipeline.close()  # the next attempt starts from nothing
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -555,3 +431,29 @@ def test_a_pipeline_goes_through_its_states_in_order(log_path: Path) -> None:
         second.start()
     third = asynclog.configure(sink=str(log_path), format="json")
     assert (second.state, third.state) == (State.CLOSED, State.RUNNING)
+
+
+def test_closing_the_latest_pipeline_takes_the_process_back_to_never_configured(
+    log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asynclog._pipeline import State, latest
+    from asynclog._queue import QUEUE, Mode
+    from asynclog._settings import Settings
+
+    first = asynclog.configure(sink=str(log_path), format="json", queue_size=7, level="ERROR")
+    assert asynclog.shutdown(5)
+    assert latest() is first and QUEUE.mode is Mode.WRITE_THROUGH  # late lines written through
+    first.close()
+    assert first.state is State.CLOSED and latest() is None
+    defaults = Settings()
+    assert QUEUE.mode is Mode.QUEUED
+    assert (QUEUE.limit, QUEUE.level, QUEUE.block) == (defaults.queue_size, defaults.level, False)
+    other = log_path.with_name("from-env.log")
+    monkeypatch.setenv("ASYNCLOG_SINK", str(other))
+    monkeypatch.setenv("ASYNCLOG_FORMAT", "json")
+    asynclog.get_logger("again").info("afresh")  # starts from the environment, as at first
+    second = latest()
+    assert second is not None and second is not first and second.running
+    assert asynclog.flush(5)
+    assert [line["message"] for line in read_lines(other)] == ["afresh"]
+    assert_accounted(asynclog.stats(), emitted=1, written=1)

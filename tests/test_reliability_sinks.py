@@ -4,8 +4,9 @@ Under real gunicorn + uvicorn_worker (2 workers, 127.0.0.1): a stdout pipe stall
 pipe whose reader goes away (EPIPE), a full disk (/dev/full). With real files and pipes: the
 log file deleted, logrotate's rename-and-create, four processes appending to one file and two
 sharing one slow stdout pipe.
-tests/test_pipeline.py has the in-process versions of stalled pipes, write errors and rotation;
-these add the server, the counts per worker and the races with a writer that never pauses.
+test_pipeline.py, test_writer.py and test_sinks.py have the in-process versions of stalled pipes,
+write errors and rotation; these add the server, the counts per worker and the races with a
+writer that never pauses.
 """
 
 from __future__ import annotations
