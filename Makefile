@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # Reinstalled when the build inputs change: the C extension is compiled at install time.
-BUILD_INPUTS := pyproject.toml setup.py asynclog/_speedups.c
+BUILD_INPUTS := pyproject.toml setup.py $(sort $(wildcard asynclog/_c/*.c asynclog/_c/*.h))
 STAMP := $(VENV)/.installed-$(shell cat $(BUILD_INPUTS) | cksum | cut -d' ' -f1)
 
 .PHONY: test test-pythons bench bench-quick lint typecheck sanitize clean
