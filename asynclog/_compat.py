@@ -3,7 +3,11 @@
 asynclog reads a few private names of FastAPI, Starlette, OpenTelemetry and uvicorn (listed in
 docs/guarantees.md). Each read is guarded: when the name is missing or changed, asynclog falls
 back to a plainer behaviour and calls `degraded()`, which says so once per internal with one
-`warning` line (logger `asynclog`).
+`warning` line (logger `asynclog`). The OpenTelemetry context variable every log call reads
+is found here too (`current_otel_context`).
+
+This module imports the record and the queue, and neither imports it: a guard may run while
+asynclog is still being imported.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ side has what it declares, and an extension built for another contract refuses t
 
 from __future__ import annotations
 
+import ast
 import os
 
 import orjson
@@ -21,6 +22,22 @@ needs_extension = pytest.mark.skipif(
     speedups is None and not os.environ.get("ASYNCLOG_REQUIRE_EXTENSIONS"),
     reason="the C extension is not built (no C compiler at install time)",
 )
+
+
+def _asynclog_imports(module: str) -> set[str]:
+    tree = ast.parse((ROOT / "asynclog" / f"{module}.py").read_text())
+    return {
+        node.module or ""
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level > 0
+    }
+
+
+def test_the_contract_and_the_record_are_at_the_bottom_of_the_imports() -> None:
+    """Any module may import them, at any point of asynclog's import, with no circle."""
+    assert _asynclog_imports("_contract") == set()
+    assert _asynclog_imports("_record") == {"_contract"}
+    assert "_compat" not in _asynclog_imports("_queue")
 
 
 def test_the_queue_and_the_logger_have_the_attributes_c_reads() -> None:

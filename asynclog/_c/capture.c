@@ -140,9 +140,9 @@ is_immutable(LevelMethod *self, PyObject *value)
 /* The bytes orjson writes for `value` (with `OPT_NON_STR_KEYS`), for dicts with exact str
  * keys, lists and tuples of exact strs, ints within 64 bits, bools, None and floats (those
  * through orjson itself), with `*written` 1; anything else is declined (left to orjson). 0, or
- * -1 on error. A small dict costs orjson a call, a buffer of 1 KB or more and its shrinking;
- * this walk costs a few hundred instructions. Runs no Python code: exact builtin types only,
- * and orjson for floats. */
+ * -1 on error. It spares a small dict an orjson call, which makes a buffer of 1 KB or more
+ * and shrinks it (see SMALL_OBJECT). Runs no Python code: exact builtin types only, and orjson
+ * for floats. */
 static int
 dump_plain(Buffer *buf, PyObject *value, PyObject *dumps, int depth, int *written)
 {
