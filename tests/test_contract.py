@@ -95,6 +95,7 @@ def test_the_extension_was_built_for_this_contract() -> None:
             "'overflow'), but asynclog._contract declares (",
         ),
         ("contract.LOGGER_ATTRIBUTES = ('name', 'bound')", "('name', '_bound'), but"),
+        ("del contract.LINE_KEYS", "but asynclog._contract has no LINE_KEYS"),
         (
             "contract.CaptureConfig = collections.namedtuple("
             "'CaptureConfig', contract.CaptureConfig._fields[::-1])",

@@ -237,9 +237,9 @@ put_scalar(Buffer *buf, PyObject *value, int *written)
 
 /* A value as orjson writes it inside a line, written by orjson itself: floats (shortest round
  * trip; NaN and infinities as null: repr() differs in exponents, and orjson's float writer is
- * faster than CPython's dtoa), datetimes, dates, times, UUIDs and enum members. No default hook: a value orjson
- * does not write by itself (an enum member whose value it cannot write) is declined, for the
- * caller's slower path, which calls the hook. */
+ * faster than CPython's dtoa), datetimes, dates, times, UUIDs and enum members. No default
+ * hook: a value orjson does not write by itself (an enum member whose value it cannot write)
+ * is declined, for the caller's slower path, which calls the hook. */
 static inline int
 put_dumped(Buffer *buf, PyObject *value, PyObject *dumps, int *written)
 {

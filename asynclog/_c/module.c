@@ -125,6 +125,12 @@ check_contract(PyObject *mod)
             Py_SETREF(theirs, PyObject_GetAttrString(theirs, "_fields"));
         }
         if (theirs == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                PyErr_Format(PyExc_ImportError,
+                             "asynclog._speedups was built for %U = %R, but asynclog._contract "
+                             "has no %U: rebuild the extension (pip install again)",
+                             key, value, key);
+            }
             same = -1;
             break;
         }
