@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # Reinstalled when the build inputs change: the C extension is compiled at install time.
-BUILD_INPUTS := pyproject.toml setup.py asynclog/_speedups.c
+BUILD_INPUTS := pyproject.toml setup.py $(sort $(wildcard asynclog/_c/*.c asynclog/_c/*.h))
 STAMP := $(VENV)/.installed-$(shell cat $(BUILD_INPUTS) | cksum | cut -d' ' -f1)
 
 .PHONY: test test-pythons bench bench-quick lint typecheck sanitize clean
@@ -37,16 +37,17 @@ bench-quick: $(STAMP)
 # python with gcc's libasan preloaded and PYTHONMALLOC=malloc so freed objects are poisoned.
 # Runs the tests that drive the C paths: differential Hypothesis tests, hostile input,
 # snapshot races, values that change what is being encoded. Any report fails the run
-# (`--capture=sys` leaves the sanitizers' reports on the real stderr).
+# (`--capture=sys` leaves the sanitizers' reports on the real stderr). build/lib.* and
+# build/temp.* go first: setuptools reuses objects newer than the sources, however compiled.
 SANITIZE_DIR := build/sanitize
 SANITIZE_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
-SANITIZE_TESTS := test_speedups.py test_hostile_input.py test_encoding.py test_logger.py \
+SANITIZE_TESTS := test_speedups.py test_contract.py test_hostile_input.py test_encoding.py test_logger.py \
 	test_writer.py test_stdlib.py
 SANITIZE_ENV := LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" PYTHONMALLOC=malloc \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_init_order=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ASYNCLOG_REQUIRE_EXTENSIONS=1
 sanitize: $(STAMP)
-	rm -rf $(SANITIZE_DIR)
+	rm -rf $(SANITIZE_DIR) build/lib.* build/temp.*
 	CC=gcc CFLAGS="$(SANITIZE_FLAGS)" LDFLAGS="-fsanitize=address,undefined" \
 		$(PY) -m pip install --quiet --no-deps --target $(SANITIZE_DIR) .
 	cd $(SANITIZE_DIR) && env $(SANITIZE_ENV) $(abspath $(PY)) -c 'import asynclog._speedups as s, \

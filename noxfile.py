@@ -6,7 +6,7 @@
 
 The unit suite is every test not marked `integration` or `soak`: no gunicorn, Fluent Bit,
 Prometheus or benchmark run. Each session installs asynclog with its `dev` extra (`tests` adds
-`bench`) into its own venv with the C extension required: `_speedups.c` first compiles with that
+`bench`) into its own venv with the C extension required: `asynclog/_c` first compiles with that
 Python's own flags plus -Werror, then ASYNCLOG_REQUIRE_EXTENSIONS=1 makes a failed build fail
 the install and a missing extension fail the tests.
 
@@ -72,24 +72,25 @@ _pyenv_interpreters(PYTHONS)
 
 
 def _compile_warning_free(session: nox.Session) -> None:
-    """Compile _speedups.c as setup.py's build does on this Python, plus -Werror: a warning that
+    """Compile asynclog/_c as setup.py's build does on this Python, plus -Werror: a warning that
     a new Python's headers bring fails here instead of scrolling past in an install log."""
     output = session.run("python", "-c", _BUILD_CONFIG, silent=True)
     if not isinstance(output, str):
         return  # --install-only: nothing runs
     config = json.loads(output)
     with tempfile.TemporaryDirectory() as tmp:
-        session.run(
-            *config["cc"],
-            *config["flags"],
-            "-Werror",
-            f"-I{config['include']}",
-            "-c",
-            "asynclog/_speedups.c",
-            "-o",
-            str(Path(tmp) / "_speedups.o"),
-            external=True,
-        )
+        for unit in sorted(Path("asynclog/_c").glob("*.c")):
+            session.run(
+                *config["cc"],
+                *config["flags"],
+                "-Werror",
+                f"-I{config['include']}",
+                "-c",
+                str(unit),
+                "-o",
+                str(Path(tmp) / f"{unit.stem}.o"),
+                external=True,
+            )
 
 
 def _install(session: nox.Session, extras: str) -> None:

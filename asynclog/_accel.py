@@ -1,6 +1,6 @@
-"""The optional C extension (`_speedups.c`), or None when it was not built (no C compiler at
-install time), refused to load (built for another record layout: see `_record`), or
-`ASYNCLOG_NO_EXTENSIONS` is set. Lines and counts are the same either way.
+"""The optional C extension (`asynclog/_c`, built as `asynclog._speedups`), or None when it was
+not built (no C compiler at install time), refused to load (built for another contract: see
+`_contract`), or `ASYNCLOG_NO_EXTENSIONS` is set. Lines and counts are the same either way.
 
 `make_record` is what every Python producer of a record calls: `_record.make_record`, or the
 extension's, which makes the same tuple untracked by the garbage collector."""
@@ -25,7 +25,7 @@ def _load() -> ModuleType | None:
     if importlib.util.find_spec(f"{__package__}._speedups") is None:
         # Importing it anyway would say "partially initialized module ... circular import".
         here = Path(__file__).parent
-        if (here / "_speedups.c").exists():  # a source tree (a wheel ships no C source)
+        if (here / "_c" / "module.c").exists():  # a source tree (a wheel ships no C source)
             warnings.warn(
                 f"asynclog's C extension is not built for this source tree ({here}): the "
                 "pure-Python path runs, writing the same lines. Build it with "

@@ -16,6 +16,7 @@ import orjson
 from opentelemetry import trace as _trace
 
 from ._accel import speedups as _speedups
+from ._contract import LAST_TIME, EncodeConfig
 from ._record import Record
 from ._redact import REDACTED, Redactor
 from ._settings import Settings
@@ -32,7 +33,7 @@ _JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE
 _MAX_DEPTH = 64
 _LEVEL_NAMES = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
 _DIGITS = [f"{n:03d}" for n in range(1000)]
-_LAST_TIME = 253402300800.0  # 10000-01-01: time stamps have four-digit years up to there
+_LAST_TIME = LAST_TIME
 
 
 def level_name(levelno: int) -> str:
@@ -180,7 +181,7 @@ class Encoder:
         self.color = color
         # Called for each record that could not be built or encoded at all (see `encode`).
         self.on_fault = on_fault
-        # The C fast path of encode_into, when built (see _speedups.c).
+        # The C fast path of encode_into, when built (see asynclog/_c).
         self._c_encode_into = _speedups.encode_into if _speedups is not None else None
         # Records per write() and per hold of the GIL: ~0.3 ms of encoding either way. Each
         # write hands the GIL to the event loop and waits to get it back, so slices as long as
@@ -196,6 +197,12 @@ class Encoder:
         self._checked_context: Any = None
         self._last_otel: Any = None
         self._last_ids: tuple[str, str] | None = None
+        # What the C encode_into works with, fixed for this encoder (it shares the caches).
+        self._c_config = None if self._c_encode_into is None else EncodeConfig(
+            self._plain_keys, self._key_prefixes, _LEVEL_NAMES, self._span_ids, orjson.dumps,
+            self._default, self.redactor.json_rule, self.encode, self.max_line_bytes,
+            self._shorten,
+        )  # fmt: skip
 
     def _span_ids(self, otel: Any) -> tuple[str, str] | None:
         # Lines of one request share its context object: resolve its ids once.
@@ -295,11 +302,7 @@ class Encoder:
             return ends
         options = _JSON_OPTIONS | numpy_option()
         if self._c_encode_into is not None:
-            return self._c_encode_into(  # type: ignore[no-any-return]
-                records, buffer, self._plain_keys, self._key_prefixes, _LEVEL_NAMES,
-                self._span_ids, orjson.dumps, self._default, options, self.redactor.json_rule,
-                self.encode, self.max_line_bytes, self._shorten,
-            )  # fmt: skip
+            return self._c_encode_into(records, buffer, options, self._c_config)  # type: ignore[no-any-return]
         dumps = orjson.dumps
         default = self._default
         known = self._plain_keys.issuperset

@@ -10,9 +10,10 @@ from typing import Any
 import orjson
 
 from ._accel import make_record, speedups
+from ._compat import OTEL_CONTEXT_VAR, current_otel_context
 from ._context import bound_fields
+from ._contract import CaptureConfig
 from ._queue import QUEUE
-from ._record import OTEL_CONTEXT_VAR, current_otel_context
 from ._snapshot import (
     FREEZE_NUMPY_OPTIONS,
     FREEZE_OPTIONS,
@@ -33,9 +34,7 @@ def _level_method(level: int, name: str) -> Callable[..., None]:
     """One level's method: the C one when the extension is built, else `_python_level_method`."""
     if speedups is None:
         return _python_level_method(level, name)
-    return speedups.LevelMethod(  # type: ignore[no-any-return]
-        level,
-        name,
+    config = CaptureConfig(
         QUEUE,
         bound_fields,
         OTEL_CONTEXT_VAR,
@@ -47,6 +46,7 @@ def _level_method(level: int, name: str) -> Callable[..., None]:
         snapshot_value,
         snapshot_args,
     )
+    return speedups.LevelMethod(level, name, config)  # type: ignore[no-any-return]
 
 
 def _python_level_method(level: int, name: str) -> Callable[..., None]:

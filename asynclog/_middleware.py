@@ -18,11 +18,11 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ._accel import make_record
+from ._compat import current_otel_context
 from ._context import bound_fields
 from ._encoder import describe_exception
 from ._logger import Logger
 from ._queue import QUEUE
-from ._record import current_otel_context
 from ._redact import Redactor
 from ._settings import AppSettings
 

@@ -6,6 +6,8 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from ._contract import RULE_WORDS
+
 __all__ = ["REDACTED", "Redactor"]
 
 REDACTED = "[REDACTED]"
@@ -44,7 +46,7 @@ def _json_rule(
     return depth, words
 
 
-_RULE_WORDS = 64  # _speedups.c's RULE_WORDS
+_RULE_WORDS = RULE_WORDS
 
 
 def _normalize(name: str) -> str:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ._accel import speedups
+from ._contract import SMALL_OBJECT
 
 __all__ = [
     "FREEZE_NUMPY_OPTIONS",
@@ -117,7 +118,7 @@ def _compact(data: bytes) -> bytes:
     return bytes(memoryview(data)) if len(data) <= _SMALL_OBJECT else data
 
 
-_SMALL_OBJECT = 512  # pymalloc's limit
+_SMALL_OBJECT = SMALL_OBJECT
 
 
 def snapshot_value(value: Any) -> Any:

@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._accel import make_record
+from ._compat import current_otel_context
 from ._context import bound_fields
 from ._queue import QUEUE
-from ._record import current_otel_context
 from ._snapshot import snapshot_args, snapshot_fields
 
 __all__ = ["AsyncLogHandler", "StdlibRouting"]

@@ -98,9 +98,9 @@ def test_without_opentelemetrys_context_variable_lines_keep_their_trace_ids(
         context._RUNTIME_CONTEXT = Renamed()
         import os
         import asynclog
-        from asynclog import _accel, _record
+        from asynclog import _accel, _compat
         assert (_accel.speedups is None) == ("ASYNCLOG_NO_EXTENSIONS" in os.environ)
-        assert _record.OTEL_CONTEXT_VAR is None
+        assert _compat.OTEL_CONTEXT_VAR is None
         asynclog.configure(format="json")
         trace.set_tracer_provider(TracerProvider())
         with trace.get_tracer("t").start_as_current_span("s") as span:
