@@ -68,6 +68,10 @@ class Redactor:
         self.depth = depth
         self._hits: dict[str, bool] = {}
         self.json_rule = _json_rule(self.keys, depth)
+        # Any word of any key, found in one pass of the regex engine: most frozen values hold
+        # none, and only those that do need the word-by-word look.
+        words = sorted({w for key in self.json_rule[1] for w in key}) if self.json_rule else []
+        self._any_word = re.compile(b"|".join(map(re.escape, words))).search if words else None
 
     def may_mask_json(self, data: bytes) -> bool:
         """Whether `nested()` could change the JSON value `data` (a value frozen on the
@@ -83,6 +87,8 @@ class Redactor:
         if not data.isascii() or data.count(b"{") + data.count(b"[") > brackets:
             return True
         text = data.lower()
+        if self._any_word is not None and self._any_word(text) is None:
+            return False
         return any(all(word in text for word in key) for key in words)
 
     def is_secret(self, key: object) -> bool:
