@@ -236,7 +236,9 @@ class Encoder:
             line[name] = value
 
     def build(self, record: Record) -> dict[str, Any]:
-        """The line as a dict, keys in schema order."""
+        """The line as a dict, keys in schema order: the one Python way a line is built (C's
+        `encode_into` is its twin). The common record (a `str` message, no exception, names
+        already seen to need neither renaming nor masking) takes one update per mapping."""
         # RECORD_FIELDS order
         created, levelno, logger, msg, args, fields, bound, context, otel, exc_info = record
         if args is None and type(msg) is str:
@@ -252,6 +254,25 @@ class Encoder:
         ids = self._span_ids(otel) if otel else None
         if ids is not None:
             line["trace_id"], line["span_id"] = ids
+        known = self._plain_keys.issuperset
+        if (
+            problem is None
+            and exc_info is None
+            and type(fields) is dict
+            # Lines of a request share its context mapping, never mutated (binding makes a new
+            # one): its names are checked once.
+            and (not context or context is self._checked_context or known(context))
+            and (not bound or known(bound))
+            and known(fields)
+        ):
+            if context:
+                line.update(context)
+                # Kept (not just its id) so the mapping cannot be freed and its id reused.
+                self._checked_context = context
+            if bound:
+                line.update(bound)
+            line.update(fields)
+            return line
         if context:
             self._merge(line, context)
         if bound:
@@ -278,81 +299,23 @@ class Encoder:
         """Append the lines of `records` to `buffer`, as `encode` would write them; returns
         where each line ends in it. Never raises.
 
-        The writer's hot loop. Most records have a `str` message and field names already seen
-        to need neither renaming nor masking: their line is one dict display and one orjson
-        call, with the request's context checked once rather than per line. Anything else
-        (an exception, `%` args that do not match, a new or secret name, a span, a malformed
-        record) goes through `encode`. With the C extension built, `_speedups.encode_into`
-        takes the same records and writes the same bytes. A line over `max_line_bytes`, on
-        either path, is rewritten by `shorten_line`, as `encode` rewrites its own.
+        The writer's hot loop. With the C extension built, `_speedups.encode_into` takes the
+        records and writes the same bytes, handing back to `encode` what it does not handle;
+        without it (or for console lines), each record goes through `encode`.
         """
-        ends: list[int] = []
-        end = ends.append
-        if self.console:
-            for record in records:
-                buffer += self.encode(record)
-                end(len(buffer))
-            return ends
-        options = _JSON_OPTIONS | numpy_option()
-        if self._c_encode_into is not None:
+        if self._c_encode_into is not None and not self.console:
+            options = _JSON_OPTIONS | numpy_option()
             return self._c_encode_into(  # type: ignore[no-any-return]
                 records, buffer, self._plain_keys, self._key_prefixes, _LEVEL_NAMES,
                 self._span_ids, orjson.dumps, self._default, options, self.redactor.json_rule,
                 self.encode, self.max_line_bytes, self._shorten,
             )  # fmt: skip
-        dumps = orjson.dumps
-        default = self._default
-        known = self._plain_keys.issuperset
-        names = _LEVEL_NAMES
-        stamp_of = format_time
-        checked = self._checked_context
-        limit = self.max_line_bytes
-        shorten = self._shorten
+        ends: list[int] = []
+        end = ends.append
+        encode = self.encode
         for record in records:
-            data = None
-            try:
-                created, levelno, logger, msg, args, fields, bound, context, otel, exc_info = record
-                level = names.get(levelno) if type(levelno) is int else None
-                if (
-                    level is not None
-                    and exc_info is None
-                    and type(msg) is str
-                    and type(fields) is dict
-                    and type(created) is float
-                ):
-                    # What may run the record's own code (`%` with its arguments' __str__)
-                    # runs before the name checks, so the names checked are those written.
-                    if args:  # as in `logging`: empty args leave the message as it is ("100%")
-                        msg = msg % args  # a mismatch raises: `encode` writes the reason
-                    ids = self._span_ids(otel) if otel else None
-                    if (
-                        (context is checked or known(context))
-                        and (not bound or known(bound))
-                        and known(fields)
-                    ):
-                        checked = context
-                        stamp = stamp_of(created)
-                        if ids is None:
-                            line = {
-                                "time": stamp, "level": level, "logger": logger, "message": msg,
-                                **context, **bound, **fields,
-                            }  # fmt: skip
-                        else:
-                            line = {
-                                "time": stamp, "level": level, "logger": logger, "message": msg,
-                                "trace_id": ids[0], "span_id": ids[1],
-                                **context, **bound, **fields,
-                            }  # fmt: skip
-                        data = dumps(line, default, options)
-                        if len(data) > limit:
-                            data = shorten(data, limit)
-            except BaseException as exc:  # `encode` writes the reason, or substitutes the line
-                _reraise_if_foreign(exc)
-                data = None
-            buffer += self.encode(record) if data is None else data
+            buffer += encode(record)
             end(len(buffer))
-        # Kept (not just its id) so the dict cannot be freed and its id reused by another.
-        self._checked_context = checked
         return ends
 
     def encode(self, record: Record) -> bytes:
