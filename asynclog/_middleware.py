@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ._accel import make_record
 from ._context import bound_fields
-from ._encoder import describe_exception
+from ._fallback import describe_exception
 from ._logger import Logger
 from ._queue import QUEUE
 from ._record import current_otel_context
