@@ -262,7 +262,7 @@ class Encoder:
                 return console_line(self._thaw(line), self.color)
             try:
                 options = _JSON_OPTIONS | numpy_option()
-                data = orjson.dumps(line, default=self._default, option=options)
+                data = orjson.dumps(line, self._default, options)
             except Exception:
                 data = encode_line(self._thaw(line))
         except BaseException as exc:  # a gap in the fallback, or the record's own raise
