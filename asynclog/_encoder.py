@@ -242,8 +242,27 @@ class Encoder:
         ends: list[int] = []
         end = ends.append
         encode = self.encode
+        if self.console:
+            for record in records:
+                buffer += encode(record)
+                end(len(buffer))
+            return ends
+        # `encode`'s JSON path with its per-line set-up hoisted out of the loop; a record it
+        # cannot take whole goes to `encode`, which writes what can be written of it.
+        build = self.build
+        dumps = orjson.dumps
+        default = self._default
+        options = _JSON_OPTIONS | numpy_option()
+        limit = self.max_line_bytes
         for record in records:
-            buffer += encode(record)
+            try:
+                data = dumps(build(record), default, options)
+                if len(data) > limit:
+                    data = self._shorten(data, limit)
+            except BaseException as exc:
+                _reraise_if_foreign(exc)
+                data = encode(record)
+            buffer += data
             end(len(buffer))
         return ends
 
