@@ -1,13 +1,7 @@
-"""Turning captured records into lines: JSON with orjson, or readable console text."""
+"""The encoder: a captured record as its line, JSON with orjson (or console text, `_console`)."""
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import logging
-import os
-import threading
-import time
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,55 +10,33 @@ import orjson
 from opentelemetry import trace as _trace
 
 from ._accel import speedups as _speedups
-from ._contract import LAST_TIME, EncodeConfig
+from ._console import console_line
+from ._contract import EncodeConfig
+from ._fallback import (
+    _default,
+    _minimal,
+    _reraise_if_foreign,
+    _safe_repr,
+    _safe_str,
+    _sanitize,
+    encode_line,
+)
+from ._line import (
+    _JSON_OPTIONS,
+    _LEVEL_NAMES,
+    RENAME_PREFIX,
+    RESERVED_KEYS,
+    SUBSTITUTED_KEY,
+    format_time,
+    level_name,
+)
 from ._record import Record
 from ._redact import REDACTED, Redactor
 from ._settings import Settings
-from ._snapshot import Frozen, json_default, numpy_option
+from ._shorten import shorten_line
+from ._snapshot import Frozen, numpy_option
 
-__all__ = ["RESERVED_KEYS", "Encoder", "encode_line", "format_time", "level_name", "notice_line"]
-
-RESERVED_KEYS = frozenset(
-    {"time", "level", "logger", "message", "trace_id", "span_id", "exception"}
-)
-RENAME_PREFIX = "field."
-SUBSTITUTED_KEY = "asynclog.substituted"
-_JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE
-_MAX_DEPTH = 64
-_LEVEL_NAMES = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
-_DIGITS = [f"{n:03d}" for n in range(1000)]
-_LAST_TIME = LAST_TIME
-
-
-def level_name(levelno: int) -> str:
-    """Lowercase level name: custom stdlib levels keep their registered name."""
-    name = _LEVEL_NAMES.get(levelno)
-    if name is None:
-        name = logging.getLevelName(levelno).lower().replace(" ", "")
-    return name
-
-
-def _time_formatter() -> Callable[[float], str]:
-    """A formatter of `time.time()` values as RFC 3339 UTC with microseconds and `Z`, caching
-    the date part per second."""
-    # One tuple, replaced whole: a thread never sees one second's date with another's.
-    cached = (-1, "")
-
-    def format_time(created: float) -> str:
-        nonlocal cached
-        whole = int(created)
-        second, prefix = cached
-        if whole != second:
-            prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole))
-            cached = (whole, prefix)
-        micros = int((created - whole) * 1_000_000)
-        # A table beats "%06d" by ~70 ns a line.
-        return f"{prefix}{_DIGITS[micros // 1000]}{_DIGITS[micros % 1000]}Z"
-
-    return format_time
-
-
-format_time = _time_formatter()
+__all__ = ["Encoder"]
 
 
 def render_message(msg: object, args: Any) -> tuple[str, str | None]:
@@ -79,39 +51,6 @@ def render_message(msg: object, args: Any) -> tuple[str, str | None]:
         except Exception as exc:
             return text, f"message args did not match: {type(exc).__name__}: {_safe_str(exc)}"
     return text, None
-
-
-def _safe_str(value: object) -> str:
-    try:
-        return str(value)
-    except BaseException as exc:
-        _reraise_if_foreign(exc)
-        return f"<unprintable {type(value).__name__}>"
-
-
-def _safe_repr(value: object) -> str:
-    try:
-        return repr(value)
-    except BaseException as exc:
-        _reraise_if_foreign(exc)
-        return f"<unrepresentable {type(value).__name__}>"
-
-
-def _reraise_if_foreign(exc: BaseException) -> None:
-    """Re-raise what did not come from the record being encoded.
-
-    Anything a record's own code raises while it is encoded (a `__str__` raising
-    KeyboardInterrupt, say) is the record's: the value or the line is substituted and the
-    encoding goes on. The one exception is the main thread, where KeyboardInterrupt and what a
-    signal handler raises arrive from outside: a record written through there re-raises them
-    to the caller. The writer thread is never the main thread."""
-    if not isinstance(exc, Exception) and threading.current_thread() is threading.main_thread():
-        raise exc
-
-
-def describe_exception(exc: BaseException) -> str:
-    """`Type: message` for asynclog's own notices; never raises."""
-    return f"{type(exc).__name__}: {_safe_str(exc)}"
 
 
 def format_exception(exc_info: Any) -> tuple[dict[str, str], str | None]:
@@ -137,13 +76,6 @@ def format_exception(exc_info: Any) -> tuple[dict[str, str], str | None]:
         "stacktrace": stack,
     }
     return exception, problem
-
-
-def _default(obj: Any) -> Any:
-    """orjson's hook for the writer's own lines: a frozen value goes in as the JSON it is."""
-    if isinstance(obj, Frozen):
-        return orjson.Fragment(obj.data)
-    return json_default(obj)
 
 
 def span_ids(otel: Any) -> tuple[str, str] | None:
@@ -174,8 +106,6 @@ class Encoder:
         self.redactor = redactor
         # A JSON line longer than this is shortened (`shorten_line`); console lines are not.
         self.max_line_bytes = max_line_bytes
-        from ._shorten import shorten_line  # _shorten writes its lines with this module's parts
-
         self._shorten = shorten_line
         self.console = console
         self.color = color
@@ -183,10 +113,9 @@ class Encoder:
         self.on_fault = on_fault
         # The C fast path of encode_into, when built (see asynclog/_c).
         self._c_encode_into = _speedups.encode_into if _speedups is not None else None
-        # Records per write() and per hold of the GIL: ~0.3 ms of encoding either way. Each
-        # write hands the GIL to the event loop and waits to get it back, so slices as long as
-        # the event loop's p99 allows are cheaper (in the server, 128 -> 512 records per slice
-        # with the C path took the writer from 5.5 to 4.5 us a request).
+        # Records per write() and per hold of the GIL: about the same encoding time on either
+        # path, as long as the event loop's p99 allows. Each write hands the GIL to the event
+        # loop and waits to get it back, so fewer, longer slices cost the writer less.
         self.slice_size = 512 if self._c_encode_into is not None else 128
         # Field names seen to need neither renaming nor masking: the fast path of _merge.
         self._plain_keys: set[str] = set()
@@ -243,7 +172,9 @@ class Encoder:
             line[name] = value
 
     def build(self, record: Record) -> dict[str, Any]:
-        """The line as a dict, keys in schema order."""
+        """The line as a dict, keys in schema order: the one Python way a line is built (C's
+        `encode_into` is its twin). The common record (a `str` message, no exception, names
+        already seen to need neither renaming nor masking) takes one update per mapping."""
         # RECORD_FIELDS order
         created, levelno, logger, msg, args, fields, bound, context, otel, exc_info = record
         if args is None and type(msg) is str:
@@ -259,6 +190,25 @@ class Encoder:
         ids = self._span_ids(otel) if otel else None
         if ids is not None:
             line["trace_id"], line["span_id"] = ids
+        known = self._plain_keys.issuperset
+        if (
+            problem is None
+            and exc_info is None
+            and type(fields) is dict
+            # Lines of a request share its context mapping, never mutated (binding makes a new
+            # one): its names are checked once.
+            and (not context or context is self._checked_context or known(context))
+            and (not bound or known(bound))
+            and known(fields)
+        ):
+            if context:
+                line.update(context)
+                # Kept (not just its id) so the mapping cannot be freed and its id reused.
+                self._checked_context = context
+            if bound:
+                line.update(bound)
+            line.update(fields)
+            return line
         if context:
             self._merge(line, context)
         if bound:
@@ -285,77 +235,38 @@ class Encoder:
         """Append the lines of `records` to `buffer`, as `encode` would write them; returns
         where each line ends in it. Never raises.
 
-        The writer's hot loop. Most records have a `str` message and field names already seen
-        to need neither renaming nor masking: their line is one dict display and one orjson
-        call, with the request's context checked once rather than per line. Anything else
-        (an exception, `%` args that do not match, a new or secret name, a span, a malformed
-        record) goes through `encode`. With the C extension built, `_speedups.encode_into`
-        takes the same records and writes the same bytes. A line over `max_line_bytes`, on
-        either path, is rewritten by `shorten_line`, as `encode` rewrites its own.
+        The writer's hot loop. With the C extension built, `_speedups.encode_into` takes the
+        records and writes the same bytes, handing back to `encode` what it does not handle;
+        without it (or for console lines), each record goes through `encode`.
         """
+        if self._c_encode_into is not None and not self.console:
+            options = _JSON_OPTIONS | numpy_option()
+            return self._c_encode_into(records, buffer, options, self._c_config)  # type: ignore[no-any-return]
         ends: list[int] = []
         end = ends.append
+        encode = self.encode
         if self.console:
             for record in records:
-                buffer += self.encode(record)
+                buffer += encode(record)
                 end(len(buffer))
             return ends
-        options = _JSON_OPTIONS | numpy_option()
-        if self._c_encode_into is not None:
-            return self._c_encode_into(records, buffer, options, self._c_config)  # type: ignore[no-any-return]
+        # `encode`'s JSON path with its per-line set-up hoisted out of the loop; a record it
+        # cannot take whole goes to `encode`, which writes what can be written of it.
+        build = self.build
         dumps = orjson.dumps
         default = self._default
-        known = self._plain_keys.issuperset
-        names = _LEVEL_NAMES
-        stamp_of = format_time
-        checked = self._checked_context
+        options = _JSON_OPTIONS | numpy_option()
         limit = self.max_line_bytes
-        shorten = self._shorten
         for record in records:
-            data = None
             try:
-                created, levelno, logger, msg, args, fields, bound, context, otel, exc_info = record
-                level = names.get(levelno) if type(levelno) is int else None
-                if (
-                    level is not None
-                    and exc_info is None
-                    and type(msg) is str
-                    and type(fields) is dict
-                    and type(created) is float
-                ):
-                    # What may run the record's own code (`%` with its arguments' __str__)
-                    # runs before the name checks, so the names checked are those written.
-                    if args:  # as in `logging`: empty args leave the message as it is ("100%")
-                        msg = msg % args  # a mismatch raises: `encode` writes the reason
-                    ids = self._span_ids(otel) if otel else None
-                    if (
-                        (context is checked or known(context))
-                        and (not bound or known(bound))
-                        and known(fields)
-                    ):
-                        checked = context
-                        stamp = stamp_of(created)
-                        if ids is None:
-                            line = {
-                                "time": stamp, "level": level, "logger": logger, "message": msg,
-                                **context, **bound, **fields,
-                            }  # fmt: skip
-                        else:
-                            line = {
-                                "time": stamp, "level": level, "logger": logger, "message": msg,
-                                "trace_id": ids[0], "span_id": ids[1],
-                                **context, **bound, **fields,
-                            }  # fmt: skip
-                        data = dumps(line, default, options)
-                        if len(data) > limit:
-                            data = shorten(data, limit)
-            except BaseException as exc:  # `encode` writes the reason, or substitutes the line
+                data = dumps(build(record), default, options)
+                if len(data) > limit:
+                    data = self._shorten(data, limit)
+            except BaseException as exc:
                 _reraise_if_foreign(exc)
-                data = None
-            buffer += self.encode(record) if data is None else data
+                data = encode(record)
+            buffer += data
             end(len(buffer))
-        # Kept (not just its id) so the dict cannot be freed and its id reused by another.
-        self._checked_context = checked
         return ends
 
     def encode(self, record: Record) -> bytes:
@@ -370,17 +281,17 @@ class Encoder:
             line = self._fault(record, "building the line failed", exc)
         try:
             if self.console:
-                return _console_line(self._thaw(line), self.color)
+                return console_line(self._thaw(line), self.color)
             try:
                 options = _JSON_OPTIONS | numpy_option()
-                data = orjson.dumps(line, default=self._default, option=options)
+                data = orjson.dumps(line, self._default, options)
             except Exception:
                 data = encode_line(self._thaw(line))
         except BaseException as exc:  # a gap in the fallback, or the record's own raise
             _reraise_if_foreign(exc)
             line = self._fault(record, "encoding the line failed", exc)
             if self.console:
-                return _console_line(line, self.color)
+                return console_line(line, self.color)
             data = encode_line(line)
         limit = self.max_line_bytes
         return data if len(data) <= limit else self._shorten(data, limit)
@@ -425,187 +336,3 @@ class Encoder:
         if notes:
             out[SUBSTITUTED_KEY] = notes
         return out
-
-
-def notice_line(level: str, message: str, **fields: Any) -> bytes:
-    """One of asynclog's own lines (logger `asynclog`): drop counts, write errors, losses.
-
-    `pid` is read when the line is built (a forked child names itself): gunicorn's workers share
-    stderr, and it says which one reported."""
-    line = {
-        "time": format_time(time.time()),
-        "level": level,
-        "logger": "asynclog",
-        "message": message,
-        "pid": os.getpid(),
-        **fields,
-    }
-    return encode_line(line)
-
-
-def encode_line(line: dict[str, Any]) -> bytes:
-    """JSON-encode a line dict; values orjson refuses are substituted and listed, never raised."""
-    try:
-        return orjson.dumps(line, default=_default, option=_JSON_OPTIONS | numpy_option())
-    except Exception:
-        pass
-    notes: list[str] = list(line.get(SUBSTITUTED_KEY, ()))
-    safe = _sanitize(line, notes, "", 0, set())
-    # A note names its field, and a field name may hold lone surrogates too.
-    notes = [note.encode("utf-8", "backslashreplace").decode("utf-8") for note in notes]
-    safe[SUBSTITUTED_KEY] = notes or ["value refused by orjson"]
-    try:
-        return orjson.dumps(safe, default=_default, option=_JSON_OPTIONS | numpy_option())
-    except Exception as exc:  # only if _sanitize itself has a gap
-        return orjson.dumps(
-            _minimal_from_line(line, f"encoding failed: {type(exc).__name__}"),
-            option=_JSON_OPTIONS | numpy_option(),
-        )
-
-
-def _sanitize(value: Any, notes: list[str], path: str, depth: int, seen: set[int]) -> Any:
-    """A JSON-safe copy of `value`; every replacement is noted with its path."""
-    kind = type(value)
-    if value is None or kind is bool or kind is float:
-        return value
-    if kind is str or isinstance(value, str):
-        try:
-            value.encode("utf-8")
-            return str(value)
-        except UnicodeEncodeError:
-            notes.append(f"{path or 'line'}: lone surrogates escaped")
-            return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if kind is int or (isinstance(value, int) and not isinstance(value, enum.Enum)):
-        if -(2**63) <= value < 2**64:
-            return int(value)
-        try:
-            text = str(value)
-        except ValueError:  # beyond sys.get_int_max_str_digits()
-            text = f"<int of {value.bit_length()} bits>"
-        notes.append(f"{path}: int beyond 64 bits written as a string")
-        return text
-    if kind is Frozen:
-        return _sanitize(orjson.loads(value.data), notes, path, depth, seen)
-    if depth >= _MAX_DEPTH:
-        notes.append(f"{path}: nested deeper than {_MAX_DEPTH}")
-        return "<too deep>"
-    if isinstance(value, (dict, list, tuple, set, frozenset)) or (
-        dataclasses.is_dataclass(value) and not isinstance(value, type)
-    ):
-        if id(value) in seen:
-            notes.append(f"{path}: reference cycle cut")
-            return "<cycle>"
-        seen.add(id(value))
-        try:
-            if isinstance(value, dict):
-                out: dict[str, Any] = {}
-                for k, v in value.items():
-                    if type(k) is str:
-                        key = _sanitize(k, notes, path, depth + 1, seen)
-                    else:
-                        key = _safe_str(k)
-                        notes.append(f"{path}: non-str key {key!r} written as a string")
-                    out[key] = _sanitize(
-                        v, notes, f"{path}.{key}" if path else key, depth + 1, seen
-                    )
-                return out
-            if dataclasses.is_dataclass(value):
-                items = {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
-                return _sanitize(items, notes, path, depth + 1, seen)
-            return [
-                _sanitize(v, notes, f"{path}[{i}]", depth + 1, seen) for i, v in enumerate(value)
-            ]
-        finally:
-            seen.discard(id(value))
-    try:
-        orjson.dumps(value, default=_default)
-        return value
-    except Exception:
-        pass
-    try:
-        text = repr(value)
-    except Exception as exc:
-        notes.append(f"{path}: repr() raised {type(exc).__name__}")
-        return f"<unrepresentable {kind.__name__}>"
-    notes.append(f"{path}: {kind.__name__} written as its repr")
-    return _sanitize(text, notes, path, depth, seen)
-
-
-def _minimal(record: Any, problem: str) -> dict[str, Any]:
-    """What can be written of a record without running any of its own code but `str(msg)`."""
-    head = tuple(record[:4]) if type(record) is tuple else ()
-    created, levelno, logger, msg = (*head, None, None, None, None)[:4]
-    if not (type(created) is float and 0.0 <= created < _LAST_TIME):
-        created = time.time()
-    return {
-        "time": format_time(created),
-        "level": level_name(levelno) if type(levelno) is int else "error",
-        "logger": logger if type(logger) is str else _safe_str(logger),
-        "message": _sanitize(_safe_str(msg), [], "message", 0, set()),
-        SUBSTITUTED_KEY: [problem],
-    }
-
-
-def _minimal_from_line(line: dict[str, Any], problem: str) -> dict[str, Any]:
-    keep = {k: line.get(k) for k in ("time", "level", "logger")}
-    message = line.get("message")
-    keep["message"] = message if isinstance(message, str) else _safe_repr(message)
-    safe = _sanitize(keep, [], "", 0, set())
-    safe[SUBSTITUTED_KEY] = [problem]
-    return safe  # type: ignore[no-any-return]
-
-
-# Console rendering ------------------------------------------------------------------------------
-
-_COLORS = {
-    "debug": "\x1b[2m",
-    "info": "\x1b[32m",
-    "warning": "\x1b[33m",
-    "error": "\x1b[31m",
-    "critical": "\x1b[1;31m",
-}
-_RESET = "\x1b[0m"
-_DIM = "\x1b[2m"
-_CONSOLE_SKIP = frozenset({"time", "level", "logger", "message", "exception"})
-
-
-def _printable(text: str, keep: str = "") -> str:
-    """`text` with control characters (newlines, ANSI escapes, NUL...) escaped, so input can
-    neither forge a console line nor drive the terminal; characters in `keep` stay as they are."""
-    if text.isprintable():
-        return text
-    return "".join(
-        c if c.isprintable() or c in keep else c.encode("unicode_escape").decode("ascii")
-        for c in text
-    )
-
-
-def _console_value(value: Any) -> str:
-    if isinstance(value, str):
-        return value if value and " " not in value and "=" not in value else _safe_repr(value)
-    try:
-        return orjson.dumps(value, default=_default).decode()
-    except Exception:
-        return _safe_repr(value)
-
-
-def _console_line(line: dict[str, Any], color: bool) -> bytes:
-    level = _printable(str(line["level"]))
-    stamp = str(line["time"])[11:23]
-    logger, message = _printable(_safe_str(line["logger"])), _printable(_safe_str(line["message"]))
-    pairs = " ".join(
-        _printable(f"{k}={_console_value(v)}") for k, v in line.items() if k not in _CONSOLE_SKIP
-    )
-    if color:
-        head = f"{_DIM}{stamp}{_RESET} {_COLORS.get(level, '')}{level.upper():<8}{_RESET} "
-        head += f"{_DIM}{logger}{_RESET} {message}"
-        tail = f"  {_DIM}{pairs}{_RESET}" if pairs else ""
-    else:
-        head = f"{stamp} {level.upper():<8} {logger} {message}"
-        tail = f"  {pairs}" if pairs else ""
-    text = head + tail + "\n"
-    exception = line.get("exception")
-    if isinstance(exception, dict):
-        # A traceback is several lines on purpose; other control characters are escaped.
-        text += _printable(str(exception.get("stacktrace", "")), keep="\n")
-    return text.encode("utf-8", "backslashreplace")

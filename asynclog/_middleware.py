@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from ._accel import make_record
 from ._compat import current_otel_context
 from ._context import bound_fields
-from ._encoder import describe_exception
+from ._fallback import describe_exception
 from ._logger import Logger
 from ._queue import QUEUE
 from ._redact import Redactor

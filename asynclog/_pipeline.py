@@ -9,7 +9,8 @@ import threading
 import time
 from typing import Any
 
-from ._encoder import Encoder, notice_line
+from ._encoder import Encoder
+from ._fallback import notice_line
 from ._logger import Logger
 from ._queue import QUEUE, read_count
 from ._record import Record

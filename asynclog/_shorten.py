@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from ._encoder import _JSON_OPTIONS, _MAX_DEPTH, SUBSTITUTED_KEY, format_time
+from ._line import _JSON_OPTIONS, _MAX_DEPTH, SUBSTITUTED_KEY, format_time
 
 __all__ = ["shorten_line"]
 

@@ -82,8 +82,8 @@ _modules = sys.modules
 
 def numpy_option() -> int:
     """`OPT_SERIALIZE_NUMPY` once the app has imported numpy. Set before that, orjson imports
-    numpy itself at the first value it does not know: ~120 ms, on whichever thread logs it (the
-    event loop, or the writer holding the GIL)."""
+    numpy itself at the first value it does not know: a long pause on whichever thread logs it
+    (the event loop, or the writer holding the GIL)."""
     return orjson.OPT_SERIALIZE_NUMPY if "numpy" in _modules else 0
 
 
@@ -113,8 +113,8 @@ def json_default(obj: Any) -> Any:
 
 def _compact(data: bytes) -> bytes:
     """orjson's output in a right-sized object. orjson makes it in a buffer of 1 KB or more and
-    shrinks it in place: kept alive in the queue, each costs the allocator ~2 us (measured
-    here), where copying a small one costs ~0.05 us (the C level methods do the same)."""
+    shrinks it in place, which the allocator pays for dearly while the queue keeps it alive;
+    copying a small one costs far less (the C level methods do the same)."""
     return bytes(memoryview(data)) if len(data) <= _SMALL_OBJECT else data
 
 

@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._encoder import Encoder, describe_exception, notice_line
+from ._encoder import Encoder
+from ._fallback import describe_exception, notice_line
 from ._queue import RecordQueue, read_count
 from ._record import Record
 from ._sinks import FdSink, SinkError, report

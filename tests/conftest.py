@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import asynclog
-from asynclog import _accel, _compat, _encoder, _pipeline
+from asynclog import _accel, _compat, _pipeline, _record, _snapshot
 from asynclog._encoder import Encoder
 from asynclog._logger import Logger, _python_level_method
 
@@ -61,19 +61,48 @@ def _reset_asynclog() -> Iterator[None]:
         setattr(logging, name, value)
 
 
+def python_twins() -> dict[int, tuple[object, object]]:
+    """Every object the C extension provides that asynclog binds at import, by id, with the
+    pure-Python object it stands in for: the one place the pure-Python choice is declared."""
+    speedups = _accel.speedups
+    if speedups is None:
+        return {}
+    twins: list[tuple[object, object]] = [
+        (speedups, None),
+        (speedups.make_record, _record.make_record),
+        (speedups.Frozen, _snapshot._Frozen),
+    ]
+    return {id(c_object): (c_object, twin) for c_object, twin in twins}
+
+
+def _run_pure_python(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replace, in every loaded asynclog module, each name bound to one of the extension's
+    objects with its Python twin, and the level methods with `_python_level_method`'s."""
+    twins = python_twins()
+    for module in [m for name, m in sys.modules.items() if name.split(".")[0] == "asynclog"]:
+        for name, value in list(vars(module).items()):
+            pair = twins.get(id(value))
+            if pair is not None and pair[0] is value:
+                monkeypatch.setattr(module, name, pair[1])
+    levels = ((10, "DEBUG"), (20, "INFO"), (30, "WARNING"), (40, "ERROR"), (50, "CRITICAL"))
+    for level, name in levels:
+        method = _python_level_method(level, name)
+        monkeypatch.setattr(Logger, name.lower(), method)
+        if name == "WARNING":
+            monkeypatch.setattr(Logger, "warn", method)
+    # The Python `Frozen` passes through the caller untouched, as the C one does.
+    if _snapshot._Frozen not in _snapshot.IMMUTABLE_TYPES:
+        _snapshot.IMMUTABLE_TYPES.add(_snapshot._Frozen)
+        request.addfinalizer(lambda: _snapshot.IMMUTABLE_TYPES.discard(_snapshot._Frozen))
+
+
 @pytest.fixture(name="implementation", params=["c", "python"])
 def _implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test on the C extension and on the pure-Python code it stands in for: the level
-    methods and the writer's batch encoder. CI sets ASYNCLOG_REQUIRE_EXTENSIONS, so there a
-    missing extension fails instead of skipping."""
+    methods, `make_record`, `Frozen` and the writer's batch encoder. CI sets
+    ASYNCLOG_REQUIRE_EXTENSIONS, so there a missing extension fails instead of skipping."""
     if request.param == "python":
-        levels = ((10, "DEBUG"), (20, "INFO"), (30, "WARNING"), (40, "ERROR"), (50, "CRITICAL"))
-        for level, name in levels:
-            method = _python_level_method(level, name)
-            monkeypatch.setattr(Logger, name.lower(), method)
-            if name == "WARNING":
-                monkeypatch.setattr(Logger, "warn", method)
-        monkeypatch.setattr(_encoder, "_speedups", None)
+        _run_pure_python(request, monkeypatch)
     elif _accel.speedups is None:
         if os.environ.get("ASYNCLOG_REQUIRE_EXTENSIONS"):
             pytest.fail("the C extension is not built, and ASYNCLOG_REQUIRE_EXTENSIONS is set")

@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from asynclog import _accel, _contract
-from asynclog._encoder import Encoder, format_time
+from asynclog._encoder import Encoder
+from asynclog._line import format_time
 from asynclog._logger import Logger
 from asynclog._queue import RecordQueue
 from asynclog._redact import Redactor

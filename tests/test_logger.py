@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import gc
 import re
+import sys
 import threading
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import asynclog
+from asynclog import _snapshot
+from asynclog.testing import _tap
 
 from conftest import read_lines
 
@@ -190,3 +196,32 @@ def test_console_format_is_readable(log_path: Path) -> None:
     text = log_path.read_text()
     assert "WARNING" in text and "dev careful" in text and "user=ann" in text
     assert "\x1b[" not in text  # colours only on a terminal
+
+
+def test_the_python_implementation_has_no_c_object_on_the_path(implementation: str) -> None:
+    """Under `implementation="python"` the level methods are Python functions, no asynclog module
+    holds an object of the extension, and a record is the Python `make_record`'s tuple (tracked
+    by the collector, which the C one's is not) with its mutable values in the Python `Frozen`."""
+    if implementation != "python":
+        pytest.skip("about the pure-Python run")
+    assert all(
+        type(getattr(asynclog.Logger, name)) is types.FunctionType
+        for name in ("debug", "info", "warning", "warn", "error", "critical")
+    )
+    extension = "asynclog._speedups"
+    from_c = [
+        f"{module_name}.{name}"
+        for module_name, module in list(sys.modules.items())
+        if module_name.split(".")[0] == "asynclog" and module_name != extension
+        for name, value in vars(module).items()
+        if getattr(value, "__name__", None) == extension
+        or getattr(value, "__module__", None) == extension
+        or type(value).__module__ == extension
+    ]
+    assert from_c == []
+    records: list[Any] = []
+    with _tap(records.append):
+        asynclog.get_logger("pure").info("m", order={"id": 7})
+    (record,) = records
+    assert type(record) is tuple and gc.is_tracked(record)
+    assert type(record[5]["order"]) is _snapshot._Frozen

@@ -21,7 +21,7 @@ from _fluentbit import (
 )
 from _loki import LokiEntry, loki_serving, needs_loki
 
-from asynclog._encoder import format_time
+from asynclog._line import format_time
 from asynclog._settings import Settings
 
 from conftest import ROOT, read_lines, run_python

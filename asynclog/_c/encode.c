@@ -1,14 +1,15 @@
 /* The writer's side: `Encoder.encode_into` in C.
  *
- * It takes the records the pure-Python fast path in _encoder.py takes (same checks) and writes
- * their line in one of two ways:
+ * It takes the records whose line `Encoder.build` (_encoder.py, the reference) makes on its
+ * fast path (same checks: a str message, known names, no exception) and writes their line in
+ * one of two ways:
  *   - directly, when every value is a str, an int within 64 bits, a float, a bool, None, a
  *     datetime, date, time, UUID, enum member or Decimal, or a value frozen on the caller whose
  *     bytes the redactor could not change: the bytes orjson would write, without building the
  *     line dict;
  *   - else as the Python path does: the same line dict, the same `orjson.dumps` call.
  * Any other record, and any record that raises on the way, goes to the encoder's `encode`, the
- * reference. Tests check that all three write `encode`'s bytes.
+ * reference. Tests check that both write `encode`'s bytes.
  */
 #include "speedups.h"
 
@@ -424,7 +425,7 @@ render_message(Batch *batch, PyObject *msg, PyObject *args, PyObject **rendered,
 
 /* ---- time ---------------------------------------------------------------------------------- */
 
-/* `_encoder.format_time(created)` into `stamp` (27 characters); 0 if `created` is outside
+/* `_line.format_time(created)` into `stamp` (27 characters); 0 if `created` is outside
  * what it writes (a predicate: it cannot fail). */
 static int
 format_time(double created, char *stamp)
