@@ -52,8 +52,10 @@ def _shortened(line: dict[str, Any], size: int, limit: int) -> bytes | None:
     for whole in (False, True):
         slots = _slots(line, whole)
         sizes = [slot[3] for slot in slots]
-        # Each note costs ~100 bytes: room for them is freed too.
-        excess = size - limit + 120 * min(len(slots), _MAX_NOTES)
+        # Each note costs ~100 bytes: room for them is freed too, for the values that can be
+        # cut (counting every value made a line a few bytes over look out of reach).
+        cuttable = sum(1 for n in sizes if n > _MIN_KEEP)
+        excess = size - limit + 120 * min(cuttable, _MAX_NOTES)
         for _attempt in range(3):
             cap = _cap(sizes, excess)
             if cap is None:

@@ -61,6 +61,22 @@ def test_a_line_of_many_small_values_keeps_what_identifies_it() -> None:
     assert line[NOTES] == [f"line: {len(data)} bytes over max_line_bytes 4096: fields dropped"]
 
 
+def test_a_line_a_few_bytes_over_keeps_its_small_fields() -> None:
+    """Room for notes is freed only for the values that can be cut: a line 5 bytes over with
+    one large value among many small ones (found by Hypothesis) is shortened, not reduced to
+    its time, level and logger."""
+    small = {f"k{n}": None for n in range(8)}
+    line = {"time": "t", "level": "info", "logger": "x", "message": "", **small, "big": "0" * 400}
+    data = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+    limit = len(data) - 5
+    out = json.loads(shorten_line(data, limit))
+    assert len(shorten_line(data, limit)) <= limit
+    assert {k: out[k] for k in small} == small
+    assert out["asynclog.substituted"] == [
+        f"big: 402 bytes shortened to {len(orjson.dumps(out['big']))} (max_line_bytes {limit})"
+    ]
+
+
 def test_a_large_list_is_written_as_the_head_of_its_json() -> None:
     line = json.loads(shorten_line(_line(ids=list(range(100_000))), 4_096))
     assert line["ids"].startswith("[0,1,2,3,") and line[NOTES][0].startswith("ids: 588891 bytes")
