@@ -910,7 +910,7 @@ def test_websocket_scopes_get_the_forwarded_client_too(
 
 
 def test_trusted_proxy_verdicts_are_kept_bounded_and_stay_right() -> None:
-    from asynclog._middleware import _PARSED_HOSTS_KEPT, TrustedProxies
+    from asynclog._proxies import _PARSED_HOSTS_KEPT, TrustedProxies
 
     trusted = TrustedProxies(("10.0.0.0/8", "::1"))
     for _ in range(2):  # the second round answers from the kept verdicts
