@@ -10,22 +10,15 @@ from dataclasses import fields
 from types import FrameType
 from typing import Any
 
-from opentelemetry import trace
-
 from . import _middleware
 from ._checks import run_startup_checks
 from ._compat import degraded, server_configs
+from ._fastapi_telemetry import skip_unused_native_telemetry
 from ._middleware import AccessLogMiddleware, RequestLogConfig
 from ._pipeline import Pipeline, current, start_pipeline
 from ._redact import Redactor
 from ._settings import AppSettings, Settings, resolve_settings
-from ._tracing import (
-    flush_spans,
-    own_span_tracer,
-    setup_tracing,
-    skip_unused_native_telemetry,
-    tracing_disabled,
-)
+from ._tracing import flush_spans, instrumentor_fallback, setup_tracing
 from ._watchdog import LoopWatchdog
 
 __all__ = ["install"]
@@ -74,34 +67,11 @@ class _Installation:
         # gunicorn's worker resets the server loggers after --preload imported the app.
         _materialize_server_loggers(sys._getframe(1))
         capture_server_loggers(pipeline, self.app)
-        if self.request.tracer is None and self.app.tracing_backend == "instrumentor":
-            self._check_instrumented()
+        if self.request.tracer is None:
+            fallback = instrumentor_fallback(self.fastapi_app, self.app)
+            if fallback is not None:
+                self.request.tracer, self.request.ids_only = fallback
         run_startup_checks(self.core, self.app, pipeline.format, sys._getframe(1))
-
-    def _check_instrumented(self) -> None:
-        """FastAPIInstrumentor skips an app whose stack does not start with Starlette's
-        ServerErrorMiddleware (it logs an error, nothing more): then asynclog makes the server
-        span itself, so lines keep their trace ids."""
-        if not self.app.tracing or tracing_disabled():
-            return
-        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-
-        stack = getattr(self.fastapi_app, "middleware_stack", None)
-        for _ in range(100):  # the layers outside asynclog's middleware
-            if stack is None or isinstance(stack, AccessLogMiddleware):
-                break
-            if isinstance(stack, OpenTelemetryMiddleware):
-                return
-            stack = getattr(stack, "app", None)
-        if stack is None:
-            return  # asynclog's middleware was not found either (added inside): nothing to say
-        degraded(
-            "opentelemetry-instrumentation-fastapi: FastAPIInstrumentor's middleware stack",
-            "asynclog makes the server span itself (as with tracing_backend='asynclog')",
-        )
-        self.request.tracer, self.request.ids_only = own_span_tracer(
-            trace.get_tracer_provider(), self.app
-        )
 
     def started(self) -> None:
         """Once the app's own startup has run: drop per-request work nothing will use, freeze
