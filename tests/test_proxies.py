@@ -12,6 +12,7 @@ from _fastapi_app import lines_of
 
 import asynclog
 from asynclog._middleware import AccessLogMiddleware, RequestLogConfig
+from asynclog._proxies import TrustedProxies, _host_port, apply_forwarded_headers
 from asynclog._redact import Redactor
 from asynclog._settings import AppSettings
 
@@ -165,3 +166,52 @@ def test_trusted_proxy_verdicts_are_kept_bounded_and_stay_right() -> None:
         assert f"11.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}" not in trusted
         assert len(trusted._parsed) <= _PARSED_HOSTS_KEPT
     assert "10.9.9.9" in trusted
+
+
+# The forwarded-header parts on their own.
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("203.0.113.9", ("203.0.113.9", 0)),
+        ("203.0.113.9:4711", ("203.0.113.9", 4711)),
+        ("[2001:db8::5]:443", ("2001:db8::5", 443)),
+        ("[2001:db8::5]", ("2001:db8::5", 0)),
+        ("2001:db8::5", ("2001:db8::5", 0)),  # unbracketed IPv6: no port to split off
+        ("[2001:db8::5", ("[2001:db8::5", 0)),  # unclosed: kept whole
+        ("[2001:db8::5]x", ("[2001:db8::5]x", 0)),
+        ("203.0.113.9:http", ("203.0.113.9:http", 0)),
+        ("[2001:db8::5]:\xb3", ("2001:db8::5", 0)),
+    ],
+)
+def test_a_hop_is_read_as_host_and_port(value: str, expected: tuple[str, int]) -> None:
+    assert _host_port(value) == expected
+
+
+def test_the_client_is_the_rightmost_hop_no_trusted_proxy_added() -> None:
+    trusted = TrustedProxies(("10.0.0.0/8",))
+    assert trusted.client("6.6.6.6, 203.0.113.9, 10.4.4.4") == ("203.0.113.9", 0)
+    assert trusted.client(" 203.0.113.9:80 ") == ("203.0.113.9", 80)
+    assert trusted.client("10.1.1.1, 10.2.2.2") == ("10.1.1.1", 0)  # all trusted: the leftmost
+    assert TrustedProxies(("*",)).client("6.6.6.6, 203.0.113.9") == ("6.6.6.6", 0)
+
+
+def test_forwarded_headers_are_applied_to_a_scope_only_from_a_trusted_peer() -> None:
+    trusted = TrustedProxies(("127.0.0.1",))
+    headers = [
+        (b"x-forwarded-for", b"6.6.6.6"),
+        (b"x-forwarded-for", b"203.0.113.9"),  # repeated: one list, as one header
+        (b"x-forwarded-proto", b" HTTPS "),
+    ]
+    scope: dict[str, Any] = {
+        "type": "websocket",
+        "scheme": "ws",
+        "client": ("127.0.0.1", 40000),
+        "headers": headers,
+    }
+    apply_forwarded_headers(scope, trusted)
+    assert (scope["client"], scope["scheme"]) == (("203.0.113.9", 0), "wss")
+    untrusted = {**scope, "client": ("198.51.100.7", 40000), "scheme": "ws"}
+    apply_forwarded_headers(untrusted, trusted)
+    assert (untrusted["client"], untrusted["scheme"]) == (("198.51.100.7", 40000), "ws")

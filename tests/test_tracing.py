@@ -15,8 +15,15 @@ from _fastapi_app import (
 )
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from opentelemetry.sdk.trace import TracerProvider, sampling
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 import asynclog
+from asynclog._redact import Redactor
+from asynclog._sampling import SwitchableSampler, sampler
+from asynclog._settings import AppSettings
+from asynclog._spans import span_fields
+from asynclog._tracing import own_span_tracer
 
 from conftest import QUIET, run_python
 
@@ -156,3 +163,96 @@ def test_fastapi_metrics_stay_on_with_a_meter_provider(log_path: Path) -> None:
     asynclog.install(app, sink=str(log_path), **QUIET)
     with TestClient(app):
         assert app._telemetry["metrics"] and app._native_telemetry.enabled()
+
+
+# The tracing modules on their own, without an app.
+
+
+@pytest.mark.parametrize(
+    ("name", "argument"),
+    [
+        ("always_on", ""),
+        ("always_off", ""),
+        ("parentbased_always_on", ""),
+        ("PARENTBASED_ALWAYS_OFF", ""),
+        ("traceidratio", "0.25"),
+        ("parentbased_traceidratio", "0.5"),
+        ("parentbased_traceidratio", "half"),  # a bad argument means 1.0, as in the SDK
+    ],
+)
+def test_otel_traces_sampler_is_read_as_the_sdk_reads_it(
+    monkeypatch: pytest.MonkeyPatch, name: str, argument: str
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", name)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", argument)
+    ours = sampler(AppSettings())
+    assert ours.get_description() == sampling._get_from_env_or_default().get_description()
+
+
+def test_the_sampler_follows_trace_ratio_then_the_variable_then_spans(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    described = {
+        "ratio": sampler(AppSettings(trace_ratio=0.1, spans="log")).get_description(),
+        "none": sampler(AppSettings(spans="none")).get_description(),
+        "log": sampler(AppSettings(spans="log")).get_description(),
+    }
+    assert described == {
+        "ratio": sampling.ParentBased(sampling.TraceIdRatioBased(0.1)).get_description(),
+        "none": sampling.ParentBased(sampling.ALWAYS_OFF).get_description(),
+        "log": sampling.ParentBased(sampling.ALWAYS_ON).get_description(),
+    }
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", " no-such-sampler ")
+    assert sampler(AppSettings(spans="none")).get_description() == (
+        sampling.ParentBased(sampling.ALWAYS_ON).get_description()
+    )
+    # trace_ratio wins over the variable.
+    assert sampler(AppSettings(trace_ratio=0.0)).get_description() == (
+        sampling.ParentBased(sampling.TraceIdRatioBased(0.0)).get_description()
+    )
+
+
+def test_a_switchable_sampler_decides_as_the_sampler_it_holds() -> None:
+    switchable = SwitchableSampler(sampling.ALWAYS_OFF)
+    assert not switchable.should_sample(None, 1, "span").decision.is_sampled()
+    switchable.inner = sampling.ALWAYS_ON
+    assert switchable.should_sample(None, 1, "span").decision.is_sampled()
+    assert switchable.get_description() == "asynclog(AlwaysOnSampler)"
+
+
+def test_span_fields_mask_secrets_in_url_attributes_and_name_the_parent() -> None:
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("outer") as outer:
+        inner = tracer.start_span("GET /items", kind=SpanKind.SERVER)
+        inner.set_attributes(
+            {
+                "url.full": "https://h/items?token=abc&page=2",
+                "url.query": "api_key=k&page=2",
+                "http.route": "/items?token=kept",  # not a URL attribute: as given
+            }
+        )
+        inner.add_event("retry", {"attempt": 2})
+        inner.set_status(Status(StatusCode.ERROR, "upstream failed"))
+        inner.end()
+    fields = span_fields(inner, Redactor(frozenset({"token", "api_key"})))
+    assert fields["attributes"] == {
+        "url.full": "https://h/items?token=%5BREDACTED%5D&page=2",
+        "url.query": "api_key=%5BREDACTED%5D&page=2",
+        "http.route": "/items?token=kept",
+    }
+    assert fields["parent_span_id"] == format(outer.get_span_context().span_id, "016x")
+    assert (fields["span.name"], fields["span.kind"], fields["status"]) == (
+        "GET /items",
+        "server",
+        "error",
+    )
+    assert fields["status.description"] == "upstream failed"
+    assert [e["name"] for e in fields["events"]] == ["retry"]
+    assert fields["events"][0]["attributes"] == {"attempt": 2}
+
+
+def test_ids_only_with_asynclogs_own_provider_exporting_nothing() -> None:
+    # A provider asynclog did not create may export through processors it cannot see.
+    _, ids_only = own_span_tracer(TracerProvider(), AppSettings(spans="none"))
+    assert not ids_only
