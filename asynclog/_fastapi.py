@@ -80,12 +80,12 @@ class _Installation:
         skip_unused_native_telemetry(self.fastapi_app)
         if self.app.gc_freeze:
             # What exists now (modules, routes, models, clients) lives as long as the worker.
-            # Frozen, it leaves the collector's full passes, which otherwise scan all of it: tens
-            # of ms each, the p99 of every request they pause. Collected first: no garbage kept.
+            # Frozen, it leaves the collector's full passes, which otherwise scan all of it and
+            # set the p99 of every request they pause. Collected first: no garbage kept.
             gc.collect()
             gc.freeze()
-        # Watching from here: nothing is served before, and the full collection above (100s of
-        # ms with a big heap) would be reported as a stall.
+        # Watching from here: nothing is served before, and the full collection above (long
+        # with a big heap) would be reported as a stall.
         self.watchdog = _start_watchdog(self.app)
 
     def stopped(self) -> None:

@@ -185,7 +185,7 @@ class AccessLogMiddleware:
         request_id = (
             incoming
             if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming)
-            # 32 hex digits, at half the cost of f"{bits:032x}"
+            # 32 hex digits; cheaper than f"{bits:032x}"
             else _random_bits(128).to_bytes(16, "big").hex()
         )
         request = _Request(request_id, user_agent, peer)
