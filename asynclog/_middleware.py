@@ -27,10 +27,11 @@ from ._record import current_otel_context
 from ._redact import Redactor
 from ._server_span import (
     end_server_span,
+    ids_only_span,
     method_fields,
     request_method,
     route,
-    start_server_span,
+    start_sdk_span,
 )
 from ._settings import AppSettings
 
@@ -44,6 +45,10 @@ _random_bits = random.getrandbits
 _CLIENT_CLOSED = 499
 _NO_FIELDS: dict[str, Any] = {}
 _errors = Logger("asynclog.error")
+# Bound once: read on every request.
+_perf_counter = time.perf_counter
+_now = time.time
+_bound_get = bound_fields.get
 
 
 @dataclass
@@ -91,7 +96,7 @@ class _Request:
         self.request_id = request_id
         self.user_agent = user_agent
         self.peer = peer
-        self.start = time.perf_counter()
+        self.start = _perf_counter()
         self.status: int | None = None
         self.finished = 0.0
         self.logged = False
@@ -136,7 +141,7 @@ class AccessLogMiddleware:
                 request.status = message["status"]
                 message = {**message, "headers": [*message.get("headers", ()), header]}
             elif message["type"] == "http.response.body" and not message.get("more_body"):
-                request.finished = time.perf_counter()
+                request.finished = _perf_counter()
             await send(message)
             if request.finished and not request.logged:
                 self._log(scope, request)
@@ -159,7 +164,7 @@ class AccessLogMiddleware:
         """Read the headers once, choose the request id, bind it, take the client from a
         trusted proxy's headers, start the span."""
         config = self.config
-        wanted = config.request_id_header
+        wanted, propagation = config.request_id_header, config.propagation_headers
         incoming = user_agent = forwarded_for = forwarded_proto = None
         carrier: dict[str, str] | None = None
         for key, value in scope.get("headers") or ():
@@ -173,7 +178,7 @@ class AccessLogMiddleware:
                 forwarded_for = text if forwarded_for is None else f"{forwarded_for},{text}"
             elif key == b"x-forwarded-proto":
                 forwarded_proto = value.decode("latin-1").strip().lower()
-            elif key in config.propagation_headers:
+            elif key in propagation:
                 carrier = carrier or {}
                 carrier[key.decode("latin-1")] = value.decode("latin-1")
         client = scope.get("client")
@@ -189,15 +194,15 @@ class AccessLogMiddleware:
             else _random_bits(128).to_bytes(16, "big").hex()
         )
         request = _Request(request_id, user_agent, peer)
-        request.context_token = bound_fields.set({**bound_fields.get(), "request_id": request_id})
+        request.context_token = bound_fields.set({**_bound_get(), "request_id": request_id})
         if config.tracer is not None:
-            request.span, request.otel_token = start_server_span(
-                config.tracer,
-                config.ids_only,
-                scope.get("method"),
-                config.settings.http_known_methods,
-                carrier,
-            )
+            parent = propagate.extract(carrier) if carrier is not None else None
+            if config.ids_only:
+                span: trace.Span = ids_only_span(parent)
+            else:
+                method, known = scope.get("method"), config.settings.http_known_methods
+                span = request.span = start_sdk_span(config.tracer, method, known, parent)
+            request.otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
         return request
 
     def _end(self, scope: Scope, request: _Request) -> None:
@@ -254,7 +259,7 @@ class AccessLogMiddleware:
         queue = QUEUE
         if queue.level > level:
             return  # nothing to build for a line the level turns away
-        end = request.finished or time.perf_counter()
+        end = request.finished or _perf_counter()
         # Whole microseconds, then divided: round(x, 3) goes through a decimal string.
         micros = round((end - request.start) * 1_000_000)
         duration_ms = micros / 1000
@@ -291,14 +296,14 @@ class AccessLogMiddleware:
         # here is a str, a number or None. The message is rendered on the writer thread.
         queue.put(
             make_record(
-                time.time(),
+                _now(),
                 level,
                 "asynclog.access",
                 "%s %s %s",
                 (method, path, status),
                 fields,
                 _NO_FIELDS,
-                bound_fields.get(),
+                _bound_get(),
                 current_otel_context(),
                 None,
             )

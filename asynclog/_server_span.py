@@ -4,16 +4,22 @@ that span shares with the access line and the error line."""
 from __future__ import annotations
 
 import random
-from contextvars import Token
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ._asgi import Scope
 
-__all__ = ["end_server_span", "method_fields", "request_method", "route", "start_server_span"]
+__all__ = [
+    "end_server_span",
+    "ids_only_span",
+    "method_fields",
+    "request_method",
+    "route",
+    "start_sdk_span",
+]
 
 # What semconv's http.request.method says for a method outside the known set.
 OTHER_METHOD = "_OTHER"
@@ -45,25 +51,12 @@ def route(scope: Scope) -> str | None:
     return path if isinstance(path, str) else None
 
 
-def start_server_span(
-    tracer: trace.Tracer,
-    ids_only: bool,
-    method: Any,
-    known: frozenset[str],
-    carrier: dict[str, str] | None,
-) -> tuple[trace.Span | None, Token[Any]]:
-    """Start the request's span, continuing the trace in `carrier` (the propagation headers),
-    and make it current. Returns the span to end (None for ids only) and the token to detach."""
-    parent = propagate.extract(carrier) if carrier is not None else None
-    span: trace.Span
-    if ids_only:
-        span, ended = _ids_only_span(parent), None
-    else:
-        name, is_known = request_method(method, known)
-        span = ended = tracer.start_span(
-            name if is_known else "HTTP", context=parent, kind=SpanKind.SERVER
-        )
-    return ended, otel_context.attach(trace.set_span_in_context(span, parent))
+def start_sdk_span(
+    tracer: trace.Tracer, method: Any, known: frozenset[str], parent: otel_context.Context | None
+) -> trace.Span:
+    """The request's server span from the SDK, named by its method until the route is known."""
+    name, is_known = request_method(method, known)
+    return tracer.start_span(name if is_known else "HTTP", context=parent, kind=SpanKind.SERVER)
 
 
 def end_server_span(
@@ -96,7 +89,7 @@ def end_server_span(
     span.end()
 
 
-def _ids_only_span(parent: otel_context.Context | None) -> trace.Span:
+def ids_only_span(parent: otel_context.Context | None) -> trace.Span:
     """A span that only carries ids: the parent's trace (and sampled flag) if one came in, else
     a new trace. It is what the SDK would make for an unsampled request, without the SDK's
     span start, which also looks up meter and logger providers."""
