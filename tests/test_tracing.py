@@ -15,12 +15,14 @@ from _fastapi_app import (
 )
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from opentelemetry import propagate
 from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 import asynclog
 from asynclog._redact import Redactor
 from asynclog._sampling import SwitchableSampler, sampler
+from asynclog._server_span import ids_only_span, method_fields, request_method
 from asynclog._settings import AppSettings
 from asynclog._spans import span_fields
 from asynclog._tracing import own_span_tracer
@@ -256,3 +258,28 @@ def test_ids_only_with_asynclogs_own_provider_exporting_nothing() -> None:
     # A provider asynclog did not create may export through processors it cannot see.
     _, ids_only = own_span_tracer(TracerProvider(), AppSettings(spans="none"))
     assert not ids_only
+
+
+def test_one_method_rule_for_the_access_line_the_error_line_and_the_span() -> None:
+    known = frozenset({"GET", "_OTHER"})
+    assert request_method("GET", known) == ("GET", True)
+    assert request_method("get", known) == ("_OTHER", False)  # case-sensitive, as HTTP
+    assert request_method("_OTHER", known) == ("_OTHER", True)  # listed: the client's own
+    assert method_fields("GET", known) == {"http.request.method": "GET"}
+    assert list(method_fields("PURGE", known).items()) == [
+        ("http.request.method", "_OTHER"),
+        ("http.request.method_original", "PURGE"),
+    ]
+
+
+def test_an_ids_only_span_continues_an_incoming_trace_or_starts_one() -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    parent = propagate.extract({"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+    continued = ids_only_span(parent).get_span_context()
+    assert format(continued.trace_id, "032x") == trace_id
+    assert continued.trace_flags.sampled  # the upstream's decision is kept
+    assert continued.span_id not in (0, 0x00F067AA0BA902B7)
+    fresh = [ids_only_span(None).get_span_context() for _ in range(2)]
+    assert all(c.is_valid and not c.trace_flags.sampled for c in fresh)
+    assert fresh[0].trace_id != fresh[1].trace_id
+    assert not ids_only_span(None).is_recording()
