@@ -10,22 +10,15 @@ from dataclasses import fields
 from types import FrameType
 from typing import Any
 
-from opentelemetry import trace
-
 from . import _middleware
 from ._checks import run_startup_checks
 from ._compat import degraded, server_configs
+from ._fastapi_telemetry import skip_unused_native_telemetry
 from ._middleware import AccessLogMiddleware, RequestLogConfig
 from ._pipeline import Pipeline, current, start_pipeline
 from ._redact import Redactor
 from ._settings import AppSettings, Settings, resolve_settings
-from ._tracing import (
-    flush_spans,
-    own_span_tracer,
-    setup_tracing,
-    skip_unused_native_telemetry,
-    tracing_disabled,
-)
+from ._tracing import flush_spans, instrumentor_fallback, setup_tracing
 from ._watchdog import LoopWatchdog
 
 __all__ = ["install"]
@@ -74,34 +67,11 @@ class _Installation:
         # gunicorn's worker resets the server loggers after --preload imported the app.
         _materialize_server_loggers(sys._getframe(1))
         capture_server_loggers(pipeline, self.app)
-        if self.request.tracer is None and self.app.tracing_backend == "instrumentor":
-            self._check_instrumented()
+        if self.request.tracer is None:
+            fallback = instrumentor_fallback(self.fastapi_app, self.app)
+            if fallback is not None:
+                self.request.tracer, self.request.ids_only = fallback
         run_startup_checks(self.core, self.app, pipeline.format, sys._getframe(1))
-
-    def _check_instrumented(self) -> None:
-        """FastAPIInstrumentor skips an app whose stack does not start with Starlette's
-        ServerErrorMiddleware (it logs an error, nothing more): then asynclog makes the server
-        span itself, so lines keep their trace ids."""
-        if not self.app.tracing or tracing_disabled():
-            return
-        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-
-        stack = getattr(self.fastapi_app, "middleware_stack", None)
-        for _ in range(100):  # the layers outside asynclog's middleware
-            if stack is None or isinstance(stack, AccessLogMiddleware):
-                break
-            if isinstance(stack, OpenTelemetryMiddleware):
-                return
-            stack = getattr(stack, "app", None)
-        if stack is None:
-            return  # asynclog's middleware was not found either (added inside): nothing to say
-        degraded(
-            "opentelemetry-instrumentation-fastapi: FastAPIInstrumentor's middleware stack",
-            "asynclog makes the server span itself (as with tracing_backend='asynclog')",
-        )
-        self.request.tracer, self.request.ids_only = own_span_tracer(
-            trace.get_tracer_provider(), self.app
-        )
 
     def started(self) -> None:
         """Once the app's own startup has run: drop per-request work nothing will use, freeze
@@ -110,12 +80,12 @@ class _Installation:
         skip_unused_native_telemetry(self.fastapi_app)
         if self.app.gc_freeze:
             # What exists now (modules, routes, models, clients) lives as long as the worker.
-            # Frozen, it leaves the collector's full passes, which otherwise scan all of it: tens
-            # of ms each, the p99 of every request they pause. Collected first: no garbage kept.
+            # Frozen, it leaves the collector's full passes, which otherwise scan all of it and
+            # set the p99 of every request they pause. Collected first: no garbage kept.
             gc.collect()
             gc.freeze()
-        # Watching from here: nothing is served before, and the full collection above (100s of
-        # ms with a big heap) would be reported as a stall.
+        # Watching from here: nothing is served before, and the full collection above (long
+        # with a big heap) would be reported as a stall.
         self.watchdog = _start_watchdog(self.app)
 
     def stopped(self) -> None:

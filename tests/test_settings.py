@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 import asynclog
-from asynclog._settings import resolve_settings
+from asynclog._settings import AppSettings, Settings, _parse, resolve_settings
 
 
 def test_environment_supplies_defaults() -> None:
@@ -103,3 +104,30 @@ def test_forwarded_allow_ips_reads_the_variable_gunicorn_reads() -> None:
         resolve_settings({}, {"FORWARDED_ALLOW_IPS": "127.0.0.1,ingress"})
     with pytest.raises(ValueError, match="forwarded_allow_ips"):
         resolve_settings({"forwarded_allow_ips": [1]}, {})
+
+
+def test_every_default_is_a_value_its_own_parser_keeps() -> None:
+    # The table's entries agree with themselves: a default passed back as an argument is the
+    # same setting, so no default skips the validation an argument gets.
+    for layer in (Settings, AppSettings):
+        for entry in fields(layer):
+            assert _parse(entry.name, entry.default, entry.name) == entry.default, entry.name
+
+
+def test_each_variable_is_read_for_its_own_setting() -> None:
+    variables = {
+        "ASYNCLOG_MAX_LINE_BYTES": ("max_line_bytes", "2048", 2048),
+        "ASYNCLOG_TRACING": ("tracing", "off", False),
+        "ASYNCLOG_SPANS": ("spans", "LOG", "log"),
+        "ASYNCLOG_TRACING_BACKEND": ("tracing_backend", "native", "native"),
+    }
+    for variable, (name, text, expected) in variables.items():
+        core, app = resolve_settings({}, {variable: text})
+        assert getattr(core if name in {f.name for f in fields(Settings)} else app, name) == (
+            expected
+        )
+    with pytest.raises(ValueError, match=r"ASYNCLOG_MAX_LINE_BYTES='100'.*>= 1024"):
+        resolve_settings({}, {"ASYNCLOG_MAX_LINE_BYTES": "100"})
+    # A variable the argument overrides is not read, so a bad one does not matter.
+    _, app = resolve_settings({"tracing": True}, {"ASYNCLOG_TRACING": "maybe"})
+    assert app.tracing is True

@@ -427,7 +427,7 @@ def test_a_start_on_another_thread_waits_for_a_configure_under_way(
 
     def start_elsewhere() -> None:
         asynclog.AsyncLogHandler()
-        seen.append(asynclog._pipeline._current)
+        seen.append(asynclog._pipeline.latest())
 
     other = threading.Thread(target=start_elsewhere)
     other.start()
@@ -435,4 +435,4 @@ def test_a_start_on_another_thread_waits_for_a_configure_under_way(
     release.set()
     configuring.join(10)
     other.join(10)
-    assert seen == [asynclog._pipeline._current] and seen[0] is not None
+    assert seen == [asynclog._pipeline.latest()] and seen[0] is not None
