@@ -3,8 +3,9 @@
 Secret values are looked for in the raw bytes of the log file, not only in the fields meant to
 mask them: wherever a value could surface (a repr, a nested field, a span attribute), it must
 not. Each secret is a unique alphanumeric marker, so no encoding (JSON, percent) could hide it.
-Extends tests/test_fastapi.py (query masking, request-id reuse) and tests/test_hostile_input.py;
-the unit tests of the redaction these lines rely on are in tests/test_redact.py.
+Extends tests/test_access_log.py (query masking), tests/test_request_id.py (request-id reuse)
+and tests/test_hostile_input.py; the unit tests of the redaction these lines rely on are in
+tests/test_redact.py.
 """
 
 from __future__ import annotations
