@@ -18,6 +18,7 @@ from ._snapshot import (
     FREEZE_NUMPY_OPTIONS,
     FREEZE_OPTIONS,
     IMMUTABLE_TYPES,
+    all_immutable,
     snapshot_args,
     snapshot_fields,
     snapshot_value,
@@ -101,7 +102,8 @@ class Logger:
                 self.name,
                 msg,
                 snapshot_args(args) if args else None,
-                snapshot_fields(fields),
+                # Most calls pass only immutable values: the check without a call first.
+                fields if all_immutable(map(type, fields.values())) else snapshot_fields(fields),
                 self._bound,
                 _context_get(),
                 current_otel_context(),
