@@ -198,12 +198,11 @@ def test_console_format_is_readable(log_path: Path) -> None:
     assert "\x1b[" not in text  # colours only on a terminal
 
 
+@pytest.mark.parametrize("implementation", ["python"], indirect=True)
 def test_the_python_implementation_has_no_c_object_on_the_path(implementation: str) -> None:
     """Under `implementation="python"` the level methods are Python functions, no asynclog module
     holds an object of the extension, and a record is the Python `make_record`'s tuple (tracked
     by the collector, which the C one's is not) with its mutable values in the Python `Frozen`."""
-    if implementation != "python":
-        pytest.skip("about the pure-Python run")
     assert all(
         type(getattr(asynclog.Logger, name)) is types.FunctionType
         for name in ("debug", "info", "warning", "warn", "error", "critical")
