@@ -13,7 +13,8 @@ from typing import Any
 
 import orjson
 
-from ._line import _JSON_OPTIONS, _LAST_TIME, _MAX_DEPTH, SUBSTITUTED_KEY, format_time, level_name
+from ._contract import LAST_TIME
+from ._line import _JSON_OPTIONS, _MAX_DEPTH, SUBSTITUTED_KEY, format_time, level_name
 from ._snapshot import Frozen, json_default, numpy_option
 
 __all__ = ["describe_exception", "encode_line", "notice_line"]
@@ -167,7 +168,7 @@ def _minimal(record: Any, problem: str) -> dict[str, Any]:
     """What can be written of a record without running any of its own code but `str(msg)`."""
     head = tuple(record[:4]) if type(record) is tuple else ()
     created, levelno, logger, msg = (*head, None, None, None, None)[:4]
-    if not (type(created) is float and 0.0 <= created < _LAST_TIME):
+    if not (type(created) is float and 0.0 <= created < LAST_TIME):
         created = time.time()
     return {
         "time": format_time(created),

@@ -9,8 +9,6 @@ from collections.abc import Callable
 
 import orjson
 
-from ._contract import LAST_TIME
-
 __all__ = [
     "RENAME_PREFIX",
     "RESERVED_KEYS",
@@ -28,7 +26,6 @@ _JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE
 _MAX_DEPTH = 64
 _LEVEL_NAMES = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
 _DIGITS = [f"{n:03d}" for n in range(1000)]
-_LAST_TIME = LAST_TIME  # time stamps have four-digit years up to there (C writes them alike)
 
 
 def level_name(levelno: int) -> str:

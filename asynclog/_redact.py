@@ -41,12 +41,9 @@ def _json_rule(
     for key in keys:
         if not key.isascii() or any(c in key for c in '"\\') or not key.isprintable():
             return None
-    if sum(map(len, words)) > _RULE_WORDS:
+    if sum(map(len, words)) > RULE_WORDS:
         return None  # more than _speedups keeps track of: every frozen value is looked at
     return depth, words
-
-
-_RULE_WORDS = RULE_WORDS
 
 
 def _normalize(name: str) -> str:

@@ -115,10 +115,7 @@ def _compact(data: bytes) -> bytes:
     """orjson's output in a right-sized object. orjson makes it in a buffer of 1 KB or more and
     shrinks it in place, which the allocator pays for dearly while the queue keeps it alive;
     copying a small one costs far less (the C level methods do the same)."""
-    return bytes(memoryview(data)) if len(data) <= _SMALL_OBJECT else data
-
-
-_SMALL_OBJECT = SMALL_OBJECT
+    return bytes(memoryview(data)) if len(data) <= SMALL_OBJECT else data
 
 
 def snapshot_value(value: Any) -> Any:
